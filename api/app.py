@@ -1,0 +1,49 @@
+"""The application factory, used alike by ``model-registry serve`` and the tests."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from registry import Clock, Registry
+from registry.settings import Settings
+from storage import open_storage
+
+from .errors import drain_middleware, error_middleware
+from .keys import LIFECYCLE, REGISTRY, SETTINGS, Lifecycle
+from .responses import MAX_BODY_BYTES
+from .routes import setup_routes
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    settings: Settings, *, clock: Clock | None = None, rng: random.Random | None = None
+) -> web.Application:
+    # error_middleware is outermost so that it also answers drain refusals.
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, drain_middleware]
+    )
+    app[SETTINGS] = settings
+    app[LIFECYCLE] = Lifecycle()
+    setup_routes(app)
+
+    async def registry_context(app: web.Application) -> AsyncIterator[None]:
+        # Storage opens (and migrates) before the registry starts its checker;
+        # on the way out the checker stops before storage closes.
+        async with open_storage(settings.storage) as storage:
+            async with Registry(
+                storage,
+                heartbeat_interval=settings.heartbeat_interval,
+                heartbeat_timeout=settings.heartbeat_timeout,
+                evict_after=settings.evict_after,
+                clock=clock,
+                rng=rng,
+            ) as registry:
+                app[REGISTRY] = registry
+                yield
+
+    app.cleanup_ctx.append(registry_context)
+    return app

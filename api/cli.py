@@ -1,0 +1,117 @@
+"""``model-registry``: the command line. It parses settings and hands them on.
+
+Every ``serve`` flag defaults to its ``REGISTRY_*`` environment variable, then
+to the default in ``registry.settings.Settings``; ``--help`` shows both.
+Failures a user can fix end in one line on stderr naming the cause and the fix,
+and a non-zero exit: 2 for bad configuration, 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import typing
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from registry.settings import Settings
+from registry.validation import problems_of
+from storage import InvalidStorageURL, StorageUnavailable, open_storage, redact
+
+from .logs import configure_logging
+from .server import StartupError, serve
+
+__all__ = ["main"]
+
+log = logging.getLogger("model-registry")
+
+_SERVE_FLAGS = (
+    "host",
+    "port",
+    "storage",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+    "evict_after",
+    "shutdown_timeout",
+    "log_level",
+    "log_format",
+)
+
+
+def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
+    field = Settings.model_fields[name]
+    kind = field.annotation if field.annotation in (int, float) else str
+    choices = typing.get_args(field.annotation) or None  # a Literal's values
+    parser.add_argument(
+        "--" + name.replace("_", "-"),
+        dest=name,
+        type=kind,
+        choices=choices,
+        default=argparse.SUPPRESS,
+        metavar="{" + ",".join(choices) + "}" if choices else kind.__name__.upper(),
+        help=f"{field.description} (default: {field.default}; env REGISTRY_{name.upper()})",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="model-registry",
+        description="A registry of the instances of machine-learning models that serve traffic.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve_parser = commands.add_parser("serve", help="run the registry service")
+    for name in _SERVE_FLAGS:
+        _add_setting(serve_parser, name)
+    migrate_parser = commands.add_parser(
+        "migrate", help="create or upgrade the database schema, then exit (serve also does it)"
+    )
+    for name in ("storage", "log_level", "log_format"):
+        _add_setting(migrate_parser, name)
+    return parser
+
+
+async def _migrate(settings: Settings) -> None:
+    storage = open_storage(settings.storage)
+    if not storage.durable:
+        log.info("nothing to migrate: %s storage has no schema", storage.name)
+        return
+    async with storage:
+        log.info("schema is up to date", extra={"storage": redact(settings.storage)})
+
+
+def _settings(given: dict[str, object]) -> Settings:
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{field.replace('_', '-')}: {message}" if field != "body" else message
+            for field, message in problems_of(exc)
+        )
+        raise SystemExit(f"model-registry: invalid configuration: {problems}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = vars(_parser().parse_args(argv))
+    command = args.pop("command")
+    settings = _settings(args)
+    configure_logging(settings.log_level, settings.log_format)
+    runner = serve(settings) if command == "serve" else _migrate(settings)
+    try:
+        asyncio.run(runner)
+    except (StartupError, InvalidStorageURL) as exc:
+        _fail(str(exc), code=2)
+    except StorageUnavailable as exc:
+        _fail(
+            f"cannot open storage {redact(settings.storage)}: {exc}: check that the database "
+            "is reachable and its directory exists and is writable, or pass --storage",
+            code=1,
+        )
+    except KeyboardInterrupt:  # a second Ctrl-C while shutting down
+        _fail("interrupted", code=130)
+
+
+def _fail(message: str, *, code: int) -> None:
+    log.error(message)
+    raise SystemExit(code)

@@ -1,0 +1,63 @@
+"""Structured logging: one line per event, ``text`` (key=value) or ``json``.
+
+Quiet by default: at ``info`` the service logs start, stop and instance state
+changes; the access log appears only at ``debug``. Fields passed with
+``extra={...}`` become keys of the line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime, timezone
+
+import orjson
+
+__all__ = ["configure_logging"]
+
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    fields.update((k, v) for k, v in vars(record).items() if k not in _STANDARD)
+    if record.exc_info and record.levelno >= logging.ERROR:
+        fields["exc"] = logging.Formatter().formatException(record.exc_info)
+    return fields
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return orjson.dumps(_fields(record), default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = _fields(record)
+        head = f"{fields.pop('ts')} {str(fields.pop('level')).upper():<7} {fields.pop('logger')}: {fields.pop('msg')}"
+        exc = fields.pop("exc", None)
+        tail = " ".join(f"{k}={_quote(v)}" for k, v in fields.items())
+        line = f"{head} {tail}" if tail else head
+        return f"{line}\n{exc}" if exc else line
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    return orjson.dumps(text).decode() if (" " in text or '"' in text or not text) else text
+
+
+def configure_logging(level: str = "info", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Libraries speak only when something is wrong, unless debugging.
+    quiet = logging.DEBUG if level == "debug" else logging.WARNING
+    for name in ("aiohttp", "sqlalchemy", "alembic", "aiosqlite", "asyncio"):
+        logging.getLogger(name).setLevel(quiet)

@@ -1,0 +1,58 @@
+"""JSON in and out, with orjson. Timestamps go out as RFC 3339 UTC ("...Z")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .problem import ApiError
+
+__all__ = ["MAX_BODY_BYTES", "json_response", "read_object"]
+
+#: Larger bodies are refused with 413 before they are parsed.
+MAX_BODY_BYTES = 64 * 1024
+
+_DUMPS_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, option=_DUMPS_OPTIONS),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
+async def read_object(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body; 415, 400 or 422 (via ``ApiError``) otherwise.
+
+    Reading enforces the application's body-size limit (413).
+    """
+    if not _is_json(request.content_type):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"the body must be JSON sent with Content-Type: application/json, not {request.content_type!r}",
+        )
+    body = await request.read()
+    if not body.strip():
+        raise ApiError(400, "malformed_json", "the request body is empty; send a JSON object")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean"}.get(type(data), "a number")
+        if data is None:
+            kind = "null"
+        raise ApiError(
+            422, "invalid_input", f"the request body must be a JSON object, not {kind}", field="body"
+        )
+    return data

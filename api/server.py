@@ -1,0 +1,84 @@
+"""Running the service: bind, serve, and shut down in order on SIGTERM/SIGINT.
+
+Shutdown order (aiohttp's runner does steps 3-6 in ``cleanup``):
+
+1. the signal sets ``draining``: ``/health`` answers 503 at once and new
+   requests on open connections get 503 with ``Connection: close``;
+2. ``runner.cleanup()`` starts;
+3. the listening socket closes, so new connections are refused;
+4. idle keep-alive connections close;
+5. requests in flight get up to ``shutdown_timeout`` seconds to finish;
+6. cleanup contexts unwind: the checker stops, then storage closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+
+from aiohttp import web
+
+from registry import Clock
+from registry.settings import Settings
+from storage import redact
+
+from .app import create_app
+from .keys import LIFECYCLE
+
+__all__ = ["StartupError", "serve"]
+
+log = logging.getLogger("api.server")
+
+
+class StartupError(Exception):
+    """The service cannot start; the message names the cause and the fix."""
+
+
+def _bind_error(exc: OSError, settings: Settings) -> StartupError:
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(
+            f"port {settings.port} is already in use on {settings.host}: "
+            "stop the other process or pass --port (or set REGISTRY_PORT)"
+        )
+    if exc.errno == errno.EACCES:
+        return StartupError(
+            f"not allowed to listen on port {settings.port}: "
+            "pick a port above 1023 with --port or run with the needed privilege"
+        )
+    return StartupError(
+        f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}: "
+        "check --host names an address of this machine"
+    )
+
+
+async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and return."""
+    app = create_app(settings, clock=clock)
+    access_log = logging.getLogger("aiohttp.access") if settings.log_level == "debug" else None
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout, access_log=access_log
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise _bind_error(exc, settings) from None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        host, port = runner.addresses[0][:2]  # the real port when 0 was asked
+        shown = f"[{host}]" if ":" in host else host
+        log.info("serving", extra={"url": f"http://{shown}:{port}", "storage": redact(settings.storage)})
+        await stop.wait()
+        app[LIFECYCLE].draining = True
+        log.info("shutting down", extra={"timeout_s": settings.shutdown_timeout})
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+    log.info("stopped")

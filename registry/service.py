@@ -1,0 +1,276 @@
+"""The registry: policy over a storage backend.
+
+What a registration, a heartbeat and a deregistration mean, when a silent
+instance becomes unhealthy, when an unhealthy one is evicted, and how one
+instance is selected, all live here. Storage only offers atomic primitives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+from storage import InstanceKey, ModelInstance, ModelSummary, Storage, StorageUnavailable
+
+from .clock import Clock, SystemClock
+from .errors import InstanceNotFound, NoHealthyInstance
+from .validation import HeartbeatRequest, instance_from
+
+__all__ = ["CheckResult", "Registry", "check_timing"]
+
+log = logging.getLogger("registry")
+
+#: The checker refuses a timeout shorter than this many heartbeat intervals: a
+#: worker must be able to miss a beat (GC pause, slow network) without flapping.
+MIN_TIMEOUT_INTERVALS = 2
+
+
+def _fields(key: InstanceKey) -> dict[str, str]:
+    """Log fields naming an instance."""
+    return {"model": key.model_name, "addr": key.address}
+
+
+def check_timing(heartbeat_interval: float, heartbeat_timeout: float, evict_after: float) -> None:
+    """Raise ``ValueError`` (naming the fix) for timings that would flap or never act."""
+    if not heartbeat_interval > 0:
+        raise ValueError(f"heartbeat interval must be above 0 s, got {heartbeat_interval}")
+    if heartbeat_timeout < MIN_TIMEOUT_INTERVALS * heartbeat_interval:
+        raise ValueError(
+            f"heartbeat timeout {heartbeat_timeout:g} s is not comfortably larger than the "
+            f"heartbeat interval {heartbeat_interval:g} s: make the timeout at least "
+            f"{MIN_TIMEOUT_INTERVALS}x the interval "
+            f"(e.g. {MIN_TIMEOUT_INTERVALS * heartbeat_interval:g} s) or shorten the interval"
+        )
+    if evict_after < 0:
+        raise ValueError(f"evict-after must be 0 (never evict) or a positive number of seconds, got {evict_after}")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """What one run of the checker did."""
+
+    expired: list[ModelInstance]
+    evicted: list[ModelInstance]
+    in_grace: bool = False
+
+
+class Registry:
+    """The model registry. Use as ``async with Registry(storage, ...) as registry:``.
+
+    Entering starts the heartbeat checker; leaving stops it and waits for it.
+    The storage's lifecycle belongs to the caller.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        heartbeat_interval: float = 10.0,
+        heartbeat_timeout: float = 30.0,
+        evict_after: float = 600.0,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        check_timing(heartbeat_interval, heartbeat_timeout, evict_after)
+        self.storage = storage
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.evict_after = evict_after
+        self._clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._started_at: float | None = None
+        self._checker: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def __aenter__(self) -> "Registry":
+        if self._started_at is not None:
+            raise RuntimeError("this Registry was already started; create a new one")
+        self._started_at = self._clock.monotonic()
+        self._checker = asyncio.create_task(self._run_checker(), name="registry-checker")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checker
+            self._checker = None
+
+    @property
+    def grace_remaining(self) -> float:
+        """Seconds until the checker may mark anything unhealthy (0 once it may)."""
+        if self._started_at is None:
+            return self.heartbeat_timeout
+        elapsed = self._clock.monotonic() - self._started_at
+        return max(0.0, self.heartbeat_timeout - elapsed)
+
+    # -- writes ------------------------------------------------------------
+
+    async def register(self, instance: ModelInstance | dict[str, Any]) -> tuple[ModelInstance, bool]:
+        """Create or update an instance; returns it as stored and whether it is new."""
+        record = self._fresh(instance_from(instance))
+        stored, created = await self.storage.upsert(record)
+        if created:
+            log.info("instance registered", extra=_fields(stored.key))
+        return stored, created
+
+    async def heartbeat(self, beat: HeartbeatRequest | ModelInstance) -> ModelInstance:
+        """Record a beat; an unknown instance is registered by it.
+
+        A ``HeartbeatRequest`` registers an unknown instance with default
+        settings; a full ``ModelInstance`` registers it as described.
+        """
+        if isinstance(beat, HeartbeatRequest):
+            unknown = ModelInstance(beat.model_name, beat.host, beat.port)
+        else:
+            unknown = instance_from(beat)
+        key, queue_length = unknown.key, beat.queue_length
+        # touch, else insert: each step is atomic; a concurrent delete between
+        # them only sends us round again.
+        for _ in range(3):
+            now = self._clock.now()
+            touched = await self.storage.touch(key, now, queue_length)
+            if touched is not None:
+                return touched
+            record = self._fresh(unknown)
+            record.queue_length = queue_length
+            inserted = await self.storage.insert(record)
+            if inserted is not None:
+                log.info("instance registered by its heartbeat", extra=_fields(key))
+                return inserted
+        raise StorageUnavailable(f"instance {key} kept changing under concurrent writes; retry")
+
+    async def deregister(self, key: InstanceKey, *, purge: bool = False) -> ModelInstance:
+        """Mark an instance unhealthy and keep it, or delete it with ``purge``.
+
+        Returns the instance as it now is (as it was, when purged).
+        """
+        if purge:
+            record = await self.storage.delete(key)
+        else:
+            record = await self.storage.mark_unhealthy(key, self._clock.now())
+        if record is None:
+            raise InstanceNotFound(key)
+        log.info("instance purged" if purge else "instance deregistered", extra=_fields(key))
+        return record
+
+    def _fresh(self, instance: ModelInstance) -> ModelInstance:
+        """``instance`` with the server-managed fields a new registration gets."""
+        now = self._clock.now()
+        return dataclasses.replace(
+            instance,
+            healthy=True,
+            last_heartbeat=now,
+            registered_at=now,
+            unhealthy_since=None,
+            queue_length=None,
+        )
+
+    # -- reads -------------------------------------------------------------
+
+    async def instances(
+        self, model_name: str | None = None, healthy_only: bool = False
+    ) -> list[ModelInstance]:
+        return await self.storage.list(model_name, healthy_only)
+
+    async def models(self) -> list[ModelSummary]:
+        return await self.storage.summarize()
+
+    async def select(self, model_name: str) -> ModelInstance:
+        """One healthy, enabled instance of the model, picked at random in
+        proportion to ``weight``; weight 0 is never picked."""
+        candidates = [
+            i for i in await self.storage.list(model_name, healthy_only=True)
+            if i.enabled and i.weight > 0
+        ]
+        if not candidates:
+            raise NoHealthyInstance(model_name)
+        heaviest = max(i.weight for i in candidates)
+        # Scaled to at most 1 so that a sum of huge weights cannot overflow.
+        return self._rng.choices(candidates, [i.weight / heaviest for i in candidates])[0]
+
+    async def health(self) -> dict[str, Any]:
+        """What ``/health`` reports; raises ``StorageUnavailable`` when storage is away."""
+        await self.storage.ping()
+        return {
+            "storage": self.storage.name,
+            "durable": self.storage.durable,
+            "checker_running": self._checker is not None and not self._checker.done(),
+            "grace_remaining_s": round(self.grace_remaining, 3),
+            "heartbeat_interval_s": self.heartbeat_interval,
+            "heartbeat_timeout_s": self.heartbeat_timeout,
+        }
+
+    # -- the heartbeat checker ----------------------------------------------
+
+    async def check_once(self) -> CheckResult:
+        """Mark silent instances unhealthy and evict long-unhealthy ones.
+
+        Does nothing during the start-up grace: for one full timeout after the
+        registry starts, workers may not have had the chance to beat to *this*
+        process yet, and marking them would flap a live fleet.
+        """
+        if self.grace_remaining > 0:
+            return CheckResult([], [], in_grace=True)
+        now = self._clock.now()
+        expired = await self.storage.expire(now - timedelta(seconds=self.heartbeat_timeout), now)
+        for record in expired:
+            log.info(
+                "instance marked unhealthy: no heartbeat within the timeout",
+                extra={**_fields(record.key), "timeout_s": self.heartbeat_timeout},
+            )
+        evicted: list[ModelInstance] = []
+        if self.evict_after > 0:
+            evicted = await self.storage.evict(now - timedelta(seconds=self.evict_after))
+            for record in evicted:
+                log.info(
+                    "instance evicted: unhealthy for longer than evict-after",
+                    extra={**_fields(record.key), "evict_after_s": self.evict_after},
+                )
+        return CheckResult(expired, evicted)
+
+    async def _run_checker(self) -> None:
+        while True:
+            await self._clock.sleep(self.heartbeat_interval)
+            try:
+                await self.check_once()
+            except StorageUnavailable as exc:
+                # Nothing is marked while storage is away; the next run catches up.
+                log.warning("heartbeat check skipped: %s", exc)
+            except Exception:
+                log.exception("heartbeat check failed; it will run again")
+
+    # -- DB-GPT's method names ------------------------------------------------
+
+    async def register_instance(self, instance: ModelInstance) -> bool:
+        await self.register(instance)
+        return True
+
+    async def deregister_instance(self, instance: ModelInstance, *, purge: bool = False) -> bool:
+        await self.deregister(instance_from(instance).key, purge=purge)
+        return True
+
+    async def send_heartbeat(self, instance: ModelInstance) -> bool:
+        await self.heartbeat(instance)
+        return True
+
+    async def get_all_instances(
+        self, model_name: str | None = None, healthy_only: bool = False
+    ) -> list[ModelInstance]:
+        return await self.instances(model_name, healthy_only)
+
+    async def select_one_health_instance(self, model_name: str) -> ModelInstance:
+        return await self.select(model_name)

@@ -1,0 +1,86 @@
+"""Turning untrusted input into valid records, with one message per bad field.
+
+The rules are the annotations on ``ModelInstance``; pydantic enforces them.
+Anything that arrives from outside (a JSON body, a Python caller's object) goes
+through here before the registry stores it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from storage.model import (
+    SERVER_MANAGED_FIELDS,
+    Host,
+    InstanceKey,
+    ModelInstance,
+    ModelName,
+    Port,
+    QueueLength,
+)
+
+from .errors import InvalidInstance
+
+__all__ = ["HeartbeatRequest", "heartbeat_from", "instance_from", "key_from", "problems_of"]
+
+_INSTANCE = TypeAdapter(ModelInstance)
+
+
+class HeartbeatRequest(BaseModel):
+    """What a worker sends with each beat."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model_name: ModelName
+    host: Host
+    port: Port
+    queue_length: QueueLength | None = None
+
+
+class _KeyQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model_name: ModelName
+    host: Host
+    port: Annotated[int, Field(ge=1, le=65535)]  # lax: query strings carry digits
+
+
+_HEARTBEAT = TypeAdapter(HeartbeatRequest)
+_KEY_QUERY = TypeAdapter(_KeyQuery)
+
+
+def problems_of(error: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for item in error.errors(include_url=False):
+        field = ".".join(str(part) for part in item["loc"]) or "body"
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append((field, message))
+    return problems
+
+
+def _validate(adapter: TypeAdapter, value: Any) -> Any:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        raise InvalidInstance(problems_of(exc)) from None
+
+
+def instance_from(value: ModelInstance | dict[str, Any]) -> ModelInstance:
+    """A validated copy of ``value``; server-managed fields are dropped unread."""
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k not in SERVER_MANAGED_FIELDS}
+    return _validate(_INSTANCE, value)
+
+
+def heartbeat_from(value: Any) -> HeartbeatRequest:
+    return _validate(_HEARTBEAT, value)
+
+
+def key_from(query: Mapping[str, str]) -> InstanceKey:
+    """The identity named by query parameters (``port`` arrives as text)."""
+    parsed = _validate(_KEY_QUERY, dict(query))
+    return InstanceKey(parsed.model_name, parsed.host, parsed.port)
+

@@ -1,0 +1,129 @@
+"""The storage contract, written once.
+
+A backend stores ``ModelInstance`` records by their identity
+(``model_name``, ``host``, ``port``) and offers the primitives below. Policy
+(what a heartbeat means, when an instance expires, how one is selected) lives in
+``registry``; a backend only promises that each primitive is a single atomic
+step: no other writer can interleave between the read and the write inside it,
+and once it returns, the change is durable to the degree the backend promises
+(``durable`` below).
+
+Every method may raise ``StorageUnavailable``; nothing else is expected. Records
+returned are copies: mutating them changes nothing stored.
+
+Lifecycle: ``async with backend:`` opens it (creating or upgrading the schema
+where there is one) and closes it; a closed backend cannot be reopened.
+"""
+
+from __future__ import annotations
+
+import abc
+from datetime import datetime
+from types import TracebackType
+
+from .model import InstanceKey, ModelInstance, ModelSummary
+
+__all__ = ["Storage"]
+
+
+class Storage(abc.ABC):
+    #: Short name for logs and ``/health`` ("memory", "sqlite", ...).
+    name: str = "abstract"
+    #: True when an acknowledged write survives the death of the process.
+    durable: bool = False
+
+    def __init__(self) -> None:
+        self._state = "new"
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def __aenter__(self) -> "Storage":
+        if self._state != "new":
+            raise RuntimeError(f"{self.name} storage was already {self._state}; open a new one")
+        await self._open()
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._state = "closed"
+        await self._close()
+
+    async def _open(self) -> None:
+        """Acquire connections and prepare the schema. Idempotent on disk."""
+
+    async def _close(self) -> None:
+        """Release everything ``_open`` acquired."""
+
+    # -- writes ------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
+        """Store ``record`` under its key, replacing every field of an existing
+        record except ``registered_at``, which keeps its first value.
+
+        Returns the stored record and ``True`` when it did not exist before.
+        Concurrent upserts of one key leave exactly one record.
+        """
+
+    @abc.abstractmethod
+    async def insert(self, record: ModelInstance) -> ModelInstance | None:
+        """Store ``record`` only if its key is absent. Returns it, or ``None``
+        when a record with that key already exists (which is left untouched)."""
+
+    @abc.abstractmethod
+    async def touch(
+        self, key: InstanceKey, now: datetime, queue_length: int | None
+    ) -> ModelInstance | None:
+        """Record a heartbeat: ``last_heartbeat = now``, ``healthy = True``,
+        ``unhealthy_since = None``, and ``queue_length`` when it is not ``None``.
+
+        Returns the updated record, or ``None`` when the key is unknown.
+        """
+
+    @abc.abstractmethod
+    async def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
+        """Set ``healthy = False`` (and ``unhealthy_since = now`` unless it was
+        already unhealthy). Returns the record, or ``None`` when unknown."""
+
+    @abc.abstractmethod
+    async def delete(self, key: InstanceKey) -> ModelInstance | None:
+        """Delete the record. Returns it as it was, or ``None`` when unknown."""
+
+    @abc.abstractmethod
+    async def expire(self, cutoff: datetime, now: datetime) -> list[ModelInstance]:
+        """Mark unhealthy, in one atomic step, every record with
+        ``healthy and check_healthy and last_heartbeat < cutoff``; set their
+        ``unhealthy_since = now``. Returns the records that changed, so each
+        transition is reported exactly once. A heartbeat that lands first wins.
+        """
+
+    @abc.abstractmethod
+    async def evict(self, cutoff: datetime) -> list[ModelInstance]:
+        """Delete every record with ``not healthy and unhealthy_since < cutoff``.
+        Returns the deleted records."""
+
+    # -- reads -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get(self, key: InstanceKey) -> ModelInstance | None:
+        """The record stored under ``key``, or ``None``."""
+
+    @abc.abstractmethod
+    async def list(
+        self, model_name: str | None = None, healthy_only: bool = False
+    ) -> list[ModelInstance]:
+        """Records of one model (or all), optionally only healthy ones, ordered
+        by key."""
+
+    @abc.abstractmethod
+    async def summarize(self) -> list[ModelSummary]:
+        """Per-model counts, ordered by model name."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Return when the backend answers; raise ``StorageUnavailable`` when not."""

@@ -1,0 +1,148 @@
+"""The record every storage backend stores and returns.
+
+It lives here, under the storage contract, because dependencies point one way
+(``api`` -> ``registry`` -> ``storage``): the contract must be able to name its
+record without importing the service layer. ``registry`` re-exports it as the
+domain object, so users write ``from registry import ModelInstance``.
+
+The field annotations carry the validation rules (pydantic reads them through
+``registry.validation``); constructing a ``ModelInstance`` directly does not
+validate, exactly like the DB-GPT dataclass it stands in for.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, NamedTuple
+
+import orjson
+from pydantic import AfterValidator, ConfigDict, Field, Strict
+
+__all__ = [
+    "InstanceKey",
+    "ModelInstance",
+    "ModelSummary",
+    "SERVER_MANAGED_FIELDS",
+    "normalize_host",
+]
+
+MAX_METADATA_KEYS = 64
+MAX_METADATA_BYTES = 8 * 1024
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# RFC 1123 labels, plus "_" because container runtimes hand out such names.
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+def _check_model_name(value: str) -> str:
+    if _CONTROL_CHARS.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def normalize_host(value: str) -> str:
+    """Return the canonical spelling of a hostname, IPv4 or IPv6 address.
+
+    Identity includes the host, so ``[::1]``, ``0:0::1`` and ``::1`` must be one
+    host, and so must ``Worker-1`` and ``worker-1``.
+    """
+    candidate = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        return ipaddress.ip_address(candidate).compressed
+    except ValueError:
+        pass
+    name = candidate[:-1] if candidate.endswith(".") else candidate
+    if not name or len(name) > 253 or not all(_HOST_LABEL.match(p) for p in name.split(".")):
+        raise ValueError("must be a hostname, an IPv4 address or an IPv6 address")
+    return name.lower()
+
+
+def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    if len(value) > MAX_METADATA_KEYS:
+        raise ValueError(f"must have at most {MAX_METADATA_KEYS} keys, got {len(value)}")
+    try:
+        encoded = orjson.dumps(value)
+    except TypeError as exc:
+        raise ValueError(f"must be JSON-serialisable ({exc})") from None
+    if len(encoded) > MAX_METADATA_BYTES:
+        raise ValueError(f"must encode to at most {MAX_METADATA_BYTES} bytes of JSON, got {len(encoded)}")
+    return value
+
+
+ModelName = Annotated[
+    str, Strict(), Field(min_length=1, max_length=256), AfterValidator(_check_model_name)
+]
+Host = Annotated[str, Strict(), Field(min_length=1, max_length=255), AfterValidator(normalize_host)]
+Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
+# float() because strict mode lets a JSON integer through as an int.
+Weight = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False), AfterValidator(float)]
+Flag = Annotated[bool, Strict()]
+Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata)]
+QueueLength = Annotated[int, Strict(), Field(ge=0)]
+
+
+class InstanceKey(NamedTuple):
+    """Identity of an instance: one worker process serving one model."""
+
+    model_name: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.model_name!r} at {self.address}"
+
+
+@dataclass(slots=True)
+class ModelInstance:
+    """One instance of a model serving traffic.
+
+    The first nine fields keep DB-GPT's order and names, so code written for
+    its ``ModelInstance`` constructs this one unchanged. ``healthy``,
+    ``last_heartbeat``, ``registered_at``, ``unhealthy_since`` and
+    ``queue_length`` are managed by the registry: values sent by clients are
+    ignored and replaced by the registry's own.
+    """
+
+    __pydantic_config__ = ConfigDict(revalidate_instances="always")
+
+    model_name: ModelName
+    host: Host
+    port: Port
+    weight: Weight = 1.0
+    check_healthy: Flag = True
+    healthy: bool = False
+    enabled: Flag = True
+    prompt_template: Annotated[str, Strict(), Field(max_length=16 * 1024)] | None = None
+    last_heartbeat: datetime | None = None
+    metadata: Metadata = field(default_factory=dict)
+    registered_at: datetime | None = None
+    unhealthy_since: datetime | None = None
+    queue_length: QueueLength | None = None
+
+    @property
+    def key(self) -> InstanceKey:
+        return InstanceKey(self.model_name, self.host, self.port)
+
+
+SERVER_MANAGED_FIELDS = frozenset(
+    {"healthy", "last_heartbeat", "registered_at", "unhealthy_since", "queue_length"}
+)
+
+
+@dataclass(slots=True, frozen=True)
+class ModelSummary:
+    """Counts of one model's instances, as ``GET /api/v1/models`` reports them."""
+
+    model_name: str
+    total: int
+    healthy: int
+    enabled: int
+    available: int  # healthy and enabled: what selection can pick from

@@ -1,0 +1,99 @@
+"""The SQL schema, declared once for every SQL backend and for Alembic.
+
+Column names are the ``ModelInstance`` field names, so a row becomes a record
+with ``ModelInstance(**row._mapping)`` and a record becomes a row with
+``dataclasses.asdict``: there is no hand-written field-by-field copy to keep in
+sync. Migrations in ``alembic/versions`` must produce exactly this schema
+(``tests/storage/test_migrations.py`` checks it).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    true,
+    false,
+)
+from sqlalchemy.types import TypeDecorator
+
+__all__ = ["EXPIRABLE", "EVICTABLE", "instances", "metadata"]
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every database.
+
+    SQLite has no time zones: values are stored as naive UTC text (which sorts
+    chronologically) and come back marked UTC. PostgreSQL stores
+    ``timestamptz``.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use UTC-aware datetimes")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+metadata = MetaData()
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("model_name", String(256), primary_key=True),
+    Column("host", String(255), primary_key=True),
+    Column("port", Integer, primary_key=True),
+    Column("weight", Float, nullable=False),
+    Column("check_healthy", Boolean, nullable=False),
+    Column("healthy", Boolean, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("prompt_template", Text, nullable=True),
+    Column("last_heartbeat", UTCDateTime, nullable=True),
+    Column("metadata", JSON, nullable=False),
+    Column("registered_at", UTCDateTime, nullable=True),
+    Column("unhealthy_since", UTCDateTime, nullable=True),
+    Column("queue_length", Integer, nullable=True),
+)
+
+_c = instances.c
+# The checker's two sweeps. Each partial index holds only the rows its sweep
+# can touch, and the sweeps use these very expressions so that SQLite's planner
+# recognises them as matching the index predicate.
+EXPIRABLE = (_c.healthy == true()) & (_c.check_healthy == true())
+EVICTABLE = _c.healthy == false()
+
+Index(
+    "ix_instances_expirable",
+    _c.last_heartbeat,
+    sqlite_where=EXPIRABLE,
+    postgresql_where=EXPIRABLE,
+)
+Index(
+    "ix_instances_evictable",
+    _c.unhealthy_since,
+    sqlite_where=EVICTABLE,
+    postgresql_where=EVICTABLE,
+)

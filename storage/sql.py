@@ -1,0 +1,237 @@
+"""SQL backends through SQLAlchemy's asyncio engine.
+
+``sqlite+aiosqlite:///PATH`` today; PostgreSQL joins on the same statements.
+Each primitive is one statement, or, for ``upsert``, an
+insert-if-absent followed by an update inside one transaction, retried if a
+concurrent delete slips between them: never a read followed by a write.
+
+SQLite allows one writer at a time. Rather than let several pooled connections
+collide and sleep in SQLite's busy handler, writes from this process queue on
+an ``asyncio.Lock``; reads run concurrently beside them (WAL mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import case, delete, event, func, select, true, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from . import migrations
+from .base import Storage
+from .errors import StorageUnavailable
+from .model import InstanceKey, ModelInstance, ModelSummary
+from .schema import EVICTABLE, EXPIRABLE, instances
+
+__all__ = ["SQLStorage"]
+
+log = logging.getLogger(__name__)
+
+_t = instances
+_KEY_COLUMNS = ("model_name", "host", "port")
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _record(row: Any) -> ModelInstance:
+    return ModelInstance(**row._mapping)
+
+
+def _where_key(key: InstanceKey):
+    return (_t.c.model_name == key.model_name) & (_t.c.host == key.host) & (_t.c.port == key.port)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers run beside the writer; synchronous=FULL makes every
+    # acknowledged commit survive a power cut, not only a process crash.
+    cursor = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=5000"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+class SQLStorage(Storage):
+    durable = True
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        super().__init__()
+        self._url = make_url(url)
+        self._migrate = migrate
+        self.name = self._url.get_backend_name()
+        self._engine: AsyncEngine | None = None
+        self._write_lock = asyncio.Lock() if self.name == "sqlite" else None
+        if self.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        self._insert = insert
+
+    def __repr__(self) -> str:
+        return f"SQLStorage({self._url.render_as_string(hide_password=True)!r})"
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def _open(self) -> None:
+        self._engine = create_async_engine(
+            self._url, json_serializer=_json_dumps, json_deserializer=orjson.loads
+        )
+        if self.name == "sqlite":
+            event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
+        try:
+            async with self._guard("open"):
+                if self._migrate:
+                    async with self._engine.begin() as conn:
+                        await conn.run_sync(migrations.upgrade_connection)
+                await self.ping()
+        except BaseException:
+            await self._engine.dispose()
+            raise
+
+    async def _close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def _guard(self, what: str) -> AsyncIterator[None]:
+        """Wrap every driver error into ``StorageUnavailable`` at the boundary."""
+        try:
+            yield
+        except StorageUnavailable:
+            raise
+        except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
+            cause = getattr(exc, "orig", None) or exc
+            raise StorageUnavailable(f"{self.name} storage failed to {what}: {cause}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _write(self, what: str) -> AsyncIterator[AsyncConnection]:
+        assert self._engine is not None, "storage is not open"
+        lock = self._write_lock or contextlib.nullcontext()
+        async with self._guard(what), lock, self._engine.begin() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _read(self, what: str) -> AsyncIterator[AsyncConnection]:
+        assert self._engine is not None, "storage is not open"
+        async with self._guard(what), self._engine.connect() as conn:
+            yield conn
+
+    # -- writes ------------------------------------------------------------
+
+    async def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
+        row = dataclasses.asdict(record)
+        changes = {k: v for k, v in row.items() if k not in _KEY_COLUMNS and k != "registered_at"}
+        async with self._write("register an instance") as conn:
+            while True:
+                inserted = await self._insert_returning(conn, row)
+                if inserted is not None:
+                    return inserted, True
+                result = await conn.execute(
+                    update(_t).where(_where_key(record.key)).values(changes).returning(*_t.c)
+                )
+                updated = result.first()
+                if updated is not None:
+                    return _record(updated), False
+                # Deleted between the two statements by another writer: go again.
+
+    async def insert(self, record: ModelInstance) -> ModelInstance | None:
+        async with self._write("register an instance") as conn:
+            return await self._insert_returning(conn, dataclasses.asdict(record))
+
+    async def _insert_returning(self, conn: AsyncConnection, row: dict) -> ModelInstance | None:
+        statement = self._insert(_t).values(row).on_conflict_do_nothing().returning(*_t.c)
+        inserted = (await conn.execute(statement)).first()
+        return None if inserted is None else _record(inserted)
+
+    async def _update_one(self, what: str, key: InstanceKey, values: dict) -> ModelInstance | None:
+        statement = update(_t).where(_where_key(key)).values(values).returning(*_t.c)
+        async with self._write(what) as conn:
+            row = (await conn.execute(statement)).first()
+        return None if row is None else _record(row)
+
+    async def touch(
+        self, key: InstanceKey, now: datetime, queue_length: int | None
+    ) -> ModelInstance | None:
+        values: dict[str, Any] = {"last_heartbeat": now, "healthy": True, "unhealthy_since": None}
+        if queue_length is not None:
+            values["queue_length"] = queue_length
+        return await self._update_one("record a heartbeat", key, values)
+
+    async def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
+        since = case(
+            (_t.c.healthy == true(), now), else_=func.coalesce(_t.c.unhealthy_since, now)
+        )
+        values = {"healthy": False, "unhealthy_since": since}
+        return await self._update_one("deregister an instance", key, values)
+
+    async def delete(self, key: InstanceKey) -> ModelInstance | None:
+        async with self._write("delete an instance") as conn:
+            row = (await conn.execute(delete(_t).where(_where_key(key)).returning(*_t.c))).first()
+        return None if row is None else _record(row)
+
+    async def expire(self, cutoff: datetime, now: datetime) -> list[ModelInstance]:
+        statement = (
+            update(_t)
+            .where(EXPIRABLE & (_t.c.last_heartbeat < cutoff))
+            .values(healthy=False, unhealthy_since=now)
+            .returning(*_t.c)
+        )
+        async with self._write("mark silent instances unhealthy") as conn:
+            return [_record(row) for row in await conn.execute(statement)]
+
+    async def evict(self, cutoff: datetime) -> list[ModelInstance]:
+        statement = delete(_t).where(EVICTABLE & (_t.c.unhealthy_since < cutoff)).returning(*_t.c)
+        async with self._write("evict unhealthy instances") as conn:
+            return [_record(row) for row in await conn.execute(statement)]
+
+    # -- reads -------------------------------------------------------------
+
+    async def get(self, key: InstanceKey) -> ModelInstance | None:
+        async with self._read("read an instance") as conn:
+            row = (await conn.execute(select(_t).where(_where_key(key)))).first()
+        return None if row is None else _record(row)
+
+    async def list(
+        self, model_name: str | None = None, healthy_only: bool = False
+    ) -> list[ModelInstance]:
+        statement = select(_t).order_by(*(_t.c[k] for k in _KEY_COLUMNS))
+        if model_name is not None:
+            statement = statement.where(_t.c.model_name == model_name)
+        if healthy_only:
+            statement = statement.where(_t.c.healthy == true())
+        async with self._read("list instances") as conn:
+            return [_record(row) for row in await conn.execute(statement)]
+
+    async def summarize(self) -> list[ModelSummary]:
+        def count(condition):
+            return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+        healthy, enabled = _t.c.healthy == true(), _t.c.enabled == true()
+        statement = (
+            select(
+                _t.c.model_name,
+                func.count(),
+                count(healthy),
+                count(enabled),
+                count(healthy & enabled),
+            )
+            .group_by(_t.c.model_name)
+            .order_by(_t.c.model_name)
+        )
+        async with self._read("count instances") as conn:
+            return [ModelSummary(*row) for row in await conn.execute(statement)]
+
+    async def ping(self) -> None:
+        async with self._read("answer a ping") as conn:
+            await conn.execute(select(1))
+
