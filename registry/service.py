@@ -77,7 +77,10 @@ class Registry:
         evict_after: float = 600.0,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        checker: bool = True,
     ) -> None:
+        """``checker=False`` leaves sweeping to whoever calls ``check_once``
+        (tests, or a replica that must not sweep)."""
         check_timing(heartbeat_interval, heartbeat_timeout, evict_after)
         self.storage = storage
         self.heartbeat_interval = heartbeat_interval
@@ -85,6 +88,7 @@ class Registry:
         self.evict_after = evict_after
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()
+        self._run_checker_task = checker
         self._started_at: float | None = None
         self._checker: asyncio.Task[None] | None = None
 
@@ -94,7 +98,8 @@ class Registry:
         if self._started_at is not None:
             raise RuntimeError("this Registry was already started; create a new one")
         self._started_at = self._clock.monotonic()
-        self._checker = asyncio.create_task(self._run_checker(), name="registry-checker")
+        if self._run_checker_task:
+            self._checker = asyncio.create_task(self._run_checker(), name="registry-checker")
         return self
 
     async def __aexit__(

@@ -58,6 +58,17 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(timezone.utc)
 
 
+class ExactFloat(TypeDecorator[float]):
+    """A float that comes back as ``float``: SQLite's RETURNING may hand back
+    ``1`` for a stored ``1.0``."""
+
+    impl = Float
+    cache_ok = True
+
+    def process_result_value(self, value: float | None, dialect) -> float | None:
+        return None if value is None else float(value)
+
+
 metadata = MetaData()
 
 instances = Table(
@@ -66,7 +77,7 @@ instances = Table(
     Column("model_name", String(256), primary_key=True),
     Column("host", String(255), primary_key=True),
     Column("port", Integer, primary_key=True),
-    Column("weight", Float, nullable=False),
+    Column("weight", ExactFloat, nullable=False),
     Column("check_healthy", Boolean, nullable=False),
     Column("healthy", Boolean, nullable=False),
     Column("enabled", Boolean, nullable=False),

@@ -1,0 +1,166 @@
+"""The storage contract, run against every backend (see conftest's storage_url)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from storage import InstanceKey, ModelInstance, ModelSummary, Storage, open_storage
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def record(name: str = "m", host: str = "10.0.0.1", port: int = 8000, **fields) -> ModelInstance:
+    base = dict(healthy=True, last_heartbeat=T0, registered_at=T0)
+    return ModelInstance(name, host, port, **{**base, **fields})
+
+
+async def test_upsert_creates_then_updates_keeping_registered_at(storage: Storage) -> None:
+    stored, created = await storage.upsert(record(weight=2.0, metadata={"gpu": "a100"}))
+    assert created and stored.weight == 2.0 and stored.metadata == {"gpu": "a100"}
+    later = T0 + timedelta(minutes=5)
+    again, created = await storage.upsert(
+        record(weight=3.0, registered_at=later, last_heartbeat=later, prompt_template="vicuna")
+    )
+    assert not created
+    assert again.weight == 3.0 and again.prompt_template == "vicuna" and again.metadata == {}
+    assert again.registered_at == T0 and again.last_heartbeat == later
+    assert await storage.list() == [again]
+
+
+async def test_round_trip_keeps_every_field(storage: Storage) -> None:
+    full = record(
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "::1",
+        65535,
+        weight=0.25,
+        check_healthy=False,
+        enabled=False,
+        prompt_template="llama-3",
+        metadata={"nested": {"list": [1, 2.5, None, True]}, "ünï": "çødé"},
+        unhealthy_since=None,
+        queue_length=7,
+    )
+    stored, _ = await storage.upsert(full)
+    assert stored == full
+    assert await storage.get(full.key) == full
+    assert stored.last_heartbeat.tzinfo is not None
+
+
+async def test_insert_only_when_absent(storage: Storage) -> None:
+    assert await storage.insert(record(weight=5.0)) == record(weight=5.0)
+    assert await storage.insert(record(weight=9.0)) is None
+    assert (await storage.get(InstanceKey("m", "10.0.0.1", 8000))).weight == 5.0
+
+
+async def test_touch_records_a_heartbeat(storage: Storage) -> None:
+    await storage.upsert(record(healthy=False, unhealthy_since=T0, queue_length=4))
+    later = T0 + timedelta(seconds=10)
+    touched = await storage.touch(InstanceKey("m", "10.0.0.1", 8000), later, None)
+    assert touched.healthy and touched.last_heartbeat == later
+    assert touched.unhealthy_since is None and touched.queue_length == 4
+    touched = await storage.touch(touched.key, later, 0)
+    assert touched.queue_length == 0
+    assert await storage.touch(InstanceKey("m", "10.0.0.1", 1), later, None) is None
+
+
+async def test_mark_unhealthy_keeps_the_first_unhealthy_time(storage: Storage) -> None:
+    await storage.upsert(record())
+    key = InstanceKey("m", "10.0.0.1", 8000)
+    first = await storage.mark_unhealthy(key, T0 + timedelta(seconds=1))
+    assert not first.healthy and first.unhealthy_since == T0 + timedelta(seconds=1)
+    second = await storage.mark_unhealthy(key, T0 + timedelta(seconds=9))
+    assert second.unhealthy_since == T0 + timedelta(seconds=1)
+    assert await storage.mark_unhealthy(InstanceKey("x", "h", 1), T0) is None
+
+
+async def test_delete_returns_what_was_deleted(storage: Storage) -> None:
+    await storage.upsert(record())
+    key = InstanceKey("m", "10.0.0.1", 8000)
+    assert (await storage.delete(key)).key == key
+    assert await storage.delete(key) is None
+    assert await storage.get(key) is None
+
+
+async def test_expire_marks_only_silent_checked_healthy_instances(storage: Storage) -> None:
+    old, fresh = T0, T0 + timedelta(seconds=50)
+    await storage.upsert(record(port=1, last_heartbeat=old))
+    await storage.upsert(record(port=2, last_heartbeat=fresh))
+    await storage.upsert(record(port=3, last_heartbeat=old, check_healthy=False))
+    await storage.upsert(record(port=4, last_heartbeat=old, healthy=False, unhealthy_since=old))
+    now = T0 + timedelta(seconds=60)
+    expired = await storage.expire(T0 + timedelta(seconds=30), now)
+    assert [r.port for r in expired] == [1]
+    assert expired[0].unhealthy_since == now and not expired[0].healthy
+    assert await storage.expire(T0 + timedelta(seconds=30), now) == []  # reported once
+    states = {r.port: (r.healthy, r.unhealthy_since) for r in await storage.list()}
+    assert states == {1: (False, now), 2: (True, None), 3: (True, None), 4: (False, old)}
+
+
+async def test_evict_deletes_long_unhealthy_instances(storage: Storage) -> None:
+    await storage.upsert(record(port=1, healthy=False, unhealthy_since=T0))
+    await storage.upsert(record(port=2, healthy=False, unhealthy_since=T0 + timedelta(hours=1)))
+    await storage.upsert(record(port=3))
+    evicted = await storage.evict(T0 + timedelta(minutes=30))
+    assert [r.port for r in evicted] == [1]
+    assert [r.port for r in await storage.list()] == [2, 3]
+
+
+async def test_list_filters_and_orders_by_key(storage: Storage) -> None:
+    await storage.upsert(record("b", port=2))
+    await storage.upsert(record("a", port=9, healthy=False, unhealthy_since=T0))
+    await storage.upsert(record("a", port=1))
+    await storage.upsert(record("a/b:c@d", port=1))
+    assert [(r.model_name, r.port) for r in await storage.list()] == [
+        ("a", 1), ("a", 9), ("a/b:c@d", 1), ("b", 2)
+    ]
+    assert [r.port for r in await storage.list("a")] == [1, 9]
+    assert [r.port for r in await storage.list("a", healthy_only=True)] == [1]
+    assert await storage.list("nope") == []
+
+
+async def test_summarize_counts_per_model(storage: Storage) -> None:
+    await storage.upsert(record("a", port=1))
+    await storage.upsert(record("a", port=2, enabled=False))
+    await storage.upsert(record("a", port=3, healthy=False, unhealthy_since=T0))
+    await storage.upsert(record("b", port=1))
+    assert await storage.summarize() == [
+        ModelSummary("a", total=3, healthy=2, enabled=2, available=1),
+        ModelSummary("b", total=1, healthy=1, enabled=1, available=1),
+    ]
+
+
+async def test_returned_records_are_copies(storage: Storage) -> None:
+    stored, _ = await storage.upsert(record(metadata={"k": ["v"]}))
+    stored.metadata["k"].append("mutated")
+    stored.weight = 99.0
+    fetched = await storage.get(stored.key)
+    assert fetched.metadata == {"k": ["v"]} and fetched.weight == 1.0
+
+
+async def test_concurrent_upserts_of_one_key_leave_one_record(storage: Storage) -> None:
+    results = await asyncio.gather(*(storage.upsert(record(weight=float(i))) for i in range(100)))
+    assert sum(created for _, created in results) == 1
+    assert len(await storage.list()) == 1
+
+
+async def test_ping_answers(storage: Storage) -> None:
+    await storage.ping()
+
+
+async def test_a_closed_backend_cannot_be_reopened(storage_url: str) -> None:
+    backend = open_storage(storage_url)
+    async with backend:
+        pass
+    with pytest.raises(RuntimeError, match="open a new one"):
+        async with backend:
+            pass
+
+
+def test_records_are_plain_dataclasses() -> None:
+    instance = ModelInstance("m", "h", 1, healthy=True, last_heartbeat=T0)
+    assert dataclasses.asdict(instance)["last_heartbeat"] == T0
+    assert instance.key == InstanceKey("m", "h", 1)

@@ -1,0 +1,89 @@
+"""What only the SQLite backend promises: schema by migration, WAL, durability."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from storage import InvalidStorageURL, StorageUnavailable, open_storage
+from storage.schema import metadata
+from tests.conftest import sqlite_url
+from tests.storage.test_contract import T0, record
+
+
+async def test_migrations_create_the_declared_schema_and_are_idempotent(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "r.db")
+    async with open_storage(url) as storage:
+        await storage.upsert(record())
+    async with open_storage(url) as storage:  # second start: nothing to do, nothing lost
+        assert len(await storage.list()) == 1
+        async with storage._engine.connect() as conn:
+            diff = await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+            )
+            revision = await conn.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_revision()
+            )
+    assert diff == []
+    assert revision == "0001"
+
+
+async def test_database_is_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    async with open_storage(sqlite_url(path)):
+        pass
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_checker_sweeps_use_their_partial_indexes(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    async with open_storage(sqlite_url(path)) as storage:
+        await storage.upsert(record())
+    with sqlite3.connect(path) as conn:
+        expire = conn.execute(
+            "EXPLAIN QUERY PLAN UPDATE instances SET healthy = 0 WHERE instances.healthy = 1 "
+            "AND instances.check_healthy = 1 AND instances.last_heartbeat < ?",
+            (str(T0),),
+        ).fetchall()
+        evict = conn.execute(
+            "EXPLAIN QUERY PLAN DELETE FROM instances WHERE instances.healthy = 0 "
+            "AND instances.unhealthy_since < ?",
+            (str(T0),),
+        ).fetchall()
+    assert "ix_instances_expirable" in str(expire)
+    assert "ix_instances_evictable" in str(evict)
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("postgres://x", "unsupported storage URL"),
+        ("redis://localhost", r"use one of memory://, sqlite\+aiosqlite:///"),
+        ("registry.db", "unsupported storage URL"),
+        ("sqlite+aiosqlite://", "names no database file"),
+        ("sqlite+aiosqlite:///:memory:", "names no database file"),
+    ],
+)
+def test_bad_urls_are_refused_naming_the_valid_ones(url: str, message: str) -> None:
+    with pytest.raises(InvalidStorageURL, match=message):
+        open_storage(url)
+
+
+async def test_an_unopenable_file_is_storage_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(StorageUnavailable, match="unable to open database file"):
+        async with open_storage(sqlite_url(tmp_path / "missing-dir" / "r.db")):
+            pass
+
+
+async def test_driver_errors_are_wrapped(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    async with open_storage(sqlite_url(path)) as storage:
+        with sqlite3.connect(path) as conn:
+            conn.execute("DROP TABLE instances")
+        with pytest.raises(StorageUnavailable, match="no such table"):
+            await storage.list()
