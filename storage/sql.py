@@ -232,6 +232,8 @@ class SQLStorage(Storage):
             return [ModelSummary(*row) for row in await conn.execute(statement)]
 
     async def ping(self) -> None:
+        # Touches the table, not just the connection: a database without our
+        # schema is as unusable as an unreachable one.
         async with self._read("answer a ping") as conn:
-            await conn.execute(select(1))
+            await conn.execute(select(_t.c.port).limit(1))
 

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from api import create_app
+from registry import ManualClock
+from registry.settings import Settings
+
+
+@pytest.fixture
+def settings(storage_url: str) -> Settings:
+    return Settings(
+        storage=storage_url, heartbeat_interval=5, heartbeat_timeout=30, evict_after=600
+    )
+
+
+@pytest.fixture
+def app(settings: Settings, clock: ManualClock) -> web.Application:
+    return create_app(settings, clock=clock)
+
+
+@pytest.fixture
+async def client(
+    app: web.Application, aiohttp_client: Callable[[web.Application], Awaitable[TestClient]]
+) -> TestClient:
+    """A real HTTP server on loopback, built by the same factory as `serve`."""
+    return await aiohttp_client(app)

@@ -1,0 +1,146 @@
+"""Every endpoint over real HTTP on loopback, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from aiohttp.test_utils import TestClient
+
+from registry import ManualClock
+
+RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def body(name: str = LLAMA, host: str = "10.0.0.5", port: int = 8001, **fields) -> dict:
+    return {"model_name": name, "host": host, "port": port, **fields}
+
+
+def query(name: str = LLAMA, host: str = "10.0.0.5", port: int = 8001, **extra) -> dict:
+    return {"model_name": name, "host": host, "port": str(port), **extra}
+
+
+async def test_register_creates_201_then_updates_200(client: TestClient) -> None:
+    first = await client.post("/api/v1/instances", json=body(weight=2, metadata={"gpu": "a100"}))
+    assert first.status == 201
+    created = await first.json()
+    assert created["healthy"] is True and created["weight"] == 2.0
+    assert RFC3339_UTC.match(created["last_heartbeat"]) and RFC3339_UTC.match(created["registered_at"])
+    again = await client.post("/api/v1/instances", json=body(weight=3, prompt_template="llama-3"))
+    assert again.status == 200
+    updated = await again.json()
+    assert updated["weight"] == 3.0 and updated["prompt_template"] == "llama-3"
+    assert updated["registered_at"] == created["registered_at"]
+    listed = await (await client.get("/api/v1/instances")).json()
+    assert listed["count"] == 1 and listed["instances"] == [updated]
+
+
+async def test_client_values_of_server_managed_fields_are_ignored(client: TestClient, clock: ManualClock) -> None:
+    sent = body(healthy=False, last_heartbeat="not even a date", registered_at=5, queue_length=-3)
+    response = await client.post("/api/v1/instances", json=sent)
+    assert response.status == 201
+    stored = await response.json()
+    assert stored["healthy"] is True and stored["queue_length"] is None
+    assert stored["last_heartbeat"] == clock.now().isoformat().replace("+00:00", "Z")
+
+
+async def test_heartbeat_registers_unknown_then_advances(client: TestClient, clock: ManualClock) -> None:
+    first = await client.post("/api/v1/heartbeat", json=body(queue_length=3))
+    assert first.status == 200
+    assert (await first.json())["queue_length"] == 3
+    clock.advance(10)
+    second = await (await client.post("/api/v1/heartbeat", json=body())).json()
+    assert second["last_heartbeat"] > (await first.json())["last_heartbeat"]
+    assert second["queue_length"] == 3
+
+
+async def test_deregister_keeps_record_and_purge_deletes(client: TestClient) -> None:
+    await client.post("/api/v1/instances", json=body())
+    response = await client.delete("/api/v1/instances", params=query())
+    assert response.status == 200
+    assert (await response.json())["healthy"] is False
+    listed = await (await client.get("/api/v1/instances")).json()
+    assert [i["healthy"] for i in listed["instances"]] == [False]
+    healthy = await (await client.get("/api/v1/instances", params={"healthy_only": "true"})).json()
+    assert healthy == {"instances": [], "count": 0}
+    purged = await client.delete("/api/v1/instances", params=query(purge="true"))
+    assert purged.status == 200
+    assert (await (await client.get("/api/v1/instances")).json())["count"] == 0
+    gone = await client.delete("/api/v1/instances", params=query())
+    assert gone.status == 404
+    assert await gone.json() == {
+        "error": "instance_not_found",
+        "detail": f"no instance '{LLAMA}' at 10.0.0.5:8001 is registered",
+    }
+
+
+async def test_list_filters_by_model_names_with_slashes_and_at_signs(client: TestClient) -> None:
+    for name in (LLAMA, "glm-4@llm", "org/model:v2"):
+        await client.post("/api/v1/instances", json=body(name))
+    for name in (LLAMA, "glm-4@llm", "org/model:v2"):
+        listed = await (await client.get("/api/v1/instances", params={"model_name": name})).json()
+        assert [i["model_name"] for i in listed["instances"]] == [name]
+    raw = await client.get("/api/v1/instances?model_name=meta-llama%2FLlama-3.1-8B-Instruct")
+    assert (await raw.json())["count"] == 1
+
+
+async def test_models_counts(client: TestClient) -> None:
+    await client.post("/api/v1/instances", json=body(port=1))
+    await client.post("/api/v1/instances", json=body(port=2, enabled=False))
+    await client.post("/api/v1/instances", json=body("glm-4@llm", port=1))
+    await client.delete("/api/v1/instances", params=query("glm-4@llm", port=1))
+    models = await (await client.get("/api/v1/models")).json()
+    assert models == {
+        "models": [
+            {"model_name": "glm-4@llm", "total": 1, "healthy": 0, "enabled": 1, "available": 0},
+            {"model_name": LLAMA, "total": 2, "healthy": 2, "enabled": 1, "available": 1},
+        ]
+    }
+
+
+async def test_select_picks_healthy_enabled_or_404(client: TestClient) -> None:
+    await client.post("/api/v1/instances", json=body(port=1, enabled=False))
+    await client.post("/api/v1/instances", json=body(port=2, weight=0))
+    missing = await client.get("/api/v1/select", params={"model_name": LLAMA})
+    assert missing.status == 404
+    assert (await missing.json())["error"] == "no_healthy_instance"
+    await client.post("/api/v1/instances", json=body(port=3))
+    for _ in range(20):
+        picked = await client.get("/api/v1/select", params={"model_name": LLAMA})
+        assert picked.status == 200 and (await picked.json())["port"] == 3
+
+
+async def test_health_reports_ok(client: TestClient, storage_url: str) -> None:
+    response = await client.get("/health")
+    assert response.status == 200
+    health = await response.json()
+    assert health["status"] == "ok" and health["checker_running"] is True
+    assert health["storage"] == storage_url.split(":")[0].split("+")[0]
+    assert health["grace_remaining_s"] == 30
+
+
+async def test_background_checker_marks_silent_instances_through_http(
+    client: TestClient, clock: ManualClock
+) -> None:
+    await client.post("/api/v1/instances", json=body(port=1))
+    await client.post("/api/v1/instances", json=body(port=2))
+    for _ in range(7):  # 35 s in 5 s steps: past the grace and the timeout
+        await checker_parked(clock)
+        clock.advance(5)
+        await client.post("/api/v1/heartbeat", json=body(port=2))
+    await checker_parked(clock)  # the last sweep has landed
+    listed = await (await client.get("/api/v1/instances")).json()
+    assert {i["port"]: i["healthy"] for i in listed["instances"]} == {1: False, 2: True}
+    await client.post("/api/v1/heartbeat", json=body(port=1))
+    listed = await (await client.get("/api/v1/instances", params={"healthy_only": "1"})).json()
+    assert listed["count"] == 2
+
+
+async def checker_parked(clock: ManualClock) -> None:
+    """Wait until the background checker sleeps on the clock again."""
+    for _ in range(500):
+        if clock.sleepers:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the checker never went back to sleep")
