@@ -89,12 +89,14 @@ def _settings(given: dict[str, object]) -> Settings:
             f"{field.replace('_', '-')}: {message}" if field != "body" else message
             for field, message in problems_of(exc)
         )
-        raise SystemExit(f"model-registry: invalid configuration: {problems}") from None
+        _fail(f"invalid configuration: {problems}", code=2)
+        raise  # unreachable: _fail exits
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = vars(_parser().parse_args(argv))
     command = args.pop("command")
+    configure_logging()  # until the settings say how
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
     runner = serve(settings) if command == "serve" else _migrate(settings)
@@ -112,6 +114,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail("interrupted", code=130)
 
 
-def _fail(message: str, *, code: int) -> None:
+def _fail(message: str, *, code: int) -> typing.NoReturn:
     log.error(message)
     raise SystemExit(code)

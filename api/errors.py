@@ -80,12 +80,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def drain_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Once shutdown has begun, turn new requests away (``/health`` says why itself)."""
-    if request.app[LIFECYCLE].draining and request.path != "/health":
+    """Count requests in flight; once shutdown has begun, turn new ones away
+    (``/health`` answers for itself)."""
+    lifecycle = request.app[LIFECYCLE]
+    if lifecycle.draining and request.path != "/health":
         raise ApiError(
             503,
             "shutting_down",
             "the registry is shutting down; retry against another replica or after restart",
             headers={"Retry-After": "1", "Connection": "close"},
         )
-    return await handler(request)
+    lifecycle.started()
+    try:
+        return await handler(request)
+    finally:
+        lifecycle.finished()

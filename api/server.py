@@ -2,13 +2,17 @@
 
 Shutdown order (aiohttp's runner does steps 3-6 in ``cleanup``):
 
-1. the signal sets ``draining``: ``/health`` answers 503 at once and new
-   requests on open connections get 503 with ``Connection: close``;
-2. ``runner.cleanup()`` starts;
-3. the listening socket closes, so new connections are refused;
-4. idle keep-alive connections close;
-5. requests in flight get up to ``shutdown_timeout`` seconds to finish;
-6. cleanup contexts unwind: the checker stops, then storage closes.
+1. the signal sets ``draining``: from then on ``/health`` answers 503 and every
+   other new request gets 503 with ``Connection: close``, so load balancers
+   and clients see the replica leave while it still answers;
+2. requests already in flight run to completion, for up to
+   ``shutdown_timeout`` seconds less a short reserve;
+3. ``runner.cleanup()``: the listening socket closes (new connections are
+   refused) and idle keep-alive connections close;
+4. handlers still running after that get the reserve, then are cancelled;
+5. cleanup contexts unwind: the checker stops, then storage closes.
+
+So the process is gone within ``shutdown_timeout`` of the signal.
 """
 
 from __future__ import annotations
@@ -57,8 +61,9 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain and return."""
     app = create_app(settings, clock=clock)
     access_log = logging.getLogger("aiohttp.access") if settings.log_level == "debug" else None
+    reserve = min(1.0, settings.shutdown_timeout / 4)  # for aiohttp's own wait, step 4
     runner = web.AppRunner(
-        app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout, access_log=access_log
+        app, handle_signals=False, shutdown_timeout=reserve, access_log=access_log
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -75,8 +80,11 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
         shown = f"[{host}]" if ":" in host else host
         log.info("serving", extra={"url": f"http://{shown}:{port}", "storage": redact(settings.storage)})
         await stop.wait()
-        app[LIFECYCLE].draining = True
-        log.info("shutting down", extra={"timeout_s": settings.shutdown_timeout})
+        lifecycle = app[LIFECYCLE]
+        lifecycle.draining = True
+        log.info("shutting down", extra={"in_flight": lifecycle.in_flight, "timeout_s": settings.shutdown_timeout})
+        if not await lifecycle.wait_idle(settings.shutdown_timeout - reserve):
+            log.warning("requests still running at the shutdown timeout", extra={"in_flight": lifecycle.in_flight})
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -1,0 +1,176 @@
+"""The service as a process: restarts, kill -9, signals, start-up failures."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from storage import open_storage
+from tests.conftest import sqlite_url
+from tests.process import ServerProcess, run_cli
+
+INSTANCES = "/api/v1/instances"
+
+
+def instance(i: int, model: str = "meta-llama/Llama-3.1-8B-Instruct") -> dict:
+    return {"model_name": model, "host": f"10.0.{i // 250}.{i % 250 + 1}", "port": 8000 + i % 7}
+
+
+async def test_a_restarted_server_keeps_every_instance(tmp_path: Path) -> None:
+    # No --storage: the default SQLite file in the working directory.
+    with ServerProcess(cwd=tmp_path) as server:
+        async with aiohttp.ClientSession(server.url) as http:
+            for i in range(60):
+                assert (await http.post(INSTANCES, json=instance(i))).status == 201
+            before = (await (await http.get(INSTANCES)).json())["instances"]
+        server.signal(signal.SIGTERM)
+        assert server.wait(timeout=20) == 0
+    assert (tmp_path / "registry.db").exists()
+    with ServerProcess(cwd=tmp_path) as server:
+        async with aiohttp.ClientSession(server.url) as http:
+            after = (await (await http.get(INSTANCES)).json())["instances"]
+            healthy = (await (await http.get(INSTANCES, params={"healthy_only": "true"})).json())["count"]
+    assert after == before and len(after) == 60
+    assert healthy == 60  # a restart does not flip the fleet to unhealthy
+
+
+async def test_kill_9_during_registrations_loses_no_acknowledged_one(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    acknowledged: set[tuple[str, str, int]] = set()
+    server = ServerProcess("--storage", sqlite_url(db)).start()
+    try:
+        async with aiohttp.ClientSession(server.url) as http:
+
+            async def worker(offset: int) -> None:
+                for i in range(offset, 100_000, 16):
+                    body = instance(i, model=f"model-{i % 5}")
+                    try:
+                        response = await http.post(INSTANCES, json=body)
+                    except aiohttp.ClientError:
+                        return  # the server is gone
+                    if response.status == 201:
+                        acknowledged.add((body["model_name"], body["host"], body["port"]))
+
+            workers = [asyncio.create_task(worker(n)) for n in range(16)]
+            for _ in range(600):  # until 300 are acknowledged, 30 s at most
+                if len(acknowledged) >= 300:
+                    break
+                await asyncio.sleep(0.05)
+            server.kill()
+            await asyncio.wait_for(asyncio.gather(*workers), timeout=30)
+    finally:
+        server.stop()
+    assert len(acknowledged) >= 300
+    async with open_storage(sqlite_url(db)) as storage:
+        stored = {tuple(r.key) for r in await storage.list()}
+    assert acknowledged <= stored
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_drains_in_flight_requests_then_exits_0(tmp_path: Path, signum: int) -> None:
+    server = ServerProcess("--storage", sqlite_url(tmp_path / "r.db"), "--shutdown-timeout", "10").start()
+    try:
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        # A registration in flight: headers and half the body sent, the rest held back.
+        payload = orjson.dumps(instance(1))
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST {INSTANCES} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload[:10]
+        )
+        await writer.drain()
+        keep_alive = aiohttp.TCPConnector(limit=1)
+        async with aiohttp.ClientSession(server.url, connector=keep_alive) as http:
+            assert (await http.get("/health")).status == 200
+            signalled = time.monotonic()
+            server.signal(signum)
+            server.wait_for_log("shutting down", timeout=10)
+            # At once: /health is 503 and new requests are turned away, on a
+            # kept-alive connection and on a new one alike.
+            health = await http.get("/health")
+            assert health.status == 503 and (await health.json())["error"] == "shutting_down"
+        async with aiohttp.ClientSession(server.url) as fresh:
+            refused = await fresh.post(INSTANCES, json=instance(2))
+            assert refused.status == 503 and "Retry-After" in refused.headers
+        # The request in flight completes.
+        writer.write(payload[10:])
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=10)
+        assert status_line.startswith(b"HTTP/1.1 201")
+        writer.close()
+        assert server.wait(timeout=12) == 0
+        assert time.monotonic() - signalled < 10
+    finally:
+        server.stop()
+    async with open_storage(sqlite_url(tmp_path / "r.db")) as storage:
+        assert [r.port for r in await storage.list()] == [instance(1)["port"]]
+
+
+def test_port_in_use_is_one_clear_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "--port", str(port), "--storage", "memory://")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert f"port {port} is already in use" in lines[0] and "--port" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, code, expected",
+    [
+        (["--storage", "redis://localhost"], 2, "use one of memory://, sqlite+aiosqlite:///"),
+        (["--storage", "sqlite+aiosqlite:///no/such/dir/r.db"], 1, "cannot open storage"),
+        (["--heartbeat-interval", "10", "--heartbeat-timeout", "12"], 2, "not comfortably larger"),
+        (["--port", "70000"], 2, "port: "),
+    ],
+)
+def test_bad_configuration_is_one_clear_line(args: list[str], code: int, expected: str) -> None:
+    result = run_cli("serve", *args)
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0]
+
+
+async def test_environment_variables_configure_serve(tmp_path: Path) -> None:
+    env = {"REGISTRY_STORAGE": "memory://", "REGISTRY_HEARTBEAT_INTERVAL": "2", "REGISTRY_HEARTBEAT_TIMEOUT": "9"}
+    with ServerProcess(env=env, cwd=tmp_path) as server:
+        async with aiohttp.ClientSession(server.url) as http:
+            health = await (await http.get("/health")).json()
+    assert health["storage"] == "memory" and health["heartbeat_timeout_s"] == 9
+    assert not (tmp_path / "registry.db").exists()
+
+
+def test_help_documents_every_flag_with_default_and_variable() -> None:
+    result = run_cli("serve", "--help")
+    text = " ".join(result.stdout.split())
+    for flag, env in [
+        ("--host", "REGISTRY_HOST"),
+        ("--port", "REGISTRY_PORT"),
+        ("--storage", "REGISTRY_STORAGE"),
+        ("--heartbeat-interval", "REGISTRY_HEARTBEAT_INTERVAL"),
+        ("--heartbeat-timeout", "REGISTRY_HEARTBEAT_TIMEOUT"),
+        ("--evict-after", "REGISTRY_EVICT_AFTER"),
+        ("--shutdown-timeout", "REGISTRY_SHUTDOWN_TIMEOUT"),
+        ("--log-level", "REGISTRY_LOG_LEVEL"),
+    ]:
+        assert flag in text and f"env {env}" in text
+    assert "(default: 30.0;" in text
+
+
+def test_migrate_subcommand_is_idempotent(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "m.db")
+    for _ in range(2):
+        result = run_cli("migrate", "--storage", url)
+        assert result.returncode == 0, result.stderr
+    assert "schema is up to date" in result.stderr

@@ -1,0 +1,101 @@
+"""Real server processes for the tests: started, signalled and killed like in production."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+__all__ = ["ServerProcess", "run_cli"]
+
+
+def _clean_env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    return {**env, **(extra or {})}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 30):
+    """Run ``python -m registry ARGS`` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "registry", *args],
+        capture_output=True,
+        text=True,
+        env=_clean_env(env),
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+class ServerProcess:
+    """``python -m registry serve`` on a free loopback port, logging JSON lines."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+        self.args = ["serve", "--port", "0", "--log-format", "json", *args]
+        self.env, self.cwd = env, cwd
+        self.url = ""
+        self.logs: list[dict] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+
+    def start(self, timeout: float = 30) -> "ServerProcess":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "registry", *self.args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_clean_env(self.env),
+            cwd=self.cwd,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        self.url = self.wait_for_log("serving", timeout)["url"]
+        return self
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def wait_for_log(self, message: str, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {message!r} log line within {timeout} s; got {self.logs}") from None
+            if line is None:
+                raise AssertionError(f"server exited ({self.proc.wait()}) before logging {message!r}: {self.logs}")
+            entry = orjson.loads(line)
+            self.logs.append(entry)
+            if entry.get("msg") == message:
+                return entry
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
