@@ -21,6 +21,11 @@ SCRIPT_LOCATION = Path(__file__).resolve().parent.parent / "alembic"
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
+    if not (SCRIPT_LOCATION / "env.py").is_file():
+        raise FileNotFoundError(
+            f"migration scripts not found in {SCRIPT_LOCATION}: install model-registry from its "
+            "source tree (pip install -e .) so that alembic/ sits beside storage/"
+        )
     config = Config()
     config.set_main_option("script_location", str(SCRIPT_LOCATION))
     if connection is not None:

@@ -1,0 +1,95 @@
+"""What ships beside the code: README commands, CI script, Dockerfile, compose file.
+
+No Docker engine runs here, so the compose file is checked by parsing it and
+following every reference it makes; its healthcheck command is run for real.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from registry.settings import Settings
+from tests.process import ServerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_commands() -> list[str]:
+    return re.findall(r"```sh\n(.+?)\n```", (ROOT / "README.md").read_text())[:2]
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    text = (ROOT / "README.md").read_text()
+    first_block = text.index("```sh")
+    assert text[:first_block].strip() == "# model-registry"
+    serve, test = readme_commands()
+    assert serve.endswith("model-registry serve")
+    assert test.endswith(".venv/bin/pytest")
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert readme_commands()[1] in ci.splitlines()
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_builds_an_image_that_exists(compose: dict) -> None:
+    service = compose["services"]["registry"]
+    context = ROOT / service["build"]
+    dockerfile = (context / "Dockerfile").read_text()
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY"):
+            for source in shlex.split(line)[1:-1]:
+                assert (context / source).exists(), f"Dockerfile copies missing {source}"
+    assert "model-registry" in dockerfile and "serve" in dockerfile
+
+
+def _dockerfile_env() -> dict[str, str]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    env_line = next(line for line in text.splitlines() if line.startswith("ENV "))
+    return dict(item.split("=", 1) for item in shlex.split(env_line)[1:])
+
+
+def test_every_variable_is_a_valid_setting(compose: dict) -> None:
+    for env in (compose["services"]["registry"]["environment"], _dockerfile_env()):
+        names = {k.removeprefix("REGISTRY_").lower() for k in env}
+        assert names <= set(Settings.model_fields), names - set(Settings.model_fields)
+        Settings(**{k.removeprefix("REGISTRY_").lower(): v for k, v in env.items()})
+
+
+def test_sqlite_file_lives_in_the_volume(compose: dict) -> None:
+    service = compose["services"]["registry"]
+    storage = service["environment"]["REGISTRY_STORAGE"]
+    path = Path(storage.removeprefix("sqlite+aiosqlite:///"))
+    volume, target = service["volumes"][0].split(":")
+    assert volume in compose["volumes"] and path.parent == Path(target)
+    assert _dockerfile_env()["REGISTRY_STORAGE"] == storage
+
+
+def test_grace_period_outlasts_the_shutdown_timeout(compose: dict) -> None:
+    service = compose["services"]["registry"]
+    grace = int(service["stop_grace_period"].removesuffix("s"))
+    assert grace > float(service["environment"]["REGISTRY_SHUTDOWN_TIMEOUT"])
+
+
+def test_the_healthcheck_command_works(compose: dict, tmp_path: Path) -> None:
+    service = compose["services"]["registry"]
+    command = service["healthcheck"]["test"]
+    assert command[0] == "CMD" and command[1] == "python"
+    port = service["environment"]["REGISTRY_PORT"]
+    assert service["ports"] == [f"{port}:{port}"]
+    with ServerProcess("--storage", "memory://") as server:
+        script = command[3].replace(f"127.0.0.1:{port}", server.url.removeprefix("http://"))
+        assert subprocess.run([sys.executable, "-c", script], timeout=10).returncode == 0
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=10).returncode != 0
