@@ -9,9 +9,9 @@ alembic.ini or from ``REGISTRY_STORAGE``.
 import asyncio
 import os
 
-from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from alembic import context
 from storage.schema import metadata
 
 config = context.config

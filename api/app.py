@@ -23,9 +23,7 @@ def create_app(
     settings: Settings, *, clock: Clock | None = None, rng: random.Random | None = None
 ) -> web.Application:
     # error_middleware is outermost so that it also answers drain refusals.
-    app = web.Application(
-        client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, drain_middleware]
-    )
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, drain_middleware])
     app[SETTINGS] = settings
     app[LIFECYCLE] = Lifecycle()
     setup_routes(app)
@@ -33,17 +31,19 @@ def create_app(
     async def registry_context(app: web.Application) -> AsyncIterator[None]:
         # Storage opens (and migrates) before the registry starts its checker;
         # on the way out the checker stops before storage closes.
-        async with open_storage(settings.storage) as storage:
-            async with Registry(
+        async with (
+            open_storage(settings.storage) as storage,
+            Registry(
                 storage,
                 heartbeat_interval=settings.heartbeat_interval,
                 heartbeat_timeout=settings.heartbeat_timeout,
                 evict_after=settings.evict_after,
                 clock=clock,
                 rng=rng,
-            ) as registry:
-                app[REGISTRY] = registry
-                yield
+            ) as registry,
+        ):
+            app[REGISTRY] = registry
+            yield
 
     app.cleanup_ctx.append(registry_context)
     return app

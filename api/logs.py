@@ -20,7 +20,9 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskN
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
     fields: dict[str, object] = {
-        "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "ts": datetime.fromtimestamp(record.created, timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
         "level": record.levelname.lower(),
         "logger": record.name,
         "msg": record.getMessage(),
@@ -39,7 +41,8 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = _fields(record)
-        head = f"{fields.pop('ts')} {str(fields.pop('level')).upper():<7} {fields.pop('logger')}: {fields.pop('msg')}"
+        ts, level, logger, msg = (fields.pop(k) for k in ("ts", "level", "logger", "msg"))
+        head = f"{ts} {str(level).upper():<7} {logger}: {msg}"
         exc = fields.pop("exc", None)
         tail = " ".join(f"{k}={_quote(v)}" for k, v in fields.items())
         line = f"{head} {tail}" if tail else head

@@ -62,9 +62,7 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
     app = create_app(settings, clock=clock)
     access_log = logging.getLogger("aiohttp.access") if settings.log_level == "debug" else None
     reserve = min(1.0, settings.shutdown_timeout / 4)  # for aiohttp's own wait, step 4
-    runner = web.AppRunner(
-        app, handle_signals=False, shutdown_timeout=reserve, access_log=access_log
-    )
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=reserve, access_log=access_log)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     try:
@@ -82,9 +80,13 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
         await stop.wait()
         lifecycle = app[LIFECYCLE]
         lifecycle.draining = True
-        log.info("shutting down", extra={"in_flight": lifecycle.in_flight, "timeout_s": settings.shutdown_timeout})
+        log.info(
+            "shutting down", extra={"in_flight": lifecycle.in_flight, "timeout_s": settings.shutdown_timeout}
+        )
         if not await lifecycle.wait_idle(settings.shutdown_timeout - reserve):
-            log.warning("requests still running at the shutdown timeout", extra={"in_flight": lifecycle.in_flight})
+            log.warning(
+                "requests still running at the shutdown timeout", extra={"in_flight": lifecycle.in_flight}
+            )
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -1,11 +1,11 @@
 """model-registry: a registry of the instances of machine-learning models that serve traffic.
 
-    from registry import Registry, ModelInstance
-    from storage import open_storage
+from registry import Registry, ModelInstance
+from storage import open_storage
 
-    async with open_storage("sqlite+aiosqlite:///registry.db") as storage:
-        async with Registry(storage) as registry:
-            await registry.register_instance(ModelInstance("glm-4@llm", "10.0.0.5", 8001))
+async with open_storage("sqlite+aiosqlite:///registry.db") as storage:
+    async with Registry(storage) as registry:
+        await registry.register_instance(ModelInstance("glm-4@llm", "10.0.0.5", 8001))
 """
 
 from storage import InstanceKey, ModelInstance, ModelSummary, StorageUnavailable

@@ -28,9 +28,7 @@ class InstanceNotFound(RegistryError, LookupError):
 
 class NoHealthyInstance(RegistryError, LookupError):
     def __init__(self, model_name: str) -> None:
-        super().__init__(
-            f"model {model_name!r} has no healthy, enabled instance with a weight above 0"
-        )
+        super().__init__(f"model {model_name!r} has no healthy, enabled instance with a weight above 0")
         self.model_name = model_name
 
 

@@ -49,7 +49,9 @@ def check_timing(heartbeat_interval: float, heartbeat_timeout: float, evict_afte
             f"(e.g. {MIN_TIMEOUT_INTERVALS * heartbeat_interval:g} s) or shorten the interval"
         )
     if evict_after < 0:
-        raise ValueError(f"evict-after must be 0 (never evict) or a positive number of seconds, got {evict_after}")
+        raise ValueError(
+            f"evict-after must be 0 (never evict) or a positive number of seconds, got {evict_after}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +96,7 @@ class Registry:
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def __aenter__(self) -> "Registry":
+    async def __aenter__(self) -> Registry:
         if self._started_at is not None:
             raise RuntimeError("this Registry was already started; create a new one")
         self._started_at = self._clock.monotonic()
@@ -198,8 +200,7 @@ class Registry:
         """One healthy, enabled instance of the model, picked at random in
         proportion to ``weight``; weight 0 is never picked."""
         candidates = [
-            i for i in await self.storage.list(model_name, healthy_only=True)
-            if i.enabled and i.weight > 0
+            i for i in await self.storage.list(model_name, healthy_only=True) if i.enabled and i.weight > 0
         ]
         if not candidates:
             raise NoHealthyInstance(model_name)

@@ -57,6 +57,6 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _timing(self) -> "Settings":
+    def _timing(self) -> Settings:
         check_timing(self.heartbeat_interval, self.heartbeat_timeout, self.evict_after)
         return self

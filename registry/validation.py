@@ -83,4 +83,3 @@ def key_from(query: Mapping[str, str]) -> InstanceKey:
     """The identity named by query parameters (``port`` arrives as text)."""
     parsed = _validate(_KEY_QUERY, dict(query))
     return InstanceKey(parsed.model_name, parsed.host, parsed.port)
-

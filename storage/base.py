@@ -37,7 +37,7 @@ class Storage(abc.ABC):
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def __aenter__(self) -> "Storage":
+    async def __aenter__(self) -> Storage:
         if self._state != "new":
             raise RuntimeError(f"{self.name} storage was already {self._state}; open a new one")
         await self._open()
@@ -53,10 +53,10 @@ class Storage(abc.ABC):
         self._state = "closed"
         await self._close()
 
-    async def _open(self) -> None:
+    async def _open(self) -> None:  # noqa: B027 - optional hook, memory needs none
         """Acquire connections and prepare the schema. Idempotent on disk."""
 
-    async def _close(self) -> None:
+    async def _close(self) -> None:  # noqa: B027 - optional hook
         """Release everything ``_open`` acquired."""
 
     # -- writes ------------------------------------------------------------
@@ -76,9 +76,7 @@ class Storage(abc.ABC):
         when a record with that key already exists (which is left untouched)."""
 
     @abc.abstractmethod
-    async def touch(
-        self, key: InstanceKey, now: datetime, queue_length: int | None
-    ) -> ModelInstance | None:
+    async def touch(self, key: InstanceKey, now: datetime, queue_length: int | None) -> ModelInstance | None:
         """Record a heartbeat: ``last_heartbeat = now``, ``healthy = True``,
         ``unhealthy_since = None``, and ``queue_length`` when it is not ``None``.
 
@@ -114,9 +112,7 @@ class Storage(abc.ABC):
         """The record stored under ``key``, or ``None``."""
 
     @abc.abstractmethod
-    async def list(
-        self, model_name: str | None = None, healthy_only: bool = False
-    ) -> list[ModelInstance]:
+    async def list(self, model_name: str | None = None, healthy_only: bool = False) -> list[ModelInstance]:
         """Records of one model (or all), optionally only healthy ones, ordered
         by key."""
 

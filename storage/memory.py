@@ -43,9 +43,7 @@ class MemoryStorage(Storage):
         self._records[record.key] = _copy(record)
         return _copy(record)
 
-    async def touch(
-        self, key: InstanceKey, now: datetime, queue_length: int | None
-    ) -> ModelInstance | None:
+    async def touch(self, key: InstanceKey, now: datetime, queue_length: int | None) -> ModelInstance | None:
         record = self._records.get(key)
         if record is None:
             return None
@@ -82,9 +80,7 @@ class MemoryStorage(Storage):
         doomed = [
             key
             for key, record in self._records.items()
-            if not record.healthy
-            and record.unhealthy_since is not None
-            and record.unhealthy_since < cutoff
+            if not record.healthy and record.unhealthy_since is not None and record.unhealthy_since < cutoff
         ]
         return [self._records.pop(key) for key in doomed]
 
@@ -92,9 +88,7 @@ class MemoryStorage(Storage):
         record = self._records.get(key)
         return None if record is None else _copy(record)
 
-    async def list(
-        self, model_name: str | None = None, healthy_only: bool = False
-    ) -> list[ModelInstance]:
+    async def list(self, model_name: str | None = None, healthy_only: bool = False) -> list[ModelInstance]:
         return [
             _copy(self._records[key])
             for key in sorted(self._records)

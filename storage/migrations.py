@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection
+
+from alembic import command
 
 __all__ = ["SCRIPT_LOCATION", "alembic_config", "current_revision", "upgrade_connection"]
 

@@ -72,9 +72,7 @@ def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-ModelName = Annotated[
-    str, Strict(), Field(min_length=1, max_length=256), AfterValidator(_check_model_name)
-]
+ModelName = Annotated[str, Strict(), Field(min_length=1, max_length=256), AfterValidator(_check_model_name)]
 Host = Annotated[str, Strict(), Field(min_length=1, max_length=255), AfterValidator(normalize_host)]
 Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
 # float() because strict mode lets a JSON integer through as an int.

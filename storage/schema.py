@@ -23,8 +23,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    true,
     false,
+    true,
 )
 from sqlalchemy.types import TypeDecorator
 

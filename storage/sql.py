@@ -109,7 +109,7 @@ class SQLStorage(Storage):
             yield
         except StorageUnavailable:
             raise
-        except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, SQLAlchemyError, OSError) as exc:
             cause = getattr(exc, "orig", None) or exc
             raise StorageUnavailable(f"{self.name} storage failed to {what}: {cause}") from exc
 
@@ -159,18 +159,14 @@ class SQLStorage(Storage):
             row = (await conn.execute(statement)).first()
         return None if row is None else _record(row)
 
-    async def touch(
-        self, key: InstanceKey, now: datetime, queue_length: int | None
-    ) -> ModelInstance | None:
+    async def touch(self, key: InstanceKey, now: datetime, queue_length: int | None) -> ModelInstance | None:
         values: dict[str, Any] = {"last_heartbeat": now, "healthy": True, "unhealthy_since": None}
         if queue_length is not None:
             values["queue_length"] = queue_length
         return await self._update_one("record a heartbeat", key, values)
 
     async def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
-        since = case(
-            (_t.c.healthy == true(), now), else_=func.coalesce(_t.c.unhealthy_since, now)
-        )
+        since = case((_t.c.healthy == true(), now), else_=func.coalesce(_t.c.unhealthy_since, now))
         values = {"healthy": False, "unhealthy_since": since}
         return await self._update_one("deregister an instance", key, values)
 
@@ -201,9 +197,7 @@ class SQLStorage(Storage):
             row = (await conn.execute(select(_t).where(_where_key(key)))).first()
         return None if row is None else _record(row)
 
-    async def list(
-        self, model_name: str | None = None, healthy_only: bool = False
-    ) -> list[ModelInstance]:
+    async def list(self, model_name: str | None = None, healthy_only: bool = False) -> list[ModelInstance]:
         statement = select(_t).order_by(*(_t.c[k] for k in _KEY_COLUMNS))
         if model_name is not None:
             statement = statement.where(_t.c.model_name == model_name)
@@ -236,4 +230,3 @@ class SQLStorage(Storage):
         # schema is as unusable as an unreachable one.
         async with self._read("answer a ping") as conn:
             await conn.execute(select(_t.c.port).limit(1))
-

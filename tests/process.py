@@ -43,7 +43,7 @@ class ServerProcess:
         self.logs: list[dict] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
 
-    def start(self, timeout: float = 30) -> "ServerProcess":
+    def start(self, timeout: float = 30) -> ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "registry", *self.args],
             stdout=subprocess.DEVNULL,
@@ -70,7 +70,9 @@ class ServerProcess:
             except queue.Empty:
                 raise AssertionError(f"no {message!r} log line within {timeout} s; got {self.logs}") from None
             if line is None:
-                raise AssertionError(f"server exited ({self.proc.wait()}) before logging {message!r}: {self.logs}")
+                raise AssertionError(
+                    f"server exited ({self.proc.wait()}) before logging {message!r}: {self.logs}"
+                )
             entry = orjson.loads(line)
             self.logs.append(entry)
             if entry.get("msg") == message:
@@ -94,7 +96,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

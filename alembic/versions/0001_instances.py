@@ -6,8 +6,8 @@ Create Date: 2026-11-21
 """
 
 import sqlalchemy as sa
-from alembic import op
 
+from alembic import op
 from storage.schema import UTCDateTime
 
 revision = "0001"

@@ -13,9 +13,7 @@ from registry.settings import Settings
 
 @pytest.fixture
 def settings(storage_url: str) -> Settings:
-    return Settings(
-        storage=storage_url, heartbeat_interval=5, heartbeat_timeout=30, evict_after=600
-    )
+    return Settings(storage=storage_url, heartbeat_interval=5, heartbeat_timeout=30, evict_after=600)
 
 
 @pytest.fixture

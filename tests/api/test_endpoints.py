@@ -36,7 +36,9 @@ async def test_register_creates_201_then_updates_200(client: TestClient) -> None
     assert listed["count"] == 1 and listed["instances"] == [updated]
 
 
-async def test_client_values_of_server_managed_fields_are_ignored(client: TestClient, clock: ManualClock) -> None:
+async def test_client_values_of_server_managed_fields_are_ignored(
+    client: TestClient, clock: ManualClock
+) -> None:
     sent = body(healthy=False, last_heartbeat="not even a date", registered_at=5, queue_length=-3)
     response = await client.post("/api/v1/instances", json=sent)
     assert response.status == 201

@@ -8,7 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from api.keys import LIFECYCLE
 from tests.api.test_endpoints import body, query
@@ -62,7 +64,9 @@ async def test_unparseable_bodies(client: TestClient, stored, path, data, status
 async def test_wrong_content_type_is_415(client: TestClient, stored, content_type) -> None:
     headers = {"Content-Type": content_type} if content_type else {}
     data = orjson.dumps(body(weight=9))
-    response = await client.post("/api/v1/instances", data=data, headers=headers, skip_auto_headers={"Content-Type"})
+    response = await client.post(
+        "/api/v1/instances", data=data, headers=headers, skip_auto_headers={"Content-Type"}
+    )
     await assert_error(response, 415, "unsupported_media_type")
     await assert_unchanged(client, stored)
 
@@ -181,7 +185,9 @@ async def test_draining_answers_503(client: TestClient, stored) -> None:
 
 
 @pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
-async def test_unreachable_storage_is_503_with_retry_after(client: TestClient, stored, tmp_path: Path) -> None:
+async def test_unreachable_storage_is_503_with_retry_after(
+    client: TestClient, stored, tmp_path: Path
+) -> None:
     with sqlite3.connect(tmp_path / "registry.db") as conn:
         conn.execute("ALTER TABLE instances RENAME TO moved_away")
     for response in (
@@ -198,17 +204,33 @@ async def test_unreachable_storage_is_503_with_retry_after(client: TestClient, s
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12,
 )
 field_names = st.sampled_from(
-    ["model_name", "host", "port", "weight", "check_healthy", "enabled", "prompt_template", "metadata", "queue_length"]
+    [
+        "model_name",
+        "host",
+        "port",
+        "weight",
+        "check_healthy",
+        "enabled",
+        "prompt_template",
+        "metadata",
+        "queue_length",
+    ]
 )
 
 
 @pytest.mark.parametrize("storage_url", ["memory"], indirect=True)
-@hypothesis_settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hypothesis_settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(fields=st.dictionaries(field_names, json_values, max_size=6))
 async def test_arbitrary_json_never_causes_a_500(client: TestClient, fields: dict) -> None:
     for path in ("/api/v1/instances", "/api/v1/heartbeat"):

@@ -83,7 +83,8 @@ async def test_signal_drains_in_flight_requests_then_exits_0(tmp_path: Path, sig
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(
             f"POST {INSTANCES} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload[:10]
+            f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload[:10]
         )
         await writer.drain()
         keep_alive = aiohttp.TCPConnector(limit=1)
@@ -143,7 +144,11 @@ def test_bad_configuration_is_one_clear_line(args: list[str], code: int, expecte
 
 
 async def test_environment_variables_configure_serve(tmp_path: Path) -> None:
-    env = {"REGISTRY_STORAGE": "memory://", "REGISTRY_HEARTBEAT_INTERVAL": "2", "REGISTRY_HEARTBEAT_TIMEOUT": "9"}
+    env = {
+        "REGISTRY_STORAGE": "memory://",
+        "REGISTRY_HEARTBEAT_INTERVAL": "2",
+        "REGISTRY_HEARTBEAT_TIMEOUT": "9",
+    }
     with ServerProcess(env=env, cwd=tmp_path) as server:
         async with aiohttp.ClientSession(server.url) as http:
             health = await (await http.get("/health")).json()

@@ -99,7 +99,9 @@ async def test_heartbeat_of_unknown_instance_registers_it(registry: Registry, cl
     assert {i.port: i.weight for i in await registry.get_all_instances()} == {8001: 1.0, 9: 3.0}
 
 
-async def test_heartbeat_advances_last_heartbeat_and_keeps_settings(registry: Registry, clock: ManualClock) -> None:
+async def test_heartbeat_advances_last_heartbeat_and_keeps_settings(
+    registry: Registry, clock: ManualClock
+) -> None:
     await registry.register(instance(weight=2.5, metadata={"gpu": "h100"}))
     clock.advance(7)
     stored = await registry.heartbeat(beat(queue_length=4))
@@ -128,10 +130,14 @@ async def test_checker_marks_silent_instance_unhealthy_and_heartbeat_restores(
 
 async def test_nothing_is_marked_during_the_start_up_grace(storage: Storage, clock: ManualClock) -> None:
     # A registry restarted over an old fleet: every heartbeat is stale.
-    async with Registry(storage, heartbeat_interval=5, heartbeat_timeout=30, clock=clock, checker=False) as first:
+    async with Registry(
+        storage, heartbeat_interval=5, heartbeat_timeout=30, clock=clock, checker=False
+    ) as first:
         await first.register(instance())
     clock.advance(3600)
-    async with Registry(storage, heartbeat_interval=5, heartbeat_timeout=30, clock=clock, checker=False) as second:
+    async with Registry(
+        storage, heartbeat_interval=5, heartbeat_timeout=30, clock=clock, checker=False
+    ) as second:
         clock.advance(29)
         result = await second.check_once()
         assert result.in_grace and result.expired == []
@@ -141,7 +147,9 @@ async def test_nothing_is_marked_during_the_start_up_grace(storage: Storage, clo
 
 
 async def test_eviction_after_evict_after(storage: Storage, clock: ManualClock) -> None:
-    async with Registry(storage, heartbeat_interval=5, heartbeat_timeout=30, evict_after=60, clock=clock, checker=False) as reg:
+    async with Registry(
+        storage, heartbeat_interval=5, heartbeat_timeout=30, evict_after=60, clock=clock, checker=False
+    ) as reg:
         await reg.register(instance(1))
         await reg.register(instance(2))
         clock.advance(31)
@@ -157,7 +165,9 @@ async def test_eviction_after_evict_after(storage: Storage, clock: ManualClock) 
 
 
 async def test_eviction_disabled_with_zero(storage: Storage, clock: ManualClock) -> None:
-    async with Registry(storage, heartbeat_interval=5, heartbeat_timeout=30, evict_after=0, clock=clock, checker=False) as reg:
+    async with Registry(
+        storage, heartbeat_interval=5, heartbeat_timeout=30, evict_after=0, clock=clock, checker=False
+    ) as reg:
         await reg.register(instance())
         await reg.deregister(KEY)
         clock.advance(10**6)
@@ -248,7 +258,10 @@ async def test_hosts_are_normalised_so_identity_is_stable(registry: Registry) ->
     await registry.register(ModelInstance("m", "[0:0::1]", 1))
     await registry.register(ModelInstance("m", "::1", 1))
     await registry.register(ModelInstance("m", "Worker-1.Local.", 2))
-    assert [(i.host, i.port) for i in await registry.get_all_instances()] == [("::1", 1), ("worker-1.local", 2)]
+    assert [(i.host, i.port) for i in await registry.get_all_instances()] == [
+        ("::1", 1),
+        ("worker-1.local", 2),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -263,4 +276,9 @@ def test_bad_timings_are_refused(storage_url, interval, timeout, evict, message)
     from storage import open_storage
 
     with pytest.raises(ValueError, match=message):
-        Registry(open_storage(storage_url), heartbeat_interval=interval, heartbeat_timeout=timeout, evict_after=evict)
+        Registry(
+            open_storage(storage_url),
+            heartbeat_interval=interval,
+            heartbeat_timeout=timeout,
+            evict_after=evict,
+        )

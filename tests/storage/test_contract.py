@@ -115,7 +115,10 @@ async def test_list_filters_and_orders_by_key(storage: Storage) -> None:
     await storage.upsert(record("a", port=1))
     await storage.upsert(record("a/b:c@d", port=1))
     assert [(r.model_name, r.port) for r in await storage.list()] == [
-        ("a", 1), ("a", 9), ("a/b:c@d", 1), ("b", 2)
+        ("a", 1),
+        ("a", 9),
+        ("a/b:c@d", 1),
+        ("b", 2),
     ]
     assert [r.port for r in await storage.list("a")] == [1, 9]
     assert [r.port for r in await storage.list("a", healthy_only=True)] == [1]
