@@ -146,3 +146,12 @@ async def checker_parked(clock: ManualClock) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the checker never went back to sleep")
+
+
+async def test_100_concurrent_registrations_of_one_instance_give_one_record(client: TestClient) -> None:
+    responses = await asyncio.gather(
+        *(client.post("/api/v1/instances", json=body(weight=i)) for i in range(100))
+    )
+    assert sorted(r.status for r in responses) == [200] * 99 + [201]
+    listed = await (await client.get("/api/v1/instances")).json()
+    assert listed["count"] == 1
