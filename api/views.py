@@ -20,8 +20,8 @@ async def register(request: web.Request) -> web.Response:
 
 
 async def heartbeat(request: web.Request) -> web.Response:
-    beat = heartbeat_from(await read_object(request))
-    return json_response(await request.app[REGISTRY].heartbeat(beat))
+    instance, queue_length = heartbeat_from(await read_object(request))
+    return json_response(await request.app[REGISTRY].heartbeat(instance, queue_length))
 
 
 async def deregister(request: web.Request) -> web.Response:

@@ -13,12 +13,10 @@ from storage import InstanceKey, ModelInstance, ModelSummary, StorageUnavailable
 from .clock import Clock, ManualClock, SystemClock
 from .errors import InstanceNotFound, InvalidInstance, NoHealthyInstance, RegistryError
 from .service import CheckResult, Registry
-from .validation import HeartbeatRequest
 
 __all__ = [
     "CheckResult",
     "Clock",
-    "HeartbeatRequest",
     "InstanceKey",
     "InstanceNotFound",
     "InvalidInstance",

@@ -21,7 +21,7 @@ from storage import InstanceKey, ModelInstance, ModelSummary, Storage, StorageUn
 
 from .clock import Clock, SystemClock
 from .errors import InstanceNotFound, NoHealthyInstance
-from .validation import HeartbeatRequest, instance_from
+from .validation import instance_from
 
 __all__ = ["CheckResult", "Registry", "check_timing"]
 
@@ -134,22 +134,22 @@ class Registry:
             log.info("instance registered", extra=_fields(stored.key))
         return stored, created
 
-    async def heartbeat(self, beat: HeartbeatRequest | ModelInstance) -> ModelInstance:
-        """Record a beat; an unknown instance is registered by it.
+    async def heartbeat(
+        self, instance: ModelInstance | dict[str, Any], queue_length: int | None = None
+    ) -> ModelInstance:
+        """Record a beat, with the load the worker reports.
 
-        A ``HeartbeatRequest`` registers an unknown instance with default
-        settings; a full ``ModelInstance`` registers it as described.
+        An unknown instance is registered by its heartbeat, as ``instance``
+        describes it, so a worker that sends its whole description recovers
+        fully when the registry has lost it. For a known instance only the
+        identity and ``queue_length`` are read.
         """
-        if isinstance(beat, HeartbeatRequest):
-            unknown = ModelInstance(beat.model_name, beat.host, beat.port)
-        else:
-            unknown = instance_from(beat)
-        key, queue_length = unknown.key, beat.queue_length
+        unknown = instance_from(instance)
+        key = unknown.key
         # touch, else insert: each step is atomic; a concurrent delete between
         # them only sends us round again.
         for _ in range(3):
-            now = self._clock.now()
-            touched = await self.storage.touch(key, now, queue_length)
+            touched = await self.storage.touch(key, self._clock.now(), queue_length)
             if touched is not None:
                 return touched
             record = self._fresh(unknown)
@@ -270,7 +270,7 @@ class Registry:
         return True
 
     async def send_heartbeat(self, instance: ModelInstance) -> bool:
-        await self.heartbeat(instance)
+        await self.heartbeat(instance, instance.queue_length)
         return True
 
     async def get_all_instances(

@@ -24,20 +24,9 @@ from storage.model import (
 
 from .errors import InvalidInstance
 
-__all__ = ["HeartbeatRequest", "heartbeat_from", "instance_from", "key_from", "problems_of"]
+__all__ = ["heartbeat_from", "instance_from", "key_from", "problems_of", "record_from"]
 
 _INSTANCE = TypeAdapter(ModelInstance)
-
-
-class HeartbeatRequest(BaseModel):
-    """What a worker sends with each beat."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    model_name: ModelName
-    host: Host
-    port: Port
-    queue_length: QueueLength | None = None
 
 
 class _KeyQuery(BaseModel):
@@ -48,7 +37,7 @@ class _KeyQuery(BaseModel):
     port: Annotated[int, Field(ge=1, le=65535)]  # lax: query strings carry digits
 
 
-_HEARTBEAT = TypeAdapter(HeartbeatRequest)
+_QUEUE_LENGTH = TypeAdapter(QueueLength | None)
 _KEY_QUERY = TypeAdapter(_KeyQuery)
 
 
@@ -68,6 +57,11 @@ def _validate(adapter: TypeAdapter, value: Any) -> Any:
         raise InvalidInstance(problems_of(exc)) from None
 
 
+def record_from(value: dict[str, Any]) -> ModelInstance:
+    """A record as the registry sent it, server-managed fields included (for clients)."""
+    return _validate(_INSTANCE, value)
+
+
 def instance_from(value: ModelInstance | dict[str, Any]) -> ModelInstance:
     """A validated copy of ``value``; server-managed fields are dropped unread."""
     if isinstance(value, dict):
@@ -75,8 +69,15 @@ def instance_from(value: ModelInstance | dict[str, Any]) -> ModelInstance:
     return _validate(_INSTANCE, value)
 
 
-def heartbeat_from(value: Any) -> HeartbeatRequest:
-    return _validate(_HEARTBEAT, value)
+def heartbeat_from(body: dict[str, Any]) -> tuple[ModelInstance, int | None]:
+    """A heartbeat body: the instance (registered as such if the registry lost
+    it) and the load it reports."""
+    instance = instance_from(body)
+    try:
+        queue_length = _QUEUE_LENGTH.validate_python(body.get("queue_length"))
+    except ValidationError as exc:
+        raise InvalidInstance([("queue_length", m) for _, m in problems_of(exc)]) from None
+    return instance, queue_length
 
 
 def key_from(query: Mapping[str, str]) -> InstanceKey:

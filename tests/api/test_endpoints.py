@@ -155,3 +155,13 @@ async def test_100_concurrent_registrations_of_one_instance_give_one_record(clie
     assert sorted(r.status for r in responses) == [200] * 99 + [201]
     listed = await (await client.get("/api/v1/instances")).json()
     assert listed["count"] == 1
+
+
+async def test_a_full_heartbeat_re_registers_a_lost_instance_as_described(client: TestClient) -> None:
+    full = body(weight=4, metadata={"gpu": "h100"}, queue_length=1)
+    registered = await (await client.post("/api/v1/heartbeat", json=full)).json()
+    assert registered["weight"] == 4.0 and registered["metadata"] == {"gpu": "h100"}
+    # Known instance: only identity and load are read; the rest of the body is not applied.
+    changed = {**full, "weight": 9, "metadata": {}, "queue_length": 5}
+    beaten = await (await client.post("/api/v1/heartbeat", json=changed)).json()
+    assert beaten["weight"] == 4.0 and beaten["metadata"] == {"gpu": "h100"} and beaten["queue_length"] == 5

@@ -10,7 +10,6 @@ from datetime import timedelta
 import pytest
 
 from registry import (
-    HeartbeatRequest,
     InstanceKey,
     InstanceNotFound,
     InvalidInstance,
@@ -29,7 +28,8 @@ def instance(port: int = 8001, name: str = "glm-4@llm", **fields) -> ModelInstan
 
 
 def beat(port: int = 8001, name: str = "glm-4@llm", queue_length: int | None = None):
-    return HeartbeatRequest(model_name=name, host="10.0.0.5", port=port, queue_length=queue_length)
+    """The arguments of a bare heartbeat (identity and load)."""
+    return ModelInstance(name, "10.0.0.5", port), queue_length
 
 
 async def test_register_new_sets_server_managed_fields(registry: Registry, clock: ManualClock) -> None:
@@ -91,7 +91,7 @@ async def test_healthy_only_filter_and_model_filter(registry: Registry) -> None:
 
 
 async def test_heartbeat_of_unknown_instance_registers_it(registry: Registry, clock: ManualClock) -> None:
-    stored = await registry.heartbeat(beat(queue_length=2))
+    stored = await registry.heartbeat(*beat(queue_length=2))
     assert stored.healthy and stored.registered_at == clock.now() and stored.queue_length == 2
     assert stored.weight == 1.0 and stored.enabled
     # A full instance sent as a heartbeat registers with its own settings.
@@ -104,10 +104,10 @@ async def test_heartbeat_advances_last_heartbeat_and_keeps_settings(
 ) -> None:
     await registry.register(instance(weight=2.5, metadata={"gpu": "h100"}))
     clock.advance(7)
-    stored = await registry.heartbeat(beat(queue_length=4))
+    stored = await registry.heartbeat(*beat(queue_length=4))
     assert stored.last_heartbeat == clock.now()
     assert stored.weight == 2.5 and stored.metadata == {"gpu": "h100"} and stored.queue_length == 4
-    stored = await registry.heartbeat(beat())
+    stored = await registry.heartbeat(*beat())
     assert stored.queue_length == 4  # a beat without load keeps the last reported load
 
 
@@ -118,13 +118,13 @@ async def test_checker_marks_silent_instance_unhealthy_and_heartbeat_restores(
     await registry.register(instance(2))
     await registry.register(instance(3, check_healthy=False))
     clock.advance(31)  # past the grace (30 s) and the timeout
-    await registry.heartbeat(beat(2))
+    await registry.heartbeat(*beat(2))
     result = await registry.check_once()
     assert [i.port for i in result.expired] == [1]
     healthy = {i.port: i.healthy for i in await registry.get_all_instances()}
     assert healthy == {1: False, 2: True, 3: True}
     assert (await registry.check_once()).expired == []  # one transition, once
-    restored = await registry.heartbeat(beat(1))
+    restored = await registry.heartbeat(*beat(1))
     assert restored.healthy and restored.unhealthy_since is None
 
 
@@ -153,13 +153,13 @@ async def test_eviction_after_evict_after(storage: Storage, clock: ManualClock) 
         await reg.register(instance(1))
         await reg.register(instance(2))
         clock.advance(31)
-        await reg.heartbeat(beat(2))
+        await reg.heartbeat(*beat(2))
         assert [i.port for i in (await reg.check_once()).expired] == [1]
         clock.advance(59)
-        await reg.heartbeat(beat(2))
+        await reg.heartbeat(*beat(2))
         assert (await reg.check_once()).evicted == []
         clock.advance(2)
-        await reg.heartbeat(beat(2))
+        await reg.heartbeat(*beat(2))
         assert [i.port for i in (await reg.check_once()).evicted] == [1]
         assert [i.port for i in await reg.get_all_instances()] == [2]
 
