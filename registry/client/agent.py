@@ -1,0 +1,234 @@
+"""``HeartbeatAgent``: register, beat and deregister on a worker's behalf.
+
+From async code::
+
+    async with HeartbeatAgent(async_client, instance, interval=10, load=queue.qsize):
+        await serve_forever()
+
+From sync code (the agent runs on the sync client's background thread)::
+
+    agent = HeartbeatAgent(client, instance, interval=10)
+    agent.start()
+    ...
+    agent.stop()   # deregisters, then returns
+
+The agent never raises into the worker because the registry is away: it keeps
+trying, logs when it loses the registry and when it finds it again, and each
+beat sends the whole instance, so a registry that lost the instance (a restart
+on ``memory://``, an eviction) has it back, as described, with the next beat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+from storage.model import ModelInstance
+
+from ..validation import instance_from
+from .aio import AsyncRegistryClient
+from .errors import RegistryClientError, RegistryUnavailable
+from .sync import RegistryClient
+
+__all__ = ["HeartbeatAgent", "Load"]
+
+log = logging.getLogger("registry.client.agent")
+
+#: What ``load`` may return: a queue length, or a mapping holding one.
+Load = Callable[[], int | Mapping[str, Any] | None | Awaitable[int | Mapping[str, Any] | None]]
+
+
+class HeartbeatAgent:
+    def __init__(
+        self,
+        client: AsyncRegistryClient | RegistryClient,
+        instance: ModelInstance,
+        *,
+        interval: float = 10.0,
+        load: Load | None = None,
+        stop_timeout: float = 5.0,
+        purge_on_stop: bool = False,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError(f"interval must be above 0 s, got {interval}")
+        self.instance = instance_from(instance)  # a bad instance fails here, in the worker's face
+        self.interval = interval
+        self.stop_timeout = stop_timeout
+        self.purge_on_stop = purge_on_stop
+        self._sync = client if isinstance(client, RegistryClient) else None
+        self._client = client.async_client if isinstance(client, RegistryClient) else client
+        self._load = load
+        self._task: asyncio.Task[None] | None = None
+        self._registered: asyncio.Event | None = None
+        self._registered_at = None
+        self._lost = False
+        self._stopping = False
+        self.beats = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> Any:
+        """Start registering and beating; returns at once.
+
+        With an async client, call it from the worker's loop (``await`` is
+        allowed, not needed); with a sync client, from any thread.
+        """
+        if self._sync is not None:
+            return self._sync.run(self._start())
+        return _done(self._start_now())
+
+    def stop(self) -> Any:
+        """Stop beating and deregister, best effort, within ``stop_timeout``.
+
+        With a sync client this blocks until done; with an async client it
+        returns an awaitable.
+        """
+        if self._sync is not None:
+            return self._sync.run(self._stop())
+        return asyncio.ensure_future(self._stop())
+
+    async def __aenter__(self) -> "HeartbeatAgent":
+        self._start_now()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stop()
+
+    def __enter__(self) -> "HeartbeatAgent":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def registered(self) -> bool:
+        return self._registered is not None and self._registered.is_set()
+
+    async def wait_registered(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the first registration (async clients)."""
+        if self._registered is None:
+            raise RuntimeError("the agent is not started")
+        try:
+            await asyncio.wait_for(self._registered.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _start(self) -> None:
+        self._start_now()
+
+    def _start_now(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("this HeartbeatAgent was already started; create a new one")
+        self._registered = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="heartbeat-agent")
+
+    async def _stop(self) -> None:
+        if self._task is None or self._stopping:
+            return
+        self._stopping = True
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if not self.registered:
+            return
+        try:
+            await self._client.deregister(self.instance, purge=self.purge_on_stop, deadline=self.stop_timeout)
+            log.info("deregistered", extra=self._fields())
+        except (RegistryUnavailable, RegistryClientError) as exc:
+            log.warning("could not deregister on stop: %s", exc, extra=self._fields())
+
+    # -- the work ------------------------------------------------------------
+
+    async def _run(self) -> None:
+        await self._register()
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + self.interval
+        while True:
+            await asyncio.sleep(max(0.0, next_beat - loop.time()))
+            # A beat that overran skips the slots it missed instead of bursting.
+            next_beat = max(next_beat + self.interval, loop.time())
+            await self._beat()
+
+    async def _register(self) -> None:
+        wait = min(0.2, self.interval)
+        while True:
+            try:
+                stored = await self._client.register(self.instance)
+            except RegistryUnavailable as exc:
+                self._lose(exc)
+            except RegistryClientError as exc:
+                log.error("the registry refused the registration: %s", exc, extra=self._fields())
+            else:
+                self._registered_at = stored.registered_at
+                self._found("registered")
+                assert self._registered is not None
+                self._registered.set()
+                return
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, self.interval)
+
+    async def _beat(self) -> None:
+        try:
+            stored = await self._client.heartbeat(
+                self.instance, await self._queue_length(), deadline=self.interval
+            )
+        except RegistryUnavailable as exc:
+            self._lose(exc)
+            return
+        except RegistryClientError as exc:
+            log.error("the registry refused a heartbeat: %s", exc, extra=self._fields())
+            return
+        self.beats += 1
+        if stored.registered_at != self._registered_at:
+            self._registered_at = stored.registered_at
+            log.warning("the registry had lost this instance; registered it again", extra=self._fields())
+        self._found("registry reachable again")
+
+    async def _queue_length(self) -> int | None:
+        if self._load is None:
+            return None
+        try:
+            value = self._load()
+            if inspect.isawaitable(value):
+                value = await value
+            if isinstance(value, Mapping):
+                value = value.get("queue_length")
+            return None if value is None else int(value)
+        except Exception as exc:  # the worker's callable: report, never die of it
+            log.warning("load callable failed; beating without load: %r", exc, extra=self._fields())
+            return None
+
+    def _lose(self, exc: Exception) -> None:
+        if not self._lost:
+            self._lost = True
+            log.warning("registry unreachable; will keep trying: %s", exc, extra=self._fields())
+
+    def _found(self, message: str) -> None:
+        if self._lost or message == "registered":
+            log.info(message, extra=self._fields())
+        self._lost = False
+
+    def _fields(self) -> dict[str, str]:
+        return {"model": self.instance.model_name, "addr": self.instance.key.address}
+
+
+def _done(value: Any = None) -> asyncio.Future[Any]:
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future

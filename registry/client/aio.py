@@ -1,0 +1,146 @@
+"""``AsyncRegistryClient``: the registry's HTTP API as async methods returning records."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from storage.model import SERVER_MANAGED_FIELDS, InstanceKey, ModelInstance, ModelSummary
+
+from ..validation import record_from
+from .errors import RegistryUnavailable
+from .retry import Retry
+from .transport import Sleep, Transport
+
+__all__ = ["AsyncRegistryClient", "wait_until_ready"]
+
+_V1 = "/api/v1"
+
+
+def instance_body(instance: ModelInstance) -> dict[str, Any]:
+    """What a client sends for an instance: every field the client owns."""
+    return {k: v for k, v in dataclasses.asdict(instance).items() if k not in SERVER_MANAGED_FIELDS}
+
+
+def key_params(key: InstanceKey) -> dict[str, str]:
+    return {"model_name": key.model_name, "host": key.host, "port": str(key.port)}
+
+
+class AsyncRegistryClient:
+    """Talks to one registry, or to several replicas (a list, or ``"http://a:8000,http://b:8000"``).
+
+    Use as ``async with AsyncRegistryClient(url) as client:``; once closed it
+    refuses further calls with ``ClientClosed``. Calls retry per ``retry``
+    (``retry=False`` for a single attempt) and raise the errors of
+    ``registry.client.errors``.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        retry: Retry | bool = True,
+        reset_after: int = 3,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        policy = retry if isinstance(retry, Retry) else Retry() if retry else Retry(attempts=1)
+        self._transport = Transport(urls, policy, reset_after=reset_after, sleep=sleep)
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self._transport.urls)
+
+    @property
+    def retry(self) -> Retry:
+        return self._transport.retry
+
+    @property
+    def closed(self) -> bool:
+        return self._transport.closed
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+    async def __aenter__(self) -> "AsyncRegistryClient":
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- the API -----------------------------------------------------------
+
+    async def register(self, instance: ModelInstance) -> ModelInstance:
+        answer = await self._transport.request("POST", f"{_V1}/instances", json=instance_body(instance))
+        return record_from(answer)
+
+    async def heartbeat(
+        self,
+        instance: ModelInstance,
+        queue_length: int | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> ModelInstance:
+        """Beat for ``instance``. The whole instance is sent, so a registry that
+        lost it registers it again as described."""
+        body = {**instance_body(instance), "queue_length": queue_length}
+        answer = await self._transport.request("POST", f"{_V1}/heartbeat", json=body, deadline=deadline)
+        return record_from(answer)
+
+    async def deregister(
+        self, instance: ModelInstance | InstanceKey, *, purge: bool = False, deadline: float | None = None
+    ) -> ModelInstance:
+        key = instance.key if isinstance(instance, ModelInstance) else instance
+        params = {**key_params(key), "purge": "true" if purge else "false"}
+        answer = await self._transport.request(
+            "DELETE", f"{_V1}/instances", params=params, deadline=deadline
+        )
+        return record_from(answer)
+
+    async def list_instances(
+        self, model_name: str | None = None, healthy_only: bool = False
+    ) -> list[ModelInstance]:
+        params = {"healthy_only": "true" if healthy_only else "false"}
+        if model_name is not None:
+            params["model_name"] = model_name
+        answer = await self._transport.request("GET", f"{_V1}/instances", params=params)
+        return [record_from(item) for item in answer["instances"]]
+
+    async def list_models(self) -> list[ModelSummary]:
+        answer = await self._transport.request("GET", f"{_V1}/models")
+        return [ModelSummary(**item) for item in answer["models"]]
+
+    async def select(self, model_name: str) -> ModelInstance:
+        answer = await self._transport.request("GET", f"{_V1}/select", params={"model_name": model_name})
+        return record_from(answer)
+
+    async def health(self) -> dict[str, Any]:
+        return await self._transport.request("GET", "/health")
+
+    async def wait_until_ready(self, timeout: float = 30.0, interval: float = 0.2) -> dict[str, Any]:
+        """Poll ``/health`` until a registry answers 200; ``RegistryUnavailable`` after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + timeout
+        while True:
+            remaining = give_up_at - loop.time()
+            try:
+                return await self._transport.request("GET", "/health", deadline=max(0.05, remaining))
+            except RegistryUnavailable as exc:
+                if loop.time() + interval >= give_up_at:
+                    raise RegistryUnavailable(f"the registry was not ready within {timeout:g} s: {exc}") from exc
+            await asyncio.sleep(interval)
+
+
+async def wait_until_ready(
+    urls: str | Sequence[str], timeout: float = 30.0, interval: float = 0.2
+) -> dict[str, Any]:
+    """Return ``/health`` of the first registry to answer 200 within ``timeout``."""
+    async with AsyncRegistryClient(urls, retry=Retry(attempts=1, timeout=min(3.0, timeout))) as client:
+        return await client.wait_until_ready(timeout, interval)

@@ -1,0 +1,110 @@
+"""``RegistryClient``: the same calls for code without an event loop.
+
+The client owns a private event loop in a daemon thread; every call is
+submitted to it with ``run_coroutine_threadsafe`` and waited for. Any number of
+threads may share one client, and the caller needs no loop of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from storage.model import InstanceKey, ModelInstance, ModelSummary
+
+from .aio import AsyncRegistryClient
+from .errors import ClientClosed
+from .retry import Retry
+
+__all__ = ["RegistryClient"]
+
+T = TypeVar("T")
+
+
+class RegistryClient:
+    """Synchronous twin of ``AsyncRegistryClient``; use as ``with RegistryClient(url) as client:``."""
+
+    def __init__(self, urls: str | Sequence[str], *, retry: Retry | bool = True, reset_after: int = 3) -> None:
+        self._aio = AsyncRegistryClient(urls, retry=retry, reset_after=reset_after)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="registry-client", daemon=True)
+        self._thread.start()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def urls(self) -> list[str]:
+        return self._aio.urls
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The client's own loop (``HeartbeatAgent`` runs on it)."""
+        return self._loop
+
+    @property
+    def async_client(self) -> AsyncRegistryClient:
+        return self._aio
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the client's loop and wait for its result."""
+        if self._closed:
+            coro.close()
+            raise ClientClosed()
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("a RegistryClient cannot be called from its own loop; use async_client")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self.run(self._aio.close())
+            self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> "RegistryClient":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the API, as in AsyncRegistryClient ---------------------------------
+
+    def register(self, instance: ModelInstance) -> ModelInstance:
+        return self.run(self._aio.register(instance))
+
+    def heartbeat(self, instance: ModelInstance, queue_length: int | None = None) -> ModelInstance:
+        return self.run(self._aio.heartbeat(instance, queue_length))
+
+    def deregister(self, instance: ModelInstance | InstanceKey, *, purge: bool = False) -> ModelInstance:
+        return self.run(self._aio.deregister(instance, purge=purge))
+
+    def list_instances(self, model_name: str | None = None, healthy_only: bool = False) -> list[ModelInstance]:
+        return self.run(self._aio.list_instances(model_name, healthy_only))
+
+    def list_models(self) -> list[ModelSummary]:
+        return self.run(self._aio.list_models())
+
+    def select(self, model_name: str) -> ModelInstance:
+        return self.run(self._aio.select(model_name))
+
+    def health(self) -> dict[str, Any]:
+        return self.run(self._aio.health())
+
+    def wait_until_ready(self, timeout: float = 30.0, interval: float = 0.2) -> dict[str, Any]:
+        return self.run(self._aio.wait_until_ready(timeout, interval))

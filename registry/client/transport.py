@@ -1,0 +1,190 @@
+"""One logical call to the registry: choose a URL, send, retry, map errors.
+
+The pipeline, in order, for every call:
+
+1. refuse at once if the client is closed;
+2. send to the current URL with a per-attempt timeout;
+3. a connection failure (refused, reset, timed out) or a retryable status
+   (502/503/504, and 500 when the call is idempotent) moves to the next URL:
+   at once if that URL has not been tried in this call, else after a backoff
+   (or the ``Retry-After`` the registry sent);
+4. a 4xx is raised at once as ``RegistryClientError``, never retried;
+5. out of attempts or past the deadline: ``RegistryUnavailable`` naming the
+   last cause.
+
+After ``reset_after`` connection failures in a row the HTTP session is thrown
+away and a new one made, so sockets kept alive from a registry that has since
+restarted stop failing calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .errors import ClientClosed, RegistryUnavailable, client_error
+from .retry import RETRY_STATUSES, Retry
+
+__all__ = ["Transport", "parse_urls"]
+
+log = logging.getLogger("registry.client")
+
+Sleep = Callable[[float], Awaitable[None]]
+_CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+
+
+def parse_urls(urls: str | Sequence[str]) -> list[str]:
+    """``"http://a:8000, b:8000"`` or a list -> normalised base URLs."""
+    items = urls.split(",") if isinstance(urls, str) else list(urls)
+    parsed = []
+    for item in items:
+        url = item.strip().rstrip("/")
+        if not url:
+            continue
+        parsed.append(url if "://" in url else f"http://{url}")
+    if not parsed:
+        raise ValueError(f"no registry URL given in {urls!r}; pass e.g. http://127.0.0.1:8000")
+    return parsed
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    try:
+        return float(headers["Retry-After"])
+    except (KeyError, ValueError):
+        return None
+
+
+class Transport:
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        retry: Retry,
+        *,
+        reset_after: int = 3,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.urls = parse_urls(urls)
+        self.retry = retry
+        self.reset_after = reset_after
+        self.sessions_created = 0
+        self._sleep = sleep
+        self._current = 0
+        self._failures_in_a_row = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def current_url(self) -> str:
+        return self.urls[self._current]
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _session_for_call(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+            self.sessions_created += 1
+        return self._session
+
+    async def _reset_session(self) -> None:
+        if self._session is not None:
+            log.info("recreating the HTTP session after %d connection failures", self._failures_in_a_row)
+            await self._session.close()
+            self._session = None
+        self._failures_in_a_row = 0
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        idempotent: bool = True,
+        deadline: float | None = None,
+    ) -> Any:
+        """Send one call; return the decoded JSON body of its 2xx answer."""
+        if self._closed:
+            raise ClientClosed()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        give_up_at = started + (deadline if deadline is not None else self.retry.deadline)
+        body = None if json is None else orjson.dumps(json, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z)
+        tried: set[int] = set()
+        attempts, retries, last_error = 0, 0, "no attempt was made"
+        # Failing over to a URL not yet tried costs an attempt but no wait.
+        max_attempts = self.retry.attempts + len(self.urls) - 1
+        while attempts < max_attempts:
+            remaining = give_up_at - loop.time()
+            if remaining <= 0:
+                break
+            index, url = self._current, self.urls[self._current]
+            tried.add(index)
+            attempts += 1
+            retry_after = None
+            try:
+                status, answer, headers = await self._send(method, url + path, body, params, remaining)
+            except _CONNECTION_ERRORS as exc:
+                last_error = f"{url}: {_describe(exc)}"
+                self._failures_in_a_row += 1
+                if self._failures_in_a_row >= self.reset_after:
+                    await self._reset_session()
+            else:
+                self._failures_in_a_row = 0
+                if status < 400:
+                    return answer
+                retryable = status in RETRY_STATUSES or (status == 500 and idempotent)
+                if 400 <= status < 500 or not retryable:
+                    if status >= 500:
+                        raise RegistryUnavailable(f"{url} answered {status} to {method} {path}")
+                    raise client_error(status, answer)
+                last_error = f"{url} answered {status}" + (
+                    f" ({answer['detail']})" if isinstance(answer, dict) and "detail" in answer else ""
+                )
+                retry_after = _retry_after(headers)
+            self._current = (index + 1) % len(self.urls)
+            if self._current in tried:
+                wait = self.retry.delay(retries, retry_after)
+                retries += 1
+                if loop.time() + wait >= give_up_at:
+                    break
+                await self._sleep(wait)
+        elapsed = loop.time() - started
+        raise RegistryUnavailable(
+            f"no registry answered {method} {path} after {attempts} attempt(s) in {elapsed:.1f} s; "
+            f"last error: {last_error}; check that the registry runs at {', '.join(self.urls)}"
+        )
+
+    async def _send(
+        self, method: str, url: str, body: bytes | None, params: Mapping[str, str] | None, budget: float
+    ) -> tuple[int, Any, Mapping[str, str]]:
+        session = self._session_for_call()
+        timeout = aiohttp.ClientTimeout(total=min(self.retry.timeout, budget))
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        async with session.request(
+            method, url, data=body, params=params, headers=headers, timeout=timeout
+        ) as response:
+            raw = await response.read()
+            try:
+                answer = orjson.loads(raw) if raw else None
+            except orjson.JSONDecodeError:
+                answer = None  # e.g. a proxy's HTML error page
+            return response.status, answer, response.headers
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
