@@ -20,6 +20,8 @@ from registry.settings import Settings
 from registry.validation import problems_of
 from storage import InvalidStorageURL, StorageUnavailable, open_storage, redact
 
+from .commands import COMMANDS as CLIENT_COMMANDS
+from .commands import add_client_commands, run_client_command
 from .logs import configure_logging
 from .server import StartupError, serve
 
@@ -69,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     for name in ("storage", "log_level", "log_format"):
         _add_setting(migrate_parser, name)
+    add_client_commands(commands)
     return parser
 
 
@@ -94,7 +97,11 @@ def _settings(given: dict[str, object]) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = vars(_parser().parse_args(argv))
+    namespace = _parser().parse_args(argv)
+    if namespace.command in CLIENT_COMMANDS:
+        configure_logging("warning")
+        raise SystemExit(run_client_command(namespace))
+    args = vars(namespace)
     command = args.pop("command")
     configure_logging()  # until the settings say how
     settings = _settings(args)

@@ -18,7 +18,6 @@ from storage.model import (
     InstanceKey,
     ModelInstance,
     ModelName,
-    Port,
     QueueLength,
 )
 

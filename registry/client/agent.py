@@ -92,7 +92,7 @@ class HeartbeatAgent:
             return self._sync.run(self._stop())
         return asyncio.ensure_future(self._stop())
 
-    async def __aenter__(self) -> "HeartbeatAgent":
+    async def __aenter__(self) -> HeartbeatAgent:
         self._start_now()
         return self
 
@@ -104,7 +104,7 @@ class HeartbeatAgent:
     ) -> None:
         await self._stop()
 
-    def __enter__(self) -> "HeartbeatAgent":
+    def __enter__(self) -> HeartbeatAgent:
         self.start()
         return self
 

@@ -64,7 +64,7 @@ class AsyncRegistryClient:
     async def close(self) -> None:
         await self._transport.close()
 
-    async def __aenter__(self) -> "AsyncRegistryClient":
+    async def __aenter__(self) -> AsyncRegistryClient:
         return self
 
     async def __aexit__(
@@ -99,9 +99,7 @@ class AsyncRegistryClient:
     ) -> ModelInstance:
         key = instance.key if isinstance(instance, ModelInstance) else instance
         params = {**key_params(key), "purge": "true" if purge else "false"}
-        answer = await self._transport.request(
-            "DELETE", f"{_V1}/instances", params=params, deadline=deadline
-        )
+        answer = await self._transport.request("DELETE", f"{_V1}/instances", params=params, deadline=deadline)
         return record_from(answer)
 
     async def list_instances(
@@ -134,7 +132,9 @@ class AsyncRegistryClient:
                 return await self._transport.request("GET", "/health", deadline=max(0.05, remaining))
             except RegistryUnavailable as exc:
                 if loop.time() + interval >= give_up_at:
-                    raise RegistryUnavailable(f"the registry was not ready within {timeout:g} s: {exc}") from exc
+                    raise RegistryUnavailable(
+                        f"the registry was not ready within {timeout:g} s: {exc}"
+                    ) from exc
             await asyncio.sleep(interval)
 
 

@@ -27,7 +27,9 @@ T = TypeVar("T")
 class RegistryClient:
     """Synchronous twin of ``AsyncRegistryClient``; use as ``with RegistryClient(url) as client:``."""
 
-    def __init__(self, urls: str | Sequence[str], *, retry: Retry | bool = True, reset_after: int = 3) -> None:
+    def __init__(
+        self, urls: str | Sequence[str], *, retry: Retry | bool = True, reset_after: int = 3
+    ) -> None:
         self._aio = AsyncRegistryClient(urls, retry=retry, reset_after=reset_after)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="registry-client", daemon=True)
@@ -72,7 +74,7 @@ class RegistryClient:
         self._thread.join()
         self._loop.close()
 
-    def __enter__(self) -> "RegistryClient":
+    def __enter__(self) -> RegistryClient:
         return self
 
     def __exit__(
@@ -94,7 +96,9 @@ class RegistryClient:
     def deregister(self, instance: ModelInstance | InstanceKey, *, purge: bool = False) -> ModelInstance:
         return self.run(self._aio.deregister(instance, purge=purge))
 
-    def list_instances(self, model_name: str | None = None, healthy_only: bool = False) -> list[ModelInstance]:
+    def list_instances(
+        self, model_name: str | None = None, healthy_only: bool = False
+    ) -> list[ModelInstance]:
         return self.run(self._aio.list_instances(model_name, healthy_only))
 
     def list_models(self) -> list[ModelSummary]:

@@ -1,0 +1,168 @@
+"""Operator subcommands that talk to a running registry through the sync client:
+``list``, ``models``, ``register``, ``deregister``, ``heartbeat``, ``select``.
+
+Output is a readable table, or JSON with ``--json`` (for scripts). A registry
+that cannot be reached or refuses the request ends in one line on stderr and
+exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from registry.client import RegistryClient, RegistryClientError, RegistryUnavailable, Retry
+from storage import InstanceKey, ModelInstance
+
+__all__ = ["COMMANDS", "add_client_commands", "run_client_command"]
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+COMMANDS = ("list", "models", "register", "deregister", "heartbeat", "select")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('must be a JSON object, e.g. \'{"gpu": "a100"}\'')
+    return value
+
+
+def _identity(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_name", help="model name, e.g. meta-llama/Llama-3.1-8B-Instruct")
+    parser.add_argument("host", help="worker host")
+    parser.add_argument("port", type=int, help="worker port")
+
+
+def add_client_commands(commands: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url",
+        default=os.environ.get("REGISTRY_URL", DEFAULT_URL),
+        help="registry URL, or several comma-separated (default: $REGISTRY_URL or %(default)s)",
+    )
+    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    listing = commands.add_parser("list", parents=[common], help="list instances")
+    listing.add_argument("--model", dest="model_name", help="only this model")
+    listing.add_argument("--healthy-only", action="store_true", help="only healthy instances")
+    commands.add_parser("models", parents=[common], help="list models with their counts")
+
+    register = commands.add_parser("register", parents=[common], help="register (or update) an instance")
+    _identity(register)
+    register.add_argument("--weight", type=float, default=1.0, help="selection weight (default: 1)")
+    register.add_argument("--disabled", action="store_true", help="register it out of selection")
+    register.add_argument(
+        "--no-check-healthy", action="store_true", help="exempt it from the heartbeat timeout"
+    )
+    register.add_argument("--prompt-template", help="prompt template name")
+    register.add_argument("--metadata", type=_json_object, default={}, help="metadata as a JSON object")
+
+    deregister = commands.add_parser("deregister", parents=[common], help="mark an instance unhealthy")
+    _identity(deregister)
+    deregister.add_argument("--purge", action="store_true", help="delete it instead")
+
+    heartbeat = commands.add_parser("heartbeat", parents=[common], help="send one heartbeat")
+    _identity(heartbeat)
+    heartbeat.add_argument("--queue-length", type=int, help="load to report")
+
+    select = commands.add_parser("select", parents=[common], help="pick one healthy instance of a model")
+    select.add_argument("model_name")
+
+
+def _call(client: RegistryClient, args: argparse.Namespace) -> Any:
+    command = args.command
+    if command == "list":
+        return client.list_instances(args.model_name, args.healthy_only)
+    if command == "models":
+        return client.list_models()
+    if command == "select":
+        return [client.select(args.model_name)]
+    if command == "deregister":
+        key = InstanceKey(args.model_name, args.host, args.port)
+        return [client.deregister(key, purge=args.purge)]
+    instance = ModelInstance(args.model_name, args.host, args.port)
+    if command == "heartbeat":
+        return [client.heartbeat(instance, args.queue_length)]
+    instance = dataclasses.replace(
+        instance,
+        weight=args.weight,
+        enabled=not args.disabled,
+        check_healthy=not args.no_check_healthy,
+        prompt_template=args.prompt_template,
+        metadata=args.metadata,
+    )
+    return [client.register(instance)]
+
+
+def run_client_command(args: argparse.Namespace) -> int:
+    try:
+        with RegistryClient(args.url, retry=Retry(attempts=3, deadline=5.0)) as client:
+            result = _call(client, args)
+    except RegistryUnavailable as exc:
+        return _error(f"cannot reach the registry: {exc}; start it, or pass --url / set REGISTRY_URL")
+    except RegistryClientError as exc:
+        return _error(f"the registry refused: {exc.detail} ({exc.status} {exc.code})")
+    except ValueError as exc:  # a malformed --url
+        return _error(str(exc))
+    if args.json:
+        single = args.command in ("select", "register", "deregister", "heartbeat")
+        sys.stdout.write(orjson.dumps(result[0] if single else result, option=orjson.OPT_UTC_Z).decode())
+        sys.stdout.write("\n")
+    elif args.command == "models":
+        _table(["MODEL", "TOTAL", "HEALTHY", "ENABLED", "AVAILABLE"], _model_rows(result))
+    else:
+        _table(["MODEL", "ADDRESS", "HEALTHY", "ENABLED", "WEIGHT", "QUEUE", "LAST HEARTBEAT"], _rows(result))
+    return 0
+
+
+def _error(message: str) -> int:
+    sys.stderr.write(f"model-registry: {message}\n")
+    return 1
+
+
+def _ago(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    seconds = max(0, int((datetime.now(timezone.utc) - moment).total_seconds()))
+    return f"{seconds}s ago" if seconds < 120 else f"{seconds // 60}m ago"
+
+
+def _rows(instances: Sequence[ModelInstance]) -> list[list[str]]:
+    def yes(flag: bool) -> str:
+        return "yes" if flag else "no"
+
+    return [
+        [
+            i.model_name,
+            i.key.address,
+            yes(i.healthy),
+            yes(i.enabled),
+            f"{i.weight:g}",
+            "-" if i.queue_length is None else str(i.queue_length),
+            _ago(i.last_heartbeat),
+        ]
+        for i in instances
+    ]
+
+
+def _model_rows(models: Sequence[Any]) -> list[list[str]]:
+    return [[m.model_name, str(m.total), str(m.healthy), str(m.enabled), str(m.available)] for m in models]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    write = sys.stdout.write
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
+    if not rows:
+        write("(none)\n")
