@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,7 +14,14 @@ from pathlib import Path
 
 import orjson
 
-__all__ = ["ServerProcess", "run_cli"]
+__all__ = ["ServerProcess", "free_port", "run_cli"]
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (now)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _clean_env(extra: dict[str, str] | None) -> dict[str, str]:

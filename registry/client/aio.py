@@ -10,10 +10,11 @@ from typing import Any
 
 from storage.model import SERVER_MANAGED_FIELDS, InstanceKey, ModelInstance, ModelSummary
 
+from ..clock import Clock
 from ..validation import record_from
 from .errors import RegistryUnavailable
 from .retry import Retry
-from .transport import Sleep, Transport
+from .transport import Transport
 
 __all__ = ["AsyncRegistryClient", "wait_until_ready"]
 
@@ -44,10 +45,10 @@ class AsyncRegistryClient:
         *,
         retry: Retry | bool = True,
         reset_after: int = 3,
-        sleep: Sleep = asyncio.sleep,
+        clock: Clock | None = None,
     ) -> None:
         policy = retry if isinstance(retry, Retry) else Retry() if retry else Retry(attempts=1)
-        self._transport = Transport(urls, policy, reset_after=reset_after, sleep=sleep)
+        self._transport = Transport(urls, policy, reset_after=reset_after, clock=clock)
 
     @property
     def urls(self) -> list[str]:

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
 import orjson
 
+from ..clock import Clock, SystemClock
 from .errors import ClientClosed, RegistryUnavailable, client_error
 from .retry import RETRY_STATUSES, Retry
 
@@ -34,7 +35,6 @@ __all__ = ["Transport", "parse_urls"]
 
 log = logging.getLogger("registry.client")
 
-Sleep = Callable[[float], Awaitable[None]]
 _CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
 
 
@@ -66,13 +66,13 @@ class Transport:
         retry: Retry,
         *,
         reset_after: int = 3,
-        sleep: Sleep = asyncio.sleep,
+        clock: Clock | None = None,
     ) -> None:
         self.urls = parse_urls(urls)
         self.retry = retry
         self.reset_after = reset_after
         self.sessions_created = 0
-        self._sleep = sleep
+        self._clock = clock or SystemClock()
         self._current = 0
         self._failures_in_a_row = 0
         self._session: aiohttp.ClientSession | None = None
@@ -118,8 +118,8 @@ class Transport:
         """Send one call; return the decoded JSON body of its 2xx answer."""
         if self._closed:
             raise ClientClosed()
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        clock = self._clock
+        started = clock.monotonic()
         give_up_at = started + (deadline if deadline is not None else self.retry.deadline)
         body = None if json is None else orjson.dumps(json, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z)
         tried: set[int] = set()
@@ -127,7 +127,7 @@ class Transport:
         # Failing over to a URL not yet tried costs an attempt but no wait.
         max_attempts = self.retry.attempts + len(self.urls) - 1
         while attempts < max_attempts:
-            remaining = give_up_at - loop.time()
+            remaining = give_up_at - clock.monotonic()
             if remaining <= 0:
                 break
             index, url = self._current, self.urls[self._current]
@@ -155,13 +155,13 @@ class Transport:
                 )
                 retry_after = _retry_after(headers)
             self._current = (index + 1) % len(self.urls)
-            if self._current in tried:
+            if self._current in tried and attempts < max_attempts:
                 wait = self.retry.delay(retries, retry_after)
                 retries += 1
-                if loop.time() + wait >= give_up_at:
+                if clock.monotonic() + wait >= give_up_at:
                     break
-                await self._sleep(wait)
-        elapsed = loop.time() - started
+                await clock.sleep(wait)
+        elapsed = clock.monotonic() - started
         raise RegistryUnavailable(
             f"no registry answered {method} {path} after {attempts} attempt(s) in {elapsed:.1f} s; "
             f"last error: {last_error}; check that the registry runs at {', '.join(self.urls)}"
