@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 import yaml
 
@@ -93,3 +94,29 @@ def test_the_healthcheck_command_works(compose: dict, tmp_path: Path) -> None:
         script = command[3].replace(f"127.0.0.1:{port}", server.url.removeprefix("http://"))
         assert subprocess.run([sys.executable, "-c", script], timeout=10).returncode == 0
     assert subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=10).returncode != 0
+
+
+def _client_examples() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Workers and controllers") : text.index("## Using the registry in-process")]
+    return re.findall(r"```python\n(.+?)```", section, flags=re.S)
+
+
+def test_the_readme_client_examples_run(tmp_path: Path) -> None:
+    worker, controller = _client_examples()
+    with ServerProcess("--storage", "memory://") as server:
+        for name, code in (("worker", worker), ("controller", controller)):
+            script = tmp_path / f"{name}.py"
+            script.write_text(code.replace("http://127.0.0.1:8000", server.url))
+            result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, result.stderr
+        listing = subprocess.run(
+            [sys.executable, "-m", "registry", "list", "--json", "--url", server.url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    # The worker registered, then deregistered on the way out.
+    [instance] = orjson.loads(listing.stdout)
+    assert instance["model_name"] == "glm-4@llm" and instance["healthy"] is False
+    assert instance["metadata"] == {"gpu": "a100"}
