@@ -10,12 +10,14 @@ from __future__ import annotations
 from .base import Storage
 from .errors import InvalidStorageURL, StorageError, StorageUnavailable
 from .model import InstanceKey, ModelInstance, ModelSummary
+from .options import PoolOptions
 
 __all__ = [
     "InstanceKey",
     "InvalidStorageURL",
     "ModelInstance",
     "ModelSummary",
+    "PoolOptions",
     "SCHEMES",
     "Storage",
     "StorageError",
@@ -28,14 +30,16 @@ __all__ = [
 SCHEMES = {
     "memory": "memory://",
     "sqlite+aiosqlite": "sqlite+aiosqlite:///registry.db",
+    "postgresql+asyncpg": "postgresql+asyncpg://USER:PASSWORD@HOST:5432/DATABASE",
 }
 
 
-def open_storage(url: str, *, migrate: bool = True) -> Storage:
+def open_storage(url: str, *, migrate: bool = True, pool: PoolOptions | None = None) -> Storage:
     """Return an unopened backend for ``url``; use it as ``async with open_storage(url) as s:``.
 
     ``migrate=False`` skips applying migrations on open (for tools that only
-    read). Raises ``InvalidStorageURL`` naming the valid schemes.
+    read); ``pool`` tunes PostgreSQL's connection pool and timeouts. Raises
+    ``InvalidStorageURL`` naming the valid schemes.
     """
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in SCHEMES:
@@ -45,13 +49,17 @@ def open_storage(url: str, *, migrate: bool = True) -> Storage:
         from .memory import MemoryStorage
 
         return MemoryStorage()
+    from .sql import SQLStorage
+
+    if scheme == "postgresql+asyncpg":
+        if not rest.strip("/"):
+            raise InvalidStorageURL(f"storage URL {redact(url)!r} names no server: use {SCHEMES[scheme]}")
+        return SQLStorage(url, migrate=migrate, pool=pool)
     if not rest.startswith("/") or rest in ("/", "/:memory:"):
         raise InvalidStorageURL(
             f"storage URL {url!r} names no database file: use sqlite+aiosqlite:///PATH "
             "(three slashes and a relative path, four for an absolute one)"
         )
-    from .sql import SQLStorage
-
     return SQLStorage(url, migrate=migrate)
 
 

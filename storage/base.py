@@ -120,6 +120,15 @@ class Storage(abc.ABC):
     async def summarize(self) -> list[ModelSummary]:
         """Per-model counts, ordered by model name."""
 
+    async def server_time(self) -> datetime | None:
+        """The backend's own clock, for backends shared by several processes.
+
+        ``None`` (the default) means the backend has no clock of its own and
+        the caller's clock is authoritative. A shared backend returns its
+        server's time, so that every replica can judge heartbeats by one clock.
+        """
+        return None
+
     @abc.abstractmethod
     async def ping(self) -> None:
         """Return when the backend answers; raise ``StorageUnavailable`` when not."""

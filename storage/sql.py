@@ -1,13 +1,19 @@
-"""SQL backends through SQLAlchemy's asyncio engine.
+"""SQL backends through SQLAlchemy's asyncio engine: SQLite and PostgreSQL.
 
-``sqlite+aiosqlite:///PATH`` today; PostgreSQL joins on the same statements.
-Each primitive is one statement, or, for ``upsert``, an
-insert-if-absent followed by an update inside one transaction, retried if a
-concurrent delete slips between them: never a read followed by a write.
+Both run the same statements. Each primitive is one statement, or, for
+``upsert``, an insert-if-absent followed by an update inside one transaction,
+retried if a concurrent delete slips between them: never a read followed by a
+write.
 
 SQLite allows one writer at a time. Rather than let several pooled connections
 collide and sleep in SQLite's busy handler, writes from this process queue on
 an ``asyncio.Lock``; reads run concurrently beside them (WAL mode).
+
+PostgreSQL may be shared by several replicas. Schema migrations and the
+checker's expiry sweep each take an advisory lock, so replicas starting
+together migrate once and sweep one at a time; the sweep's conditional update
+makes each health transition happen, and be reported, exactly once anyway.
+Every wait is bounded (``PoolOptions``): pool checkout, connect, statement.
 """
 
 from __future__ import annotations
@@ -21,15 +27,17 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import case, delete, event, func, select, true, update
+from sqlalchemy import case, delete, event, func, select, text, true, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from . import migrations
 from .base import Storage
 from .errors import StorageUnavailable
 from .model import InstanceKey, ModelInstance, ModelSummary
+from .options import PoolOptions
 from .schema import EVICTABLE, EXPIRABLE, instances
 
 __all__ = ["SQLStorage"]
@@ -38,6 +46,10 @@ log = logging.getLogger(__name__)
 
 _t = instances
 _KEY_COLUMNS = ("model_name", "host", "port")
+
+# Advisory lock keys (any 64-bit numbers, fixed for the life of the schema).
+_MIGRATION_LOCK = 0x6D6F64656C0001  # "model" + 1
+_SWEEP_LOCK = 0x6D6F64656C0002
 
 
 def _json_dumps(value: Any) -> str:
@@ -64,11 +76,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class SQLStorage(Storage):
     durable = True
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(self, url: str, *, migrate: bool = True, pool: PoolOptions | None = None) -> None:
         super().__init__()
         self._url = make_url(url)
         self._migrate = migrate
+        self._pool = pool or PoolOptions()
         self.name = self._url.get_backend_name()
+        self._postgres = self.name == "postgresql"
         self._engine: AsyncEngine | None = None
         self._write_lock = asyncio.Lock() if self.name == "sqlite" else None
         if self.name == "sqlite":
@@ -82,9 +96,30 @@ class SQLStorage(Storage):
 
     # -- lifecycle ---------------------------------------------------------
 
+    def _engine_options(self) -> dict[str, Any]:
+        if not self._postgres:
+            return {}
+        pool = self._pool
+        return {
+            "pool_size": pool.pool_size,
+            "max_overflow": pool.max_overflow,
+            "pool_timeout": pool.pool_timeout,
+            "connect_args": {
+                "timeout": pool.connect_timeout,
+                "command_timeout": pool.statement_timeout + 1,
+                "server_settings": {
+                    "statement_timeout": str(int(pool.statement_timeout * 1000)),
+                    "application_name": "model-registry",
+                },
+            },
+        }
+
     async def _open(self) -> None:
         self._engine = create_async_engine(
-            self._url, json_serializer=_json_dumps, json_deserializer=orjson.loads
+            self._url,
+            json_serializer=_json_dumps,
+            json_deserializer=orjson.loads,
+            **self._engine_options(),
         )
         if self.name == "sqlite":
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
@@ -92,6 +127,8 @@ class SQLStorage(Storage):
             async with self._guard("open"):
                 if self._migrate:
                     async with self._engine.begin() as conn:
+                        if self._postgres:  # replicas starting together migrate one by one
+                            await conn.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
                         await conn.run_sync(migrations.upgrade_connection)
                 await self.ping()
         except BaseException:
@@ -183,7 +220,13 @@ class SQLStorage(Storage):
             .returning(*_t.c)
         )
         async with self._write("mark silent instances unhealthy") as conn:
+            if self._postgres and not await self._try_sweep_lock(conn):
+                return []  # another replica is sweeping right now
             return [_record(row) for row in await conn.execute(statement)]
+
+    async def _try_sweep_lock(self, conn: AsyncConnection) -> bool:
+        """Take the sweep lock for this transaction, if no other replica holds it."""
+        return bool(await conn.scalar(text(f"SELECT pg_try_advisory_xact_lock({_SWEEP_LOCK})")))
 
     async def evict(self, cutoff: datetime) -> list[ModelInstance]:
         statement = delete(_t).where(EVICTABLE & (_t.c.unhealthy_since < cutoff)).returning(*_t.c)
@@ -224,6 +267,12 @@ class SQLStorage(Storage):
         )
         async with self._read("count instances") as conn:
             return [ModelSummary(*row) for row in await conn.execute(statement)]
+
+    async def server_time(self) -> datetime | None:
+        if not self._postgres:
+            return None  # one process owns a SQLite file: its clock is the clock
+        async with self._read("read the server clock") as conn:
+            return await conn.scalar(select(func.clock_timestamp()))
 
     async def ping(self) -> None:
         # Touches the table, not just the connection: a database without our
