@@ -37,6 +37,12 @@ _SERVE_FLAGS = (
     "heartbeat_timeout",
     "evict_after",
     "shutdown_timeout",
+    "request_timeout",
+    "db_pool_size",
+    "db_max_overflow",
+    "db_pool_timeout",
+    "db_connect_timeout",
+    "db_statement_timeout",
     "log_level",
     "log_format",
 )
@@ -69,14 +75,14 @@ def _parser() -> argparse.ArgumentParser:
     migrate_parser = commands.add_parser(
         "migrate", help="create or upgrade the database schema, then exit (serve also does it)"
     )
-    for name in ("storage", "log_level", "log_format"):
+    for name in ("storage", "db_connect_timeout", "log_level", "log_format"):
         _add_setting(migrate_parser, name)
     add_client_commands(commands)
     return parser
 
 
 async def _migrate(settings: Settings) -> None:
-    storage = open_storage(settings.storage)
+    storage = open_storage(settings.storage, pool=settings.pool)
     if not storage.durable:
         log.info("nothing to migrate: %s storage has no schema", storage.name)
         return

@@ -6,6 +6,7 @@ Every error body is ``{"error": "<code>", "detail": "<sentence>"}`` (plus
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -13,7 +14,7 @@ from aiohttp import web
 
 from registry import InstanceNotFound, InvalidInstance, NoHealthyInstance, StorageUnavailable
 
-from .keys import LIFECYCLE
+from .keys import LIFECYCLE, SETTINGS
 from .problem import ApiError
 from .responses import MAX_BODY_BYTES, json_response
 
@@ -54,8 +55,19 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Re
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    timeout = request.app[SETTINGS].request_timeout
     try:
-        return await handler(request)
+        async with asyncio.timeout(timeout):
+            return await handler(request)
+    except TimeoutError:
+        log.warning("request timed out", extra={"path": request.path, "timeout_s": timeout})
+        return error_response(
+            503,
+            "timeout",
+            f"the request took longer than {timeout:g} s (the database may be slow or unreachable); "
+            "retry later, or raise REGISTRY_REQUEST_TIMEOUT",
+            headers={"Retry-After": "1"},
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

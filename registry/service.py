@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
@@ -19,13 +20,16 @@ from typing import Any
 
 from storage import InstanceKey, ModelInstance, ModelSummary, Storage, StorageUnavailable
 
-from .clock import Clock, SystemClock
+from .clock import Clock, ServerClock, SystemClock
 from .errors import InstanceNotFound, NoHealthyInstance
 from .validation import instance_from
 
 __all__ = ["CheckResult", "Registry", "check_timing"]
 
 log = logging.getLogger("registry")
+
+#: Seconds between measurements of the database server's clock.
+CLOCK_SYNC_PERIOD = 60.0
 
 #: The checker refuses a timeout shorter than this many heartbeat intervals: a
 #: worker must be able to miss a beat (GC pause, slow network) without flapping.
@@ -80,18 +84,30 @@ class Registry:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         checker: bool = True,
+        server_clock: bool | None = None,
     ) -> None:
         """``checker=False`` leaves sweeping to whoever calls ``check_once``
-        (tests, or a replica that must not sweep)."""
+        (tests, or a replica that must not sweep).
+
+        ``server_clock``: follow the storage server's clock when the backend has
+        one (PostgreSQL shared by replicas). Defaults to yes unless a ``clock``
+        is injected, which is then taken as it is.
+        """
         check_timing(heartbeat_interval, heartbeat_timeout, evict_after)
         self.storage = storage
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.evict_after = evict_after
-        self._clock = clock or SystemClock()
+        base = clock or SystemClock()
+        follow_server = clock is None if server_clock is None else server_clock
+        self._server_clock = ServerClock(base) if follow_server else None
+        self._clock: Clock = self._server_clock or base
         self._rng = rng or random.Random()
         self._run_checker_task = checker
         self._started_at: float | None = None
+        # Monotonic time of the last storage failure seen: the checker holds
+        # back for one timeout after it, as after a start.
+        self._outage_at: float | None = None
         self._checker: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -100,6 +116,7 @@ class Registry:
         if self._started_at is not None:
             raise RuntimeError("this Registry was already started; create a new one")
         self._started_at = self._clock.monotonic()
+        await self._sync_clock()
         if self._run_checker_task:
             self._checker = asyncio.create_task(self._run_checker(), name="registry-checker")
         return self
@@ -118,18 +135,51 @@ class Registry:
 
     @property
     def grace_remaining(self) -> float:
-        """Seconds until the checker may mark anything unhealthy (0 once it may)."""
+        """Seconds until the checker may mark anything unhealthy (0 once it may).
+
+        The grace runs for one timeout after the start and after the last
+        storage failure: in both cases workers may not have been able to
+        record a beat, through no fault of theirs.
+        """
         if self._started_at is None:
             return self.heartbeat_timeout
-        elapsed = self._clock.monotonic() - self._started_at
-        return max(0.0, self.heartbeat_timeout - elapsed)
+        quiet_since = max(self._started_at, self._outage_at or self._started_at)
+        return max(0.0, self.heartbeat_timeout - (self._clock.monotonic() - quiet_since))
+
+    @contextlib.contextmanager
+    def _noting_outages(self) -> Iterator[None]:
+        try:
+            yield
+        except StorageUnavailable:
+            self._outage_at = self._clock.monotonic()
+            raise
+
+    async def _sync_clock(self) -> None:
+        """Follow the storage server's clock (a no-op for backends without one)."""
+        if self._server_clock is None:
+            return
+        try:
+            await self._server_clock.sync(self.storage.server_time)
+        except StorageUnavailable as exc:
+            log.warning("could not read the database clock; keeping the last offset: %s", exc)
+            return
+        if self._server_clock.synced_at is None:
+            self._server_clock = None  # the backend has no clock of its own
+            return
+        offset = self._server_clock.offset.total_seconds()
+        if abs(offset) > 1:
+            log.warning(
+                "this host's clock differs from the database server's; following the database",
+                extra={"offset_s": round(offset, 3)},
+            )
 
     # -- writes ------------------------------------------------------------
 
     async def register(self, instance: ModelInstance | dict[str, Any]) -> tuple[ModelInstance, bool]:
         """Create or update an instance; returns it as stored and whether it is new."""
         record = self._fresh(instance_from(instance))
-        stored, created = await self.storage.upsert(record)
+        with self._noting_outages():
+            stored, created = await self.storage.upsert(record)
         if created:
             log.info("instance registered", extra=_fields(stored.key))
         return stored, created
@@ -149,12 +199,14 @@ class Registry:
         # touch, else insert: each step is atomic; a concurrent delete between
         # them only sends us round again.
         for _ in range(3):
-            touched = await self.storage.touch(key, self._clock.now(), queue_length)
+            with self._noting_outages():
+                touched = await self.storage.touch(key, self._clock.now(), queue_length)
             if touched is not None:
                 return touched
             record = self._fresh(unknown)
             record.queue_length = queue_length
-            inserted = await self.storage.insert(record)
+            with self._noting_outages():
+                inserted = await self.storage.insert(record)
             if inserted is not None:
                 log.info("instance registered by its heartbeat", extra=_fields(key))
                 return inserted
@@ -210,12 +262,14 @@ class Registry:
 
     async def health(self) -> dict[str, Any]:
         """What ``/health`` reports; raises ``StorageUnavailable`` when storage is away."""
-        await self.storage.ping()
+        with self._noting_outages():
+            await self.storage.ping()
         return {
             "storage": self.storage.name,
             "durable": self.storage.durable,
             "checker_running": self._checker is not None and not self._checker.done(),
             "grace_remaining_s": round(self.grace_remaining, 3),
+            "clock": "database" if self._server_clock is not None else "local",
             "heartbeat_interval_s": self.heartbeat_interval,
             "heartbeat_timeout_s": self.heartbeat_timeout,
         }
@@ -232,7 +286,8 @@ class Registry:
         if self.grace_remaining > 0:
             return CheckResult([], [], in_grace=True)
         now = self._clock.now()
-        expired = await self.storage.expire(now - timedelta(seconds=self.heartbeat_timeout), now)
+        with self._noting_outages():
+            expired = await self.storage.expire(now - timedelta(seconds=self.heartbeat_timeout), now)
         for record in expired:
             log.info(
                 "instance marked unhealthy: no heartbeat within the timeout",
@@ -240,7 +295,8 @@ class Registry:
             )
         evicted: list[ModelInstance] = []
         if self.evict_after > 0:
-            evicted = await self.storage.evict(now - timedelta(seconds=self.evict_after))
+            with self._noting_outages():
+                evicted = await self.storage.evict(now - timedelta(seconds=self.evict_after))
             for record in evicted:
                 log.info(
                     "instance evicted: unhealthy for longer than evict-after",
@@ -252,6 +308,11 @@ class Registry:
         while True:
             await self._clock.sleep(self.heartbeat_interval)
             try:
+                if (
+                    self._server_clock is not None
+                    and self._clock.monotonic() - (self._server_clock.synced_at or 0) >= CLOCK_SYNC_PERIOD
+                ):
+                    await self._sync_clock()
                 await self.check_once()
             except StorageUnavailable as exc:
                 # Nothing is marked while storage is away; the next run catches up.

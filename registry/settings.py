@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from storage import open_storage
+from storage import PoolOptions, open_storage
 
 from .service import check_timing
 
@@ -26,7 +26,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free one)")
     storage: str = Field(
         "sqlite+aiosqlite:///registry.db",
-        description="storage URL: sqlite+aiosqlite:///PATH or memory:// (lost on exit)",
+        description=(
+            "storage URL: sqlite+aiosqlite:///PATH, postgresql+asyncpg://USER:PASSWORD@HOST/DB "
+            "or memory:// (lost on exit)"
+        ),
     )
     heartbeat_interval: float = Field(
         10.0, gt=0, description="seconds between the checker's sweeps; workers should beat this often"
@@ -39,6 +42,18 @@ class Settings(BaseSettings):
     )
     shutdown_timeout: float = Field(
         15.0, gt=0, le=300, description="seconds to let requests in flight finish on SIGTERM/SIGINT"
+    )
+    request_timeout: float = Field(
+        10.0, gt=0, description="seconds a request may take before it is answered 503 (e.g. a slow database)"
+    )
+    db_pool_size: int = Field(10, ge=1, description="PostgreSQL: connections kept open per process")
+    db_max_overflow: int = Field(10, ge=0, description="PostgreSQL: extra connections opened under load")
+    db_pool_timeout: float = Field(
+        2.0, gt=0, description="PostgreSQL: seconds a request waits for a free connection before 503"
+    )
+    db_connect_timeout: float = Field(3.0, gt=0, description="PostgreSQL: seconds to open a connection")
+    db_statement_timeout: float = Field(
+        5.0, gt=0, description="PostgreSQL: seconds one statement may run before it is cancelled"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug also logs every request"
@@ -60,3 +75,13 @@ class Settings(BaseSettings):
     def _timing(self) -> Settings:
         check_timing(self.heartbeat_interval, self.heartbeat_timeout, self.evict_after)
         return self
+
+    @property
+    def pool(self) -> PoolOptions:
+        return PoolOptions(
+            pool_size=self.db_pool_size,
+            max_overflow=self.db_max_overflow,
+            pool_timeout=self.db_pool_timeout,
+            connect_timeout=self.db_connect_timeout,
+            statement_timeout=self.db_statement_timeout,
+        )

@@ -56,16 +56,18 @@ class PostgresCluster:
             argv = ["runuser", "-u", "postgres", "--", *argv]
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=True)
 
-    def init(self) -> "PostgresCluster":
+    def init(self) -> PostgresCluster:
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
         return self.start()
 
-    def start(self) -> "PostgresCluster":
+    def start(self) -> PostgresCluster:
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
             "-c fsync=off -c full_page_writes=off -c max_connections=300"
         )
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options, "-w", "start")
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options, "-w", "start"
+        )
         return self
 
     def stop(self, mode: str = "fast") -> None:
@@ -82,8 +84,21 @@ class PostgresCluster:
         return f"{driver}://postgres@127.0.0.1:{self.port}/{database}"
 
     def psql(self, sql: str, database: str = "postgres") -> str:
-        return self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database,
-                         "-v", "ON_ERROR_STOP=1", "-Atc", sql).stdout
+        return self._run(
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-Atc",
+            sql,
+        ).stdout
 
     def create_database(self, name: str) -> str:
         self.psql(f'CREATE DATABASE "{name}"')

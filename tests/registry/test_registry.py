@@ -17,8 +17,9 @@ from registry import (
     ModelInstance,
     NoHealthyInstance,
     Registry,
+    SystemClock,
 )
-from storage import Storage
+from storage import Storage, StorageUnavailable
 
 KEY = InstanceKey("glm-4@llm", "10.0.0.5", 8001)
 
@@ -282,3 +283,51 @@ def test_bad_timings_are_refused(storage_url, interval, timeout, evict, message)
             heartbeat_timeout=timeout,
             evict_after=evict,
         )
+
+
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
+async def test_no_marking_for_one_timeout_after_a_storage_outage(
+    registry: Registry, clock: ManualClock, tmp_path
+) -> None:
+    import sqlite3
+
+    await registry.register(instance(1))
+    clock.advance(40)  # past the start-up grace; the instance is silent
+    with sqlite3.connect(tmp_path / "registry.db") as conn:
+        conn.execute("ALTER TABLE instances RENAME TO away")
+    with pytest.raises(StorageUnavailable):
+        await registry.heartbeat(*beat(1))  # the worker beats, but cannot be recorded
+    with sqlite3.connect(tmp_path / "registry.db") as conn:
+        conn.execute("ALTER TABLE away RENAME TO instances")
+    clock.advance(29)
+    assert (await registry.check_once()).in_grace
+    assert (await registry.get_all_instances())[0].healthy
+    clock.advance(1)
+    assert [i.port for i in (await registry.check_once()).expired] == [1]
+
+
+class SkewedClock(SystemClock):
+    def __init__(self, skew_s: float) -> None:
+        self.skew = timedelta(seconds=skew_s)
+
+    def now(self):
+        return super().now() + self.skew
+
+
+@pytest.mark.parametrize("storage_url", ["postgresql"], indirect=True)
+async def test_replicas_with_skewed_clocks_follow_the_database_clock(storage: Storage) -> None:
+    ahead = Registry(storage, clock=SkewedClock(3600), server_clock=True, checker=False)
+    behind = Registry(storage, clock=SkewedClock(-3600), server_clock=True, checker=False)
+    async with ahead, behind:
+        first, _ = await ahead.register(instance(1))
+        second = await behind.heartbeat(*beat(1))
+        database_now = await storage.server_time()
+        assert abs((first.last_heartbeat - database_now).total_seconds()) < 1
+        assert abs((second.last_heartbeat - database_now).total_seconds()) < 1
+        assert (await ahead.health())["clock"] == "database"
+
+
+@pytest.mark.parametrize("storage_url", ["memory", "sqlite"], indirect=True)
+async def test_backends_without_a_server_clock_keep_the_local_one(storage: Storage) -> None:
+    async with Registry(storage, server_clock=True, checker=False) as reg:
+        assert (await reg.health())["clock"] == "local"
