@@ -30,6 +30,7 @@ import orjson
 from sqlalchemy import case, delete, event, func, select, text, true, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from . import migrations
@@ -145,6 +146,14 @@ class SQLStorage(Storage):
             yield
         except StorageUnavailable:
             raise
+        except PoolTimeout as exc:
+            pool = self._pool
+            raise StorageUnavailable(
+                f"{self.name} connection pool exhausted: all {pool.pool_size} connections and "
+                f"{pool.max_overflow} overflow connections stayed busy for {pool.pool_timeout:g} s; "
+                "raise REGISTRY_DB_POOL_SIZE / REGISTRY_DB_MAX_OVERFLOW, or REGISTRY_DB_POOL_TIMEOUT "
+                "to wait longer"
+            ) from exc
         except (TimeoutError, SQLAlchemyError, OSError) as exc:
             cause = getattr(exc, "orig", None) or exc
             raise StorageUnavailable(f"{self.name} storage failed to {what}: {cause}") from exc

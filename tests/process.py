@@ -86,6 +86,17 @@ class ServerProcess:
             if entry.get("msg") == message:
                 return entry
 
+    def messages(self, message: str) -> list[dict]:
+        """Every log line so far with this message (reads what is pending)."""
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.logs.append(orjson.loads(line))
+        return [entry for entry in self.logs if entry.get("msg") == message]
+
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 

@@ -1,0 +1,231 @@
+"""Several registry processes on one real PostgreSQL, and PostgreSQL failing under them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import aiohttp
+import asyncpg
+import pytest
+
+from registry.client import AsyncRegistryClient, Retry
+from storage import open_storage
+from tests.pg import PostgresCluster
+from tests.process import ServerProcess
+
+INSTANCES, HEARTBEAT = "/api/v1/instances", "/api/v1/heartbeat"
+MARKED = "instance marked unhealthy: no heartbeat within the timeout"
+QUICK = ("--heartbeat-interval", "0.5", "--heartbeat-timeout", "2")
+
+
+def worker(i: int, model: str = "llama") -> dict:
+    return {"model_name": model, "host": f"10.1.0.{i}", "port": 9000}
+
+
+def replica(url: str, *extra: str) -> ServerProcess:
+    return ServerProcess("--storage", url, *extra).start()
+
+
+async def until(check, timeout: float = 15.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if await check():
+            return time.monotonic() - started
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not true within {timeout} s")
+
+
+async def test_a_write_through_one_replica_is_read_through_the_other(pg_url: str) -> None:
+    a, b = replica(pg_url), replica(pg_url)
+    try:
+        async with aiohttp.ClientSession() as http:
+            assert (await http.post(a.url + INSTANCES, json=worker(1))).status == 201
+            listed = await (await http.get(b.url + INSTANCES)).json()
+            assert [i["host"] for i in listed["instances"]] == ["10.1.0.1"]
+            beat = await (await http.post(b.url + HEARTBEAT, json={**worker(1), "queue_length": 6})).json()
+            seen = await (await http.get(a.url + INSTANCES)).json()
+            assert seen["instances"][0]["queue_length"] == 6
+            assert seen["instances"][0]["last_heartbeat"] == beat["last_heartbeat"]
+            health = await (await http.get(a.url + "/health")).json()
+            assert health["clock"] == "database"
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_each_silent_instance_is_marked_once_and_beating_ones_never(pg_url: str) -> None:
+    a, b = replica(pg_url, *QUICK), replica(pg_url, *QUICK)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for i in range(1, 6):  # silent after registering
+                await http.post(a.url + INSTANCES, json=worker(i, "silent"))
+            stop = asyncio.Event()
+
+            async def beat_forever() -> None:  # the live fleet, beating through both replicas
+                while not stop.is_set():
+                    for i in range(1, 6):
+                        url = (a if i % 2 else b).url
+                        assert (await http.post(url + HEARTBEAT, json=worker(i, "live"))).status == 200
+                    await asyncio.sleep(0.2)
+
+            beating = asyncio.create_task(beat_forever())
+
+            async def all_silent_marked() -> bool:
+                listed = await (await http.get(b.url + INSTANCES, params={"model_name": "silent"})).json()
+                return not any(i["healthy"] for i in listed["instances"])
+
+            await until(all_silent_marked)
+            await asyncio.sleep(1.5)  # three more sweeps on each replica: nothing may happen twice
+            stop.set()
+            await beating
+            live = await (await http.get(a.url + INSTANCES, params={"model_name": "live"})).json()
+    finally:
+        a.stop()
+        b.stop()
+    marked = Counter(entry["addr"] for p in (a, b) for entry in p.messages(MARKED))
+    assert marked == {f"10.1.0.{i}:9000": 1 for i in range(1, 6)}  # once each, across replicas
+    assert all(i["healthy"] for i in live["instances"]) and len(live["instances"]) == 5
+
+
+async def test_postgres_outage_under_load(pg_url: str, postgres: PostgresCluster) -> None:
+    server = replica(pg_url, *QUICK, "--request-timeout", "3", "--db-connect-timeout", "1")
+    statuses: Counter[int] = Counter()
+    acknowledged: set[str] = set()
+    slowest = 0.0
+    stop = asyncio.Event()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+
+            async def load(n: int) -> None:
+                nonlocal slowest
+                count = 0
+                while not stop.is_set():
+                    count += 1
+                    started = time.monotonic()
+                    response = await http.post(server.url + HEARTBEAT, json=worker(n))
+                    statuses[response.status] += 1
+                    if response.status == 503:
+                        assert int(response.headers["Retry-After"]) >= 1
+                        assert (await response.json())["error"] in ("storage_unavailable", "timeout")
+                    register = {**worker(n, f"new-{n}"), "port": count}
+                    if (await http.post(server.url + INSTANCES, json=register)).status == 201:
+                        acknowledged.add(f"new-{n}:{count}")
+                    slowest = max(slowest, time.monotonic() - started)
+                    await asyncio.sleep(0.1)
+
+            workers = [asyncio.create_task(load(n)) for n in range(1, 6)]
+            await asyncio.sleep(3)  # past the start-up grace, beating steadily
+            postgres.stop()
+            down_at = time.monotonic()
+            await until(lambda: _health_is(http, server.url, 503), timeout=5)
+            await asyncio.sleep(max(0.0, down_at + 3 - time.monotonic()))  # longer than the timeout (2 s)
+            failures_during_outage = statuses[503]
+            postgres.start()
+            recovered_in = await until(lambda: _health_is(http, server.url, 200), timeout=10)
+            await asyncio.sleep(3)  # the checker's grace after the outage runs out; workers beat on
+            stop.set()
+            await asyncio.gather(*workers)
+            final = await (await http.get(server.url + INSTANCES, params={"model_name": "llama"})).json()
+    finally:
+        server.stop()
+        if not postgres.running():
+            postgres.start()
+    assert set(statuses) <= {200, 503} and failures_during_outage > 0  # 503s, never a 500
+    assert slowest < 3 + 1  # answered within the request timeout, no hang
+    assert recovered_in < 10
+    # The outage did not flip the beating fleet (the one-off "new-*" registrations
+    # are silent by design and may expire).
+    assert [m for m in server.messages(MARKED) if m["model"] == "llama"] == []
+    assert all(i["healthy"] for i in final["instances"]) and len(final["instances"]) == 5
+    async with open_storage(pg_url) as storage:
+        stored = {f"{r.model_name}:{r.port}" for r in await storage.list() if r.model_name.startswith("new-")}
+    assert acknowledged <= stored
+
+
+async def _health_is(http: aiohttp.ClientSession, url: str, status: int) -> bool:
+    try:
+        return (await http.get(url + "/health")).status == status
+    except aiohttp.ClientError:
+        return False
+
+
+async def test_kill_9_of_one_replica_while_the_other_serves(pg_url: str) -> None:
+    a, b = replica(pg_url), replica(pg_url)
+    acknowledged: list[int] = []
+    try:
+        retry = Retry(attempts=4, backoff=0.05, deadline=5, timeout=2)
+        async with AsyncRegistryClient([a.url, b.url], retry=retry) as client:
+            from registry import ModelInstance
+
+            async def load() -> None:
+                for port in range(1, 400):
+                    await client.register(ModelInstance("llama", "10.2.0.1", port))
+                    acknowledged.append(port)
+                    if port == 100:
+                        a.kill()  # mid-load; the client fails over to b
+
+            await asyncio.wait_for(load(), timeout=60)
+            assert (await client.health())["status"] == "ok"
+    finally:
+        a.stop()
+        b.stop()
+    assert a.proc.returncode == -9 and len(acknowledged) == 399
+    async with open_storage(pg_url) as storage:
+        assert {r.port for r in await storage.list("llama")} >= set(acknowledged)
+
+
+async def test_pool_exhaustion_is_a_503_naming_the_setting(pg_url: str) -> None:
+    server = replica(
+        pg_url, "--db-pool-size", "1", "--db-max-overflow", "0", "--db-pool-timeout", "0.5",
+        "--db-statement-timeout", "3",
+    )
+    locker = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        async with aiohttp.ClientSession() as http:
+            await http.post(server.url + INSTANCES, json=worker(1))
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute("LOCK TABLE instances IN ACCESS EXCLUSIVE MODE")
+            # The first request holds the only connection, waiting on the lock...
+            blocked = asyncio.create_task(http.post(server.url + HEARTBEAT, json=worker(1)))
+            await asyncio.sleep(0.3)
+            # ...so the second waits for the pool, and gives up after 0.5 s.
+            started = time.monotonic()
+            starved = await http.get(server.url + INSTANCES)
+            waited = time.monotonic() - started
+            body = await starved.json()
+            await transaction.rollback()
+            first = await blocked
+            assert first.status == 200, (await first.text(), body)
+    finally:
+        await locker.close()
+        server.stop()
+    assert starved.status == 503 and starved.headers["Retry-After"]
+    assert "pool exhausted" in body["detail"] and "REGISTRY_DB_POOL_SIZE" in body["detail"]
+    assert 0.4 < waited < 3
+
+
+async def test_statement_timeout_is_enforced(pg_url: str) -> None:
+    server = replica(pg_url, "--db-statement-timeout", "0.5")
+    locker = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        async with aiohttp.ClientSession() as http:
+            await http.post(server.url + INSTANCES, json=worker(1))
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute("LOCK TABLE instances IN ACCESS EXCLUSIVE MODE")
+            response = await http.post(server.url + HEARTBEAT, json=worker(1))
+            body = await response.json()
+            await transaction.rollback()
+            assert (await http.post(server.url + HEARTBEAT, json=worker(1))).status == 200
+    finally:
+        await locker.close()
+        server.stop()
+    assert response.status == 503 and "statement timeout" in body["detail"]
+
+
+@pytest.fixture(autouse=True)
+def _needs_postgres(postgres: PostgresCluster) -> None:
+    """Every test here runs on the shared PostgreSQL (and fails in CI without it)."""
