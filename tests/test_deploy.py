@@ -45,15 +45,19 @@ def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
+def registries(compose: dict) -> dict[str, dict]:
+    return {name: s for name, s in compose["services"].items() if name.startswith("registry")}
+
+
 def test_compose_builds_an_image_that_exists(compose: dict) -> None:
-    service = compose["services"]["registry"]
-    context = ROOT / service["build"]
-    dockerfile = (context / "Dockerfile").read_text()
-    for line in dockerfile.splitlines():
-        if line.startswith("COPY"):
-            for source in shlex.split(line)[1:-1]:
-                assert (context / source).exists(), f"Dockerfile copies missing {source}"
-    assert "model-registry" in dockerfile and "serve" in dockerfile
+    for service in registries(compose).values():
+        context = ROOT / service["build"]
+        dockerfile = (context / "Dockerfile").read_text()
+        for line in dockerfile.splitlines():
+            if line.startswith("COPY"):
+                for source in shlex.split(line)[1:-1]:
+                    assert (context / source).exists(), f"Dockerfile copies missing {source}"
+        assert "model-registry" in dockerfile and "serve" in dockerfile
 
 
 def _dockerfile_env() -> dict[str, str]:
@@ -63,14 +67,40 @@ def _dockerfile_env() -> dict[str, str]:
 
 
 def test_every_variable_is_a_valid_setting(compose: dict) -> None:
-    for env in (compose["services"]["registry"]["environment"], _dockerfile_env()):
+    for env in [s["environment"] for s in registries(compose).values()] + [_dockerfile_env()]:
         names = {k.removeprefix("REGISTRY_").lower() for k in env}
         assert names <= set(Settings.model_fields), names - set(Settings.model_fields)
         Settings(**{k.removeprefix("REGISTRY_").lower(): v for k, v in env.items()})
 
 
+def test_replicas_share_the_compose_postgres(compose: dict) -> None:
+    postgres = compose["services"]["postgres"]
+    pg = postgres["environment"]
+    expected = f"postgresql+asyncpg://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres:5432/{pg['POSTGRES_DB']}"
+    replicas = {n: s for n, s in registries(compose).items() if "profiles" not in s}
+    assert len(replicas) >= 2
+    for service in replicas.values():
+        assert service["environment"]["REGISTRY_STORAGE"] == expected
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+
+
+def test_the_load_balancer_fronts_every_replica(compose: dict) -> None:
+    lb = compose["services"]["lb"]
+    source, target = lb["volumes"][0].split(":")[:2]
+    conf = (ROOT / source).read_text()
+    assert target.startswith("/etc/nginx/conf.d/")
+    upstreams = set(re.findall(r"server (registry-\d+):(\d+)", conf))
+    replicas = {n: s for n, s in registries(compose).items() if "profiles" not in s}
+    assert upstreams == {(name, s["environment"]["REGISTRY_PORT"]) for name, s in replicas.items()}
+    listen = re.search(r"listen (\d+);", conf).group(1)
+    assert lb["ports"] == [f"{listen}:{listen}"]
+    assert set(lb["depends_on"]) == set(replicas)
+    assert "client_max_body_size 64k" in conf
+
+
 def test_sqlite_file_lives_in_the_volume(compose: dict) -> None:
-    service = compose["services"]["registry"]
+    service = compose["services"]["registry-sqlite"]
     storage = service["environment"]["REGISTRY_STORAGE"]
     path = Path(storage.removeprefix("sqlite+aiosqlite:///"))
     volume, target = service["volumes"][0].split(":")
@@ -79,17 +109,16 @@ def test_sqlite_file_lives_in_the_volume(compose: dict) -> None:
 
 
 def test_grace_period_outlasts_the_shutdown_timeout(compose: dict) -> None:
-    service = compose["services"]["registry"]
-    grace = int(service["stop_grace_period"].removesuffix("s"))
-    assert grace > float(service["environment"]["REGISTRY_SHUTDOWN_TIMEOUT"])
+    for service in registries(compose).values():
+        grace = int(service["stop_grace_period"].removesuffix("s"))
+        assert grace > float(service["environment"]["REGISTRY_SHUTDOWN_TIMEOUT"])
 
 
 def test_the_healthcheck_command_works(compose: dict, tmp_path: Path) -> None:
-    service = compose["services"]["registry"]
+    service = compose["services"]["registry-1"]
     command = service["healthcheck"]["test"]
     assert command[0] == "CMD" and command[1] == "python"
     port = service["environment"]["REGISTRY_PORT"]
-    assert service["ports"] == [f"{port}:{port}"]
     with ServerProcess("--storage", "memory://") as server:
         script = command[3].replace(f"127.0.0.1:{port}", server.url.removeprefix("http://"))
         assert subprocess.run([sys.executable, "-c", script], timeout=10).returncode == 0

@@ -178,8 +178,15 @@ async def test_kill_9_of_one_replica_while_the_other_serves(pg_url: str) -> None
 
 async def test_pool_exhaustion_is_a_503_naming_the_setting(pg_url: str) -> None:
     server = replica(
-        pg_url, "--db-pool-size", "1", "--db-max-overflow", "0", "--db-pool-timeout", "0.5",
-        "--db-statement-timeout", "3",
+        pg_url,
+        "--db-pool-size",
+        "1",
+        "--db-max-overflow",
+        "0",
+        "--db-pool-timeout",
+        "0.5",
+        "--db-statement-timeout",
+        "3",
     )
     locker = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
     try:
