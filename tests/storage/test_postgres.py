@@ -1,0 +1,75 @@
+"""What only the PostgreSQL backend promises: bounded waits, one migration at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import pytest
+
+from storage import PoolOptions, StorageUnavailable, open_storage
+from storage.migrations import current_revision
+
+
+@pytest.fixture
+def silent_port():
+    """A TCP port that accepts connections and never says a word (a hung server)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    listener.close()
+
+
+async def test_connect_timeout_bounds_a_hung_server(silent_port: int) -> None:
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{silent_port}/registry"
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable, match="postgresql storage failed to open"):
+        async with open_storage(url, pool=PoolOptions(connect_timeout=0.5)):
+            pass
+    assert time.monotonic() - started < 3
+
+
+async def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
+    backends = [open_storage(pg_url) for _ in range(4)]
+    await asyncio.gather(*(b.__aenter__() for b in backends))
+    try:
+        async with backends[0]._engine.connect() as conn:
+            assert await conn.run_sync(current_revision) == "0001"
+    finally:
+        await asyncio.gather(*(b.__aexit__(None, None, None) for b in backends))
+
+
+async def test_server_time_is_the_database_clock(pg_url: str) -> None:
+    async with open_storage(pg_url) as storage:
+        first = await storage.server_time()
+        second = await storage.server_time()
+    assert first.tzinfo is not None and first < second
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(pool_size=0), dict(max_overflow=-1), dict(pool_timeout=0), dict(statement_timeout=-1)],
+)
+def test_pool_options_are_checked(options: dict) -> None:
+    with pytest.raises(ValueError):
+        PoolOptions(**options)
