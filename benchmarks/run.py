@@ -1,0 +1,237 @@
+"""The benchmark: ``python benchmarks/run.py`` (``--help`` for the knobs).
+
+Every throughput figure is a ratio to a bare aiohttp server measured in the
+same session with the same request and response shapes (``baseline.py``).
+Baseline and registry runs alternate ``--rounds`` times; medians are reported.
+Servers are pinned to core 0 and the load generator to core 1. Results are
+printed as a table and written to ``--out`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import inprocess  # noqa: E402
+from benchmarks.load import ROOT, LoadResult, Server, baseline, drive, identity, registry  # noqa: E402
+
+TARGETS = {
+    "heartbeat/memory": 0.80,
+    "heartbeat/sqlite": 0.75,
+    "heartbeat/postgresql": 0.60,
+    "list/100000": 0.70,
+    "register/sqlite": 0.25,
+}
+
+
+async def _register_over_http(url: str, count: int, offset: int = 0, per_model: int = 10) -> None:
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(url, connector=connector) as http:
+        queue = iter(range(offset, offset + count))
+
+        async def worker() -> None:
+            for n in queue:
+                async with http.post("/api/v1/instances", json=identity(n, per_model)) as response:
+                    assert response.status in (200, 201), await response.text()
+
+        await asyncio.gather(*(worker() for _ in range(64)))
+
+
+def populate(server: Server, storage: str, count: int) -> None:
+    """Register ``count`` instances: in bulk on disk for SQL backends, over HTTP for memory."""
+    if storage != "memory://":
+        return  # done by populate_database before the server started
+    asyncio.run(_register_over_http(server.url, count))
+
+
+def populate_database(storage: str, count: int) -> None:
+    asyncio.run(inprocess.bulk_insert(storage, count))
+
+
+def compare(
+    name: str,
+    make_registry: Callable[[], Server],
+    make_baseline: Callable[[], Server],
+    script: str,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    prepare: Callable[[Server], None] = lambda server: None,
+) -> dict:
+    """Alternate baseline and registry runs; medians and their ratio."""
+    base_runs: list[LoadResult] = []
+    reg_runs: list[LoadResult] = []
+    reg = make_registry()
+    reg.wait_ready()
+    prepare(reg)
+    base = make_baseline()
+    base.wait_ready()
+    try:
+        drive(reg.url, script, env, 1, args.connections)  # warm up both
+        drive(base.url, script, env, 1, args.connections)
+        for _ in range(args.rounds):
+            base_runs.append(drive(base.url, script, env, args.duration, args.connections))
+            reg_runs.append(drive(reg.url, script, env, args.duration, args.connections))
+    finally:
+        reg.stop()
+        base.stop()
+    base_rps = statistics.median(r.rps for r in base_runs)
+    reg_rps = statistics.median(r.rps for r in reg_runs)
+    result = {
+        "scenario": name,
+        "baseline_rps": round(base_rps),
+        "registry_rps": round(reg_rps),
+        "ratio": round(reg_rps / base_rps, 3),
+        "registry_p99_ms": statistics.median(r.p99_ms for r in reg_runs if r.p99_ms is not None)
+        if any(r.p99_ms is not None for r in reg_runs)
+        else None,
+        "errors": sum(r.errors for r in reg_runs),
+        "runs": {"baseline": [round(r.rps) for r in base_runs], "registry": [round(r.rps) for r in reg_runs]},
+    }
+    if name in TARGETS:
+        result["target"] = TARGETS[name]
+        result["met"] = result["ratio"] >= TARGETS[name] and result["errors"] == 0
+    _print_row(result)
+    return result
+
+
+def _print_row(result: dict) -> None:
+    target = f"≥ {result['target']:.2f} {'ok' if result['met'] else 'MISSED'}" if "target" in result else ""
+    sys.stderr.write(
+        f"{result['scenario']:<24} baseline {result['baseline_rps']:>7}/s  registry {result['registry_rps']:>7}/s"
+        f"  ratio {result['ratio']:.3f}  errors {result['errors']}  {target}\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (default: %(default)s)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="baseline/registry pairs (default: %(default)s)"
+    )
+    parser.add_argument("--connections", type=int, default=64, help="concurrent connections (default: 64)")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated scenario prefixes (heartbeat,list,select,register,inprocess)",
+    )
+    parser.add_argument(
+        "--no-postgres", action="store_true", help="skip PostgreSQL even when it is installed"
+    )
+    parser.add_argument(
+        "--out", default=str(ROOT / "benchmarks" / "results.json"), help="where to write JSON"
+    )
+    args = parser.parse_args()
+    wanted = [w for w in args.only.split(",") if w]
+
+    def want(name: str) -> bool:
+        return not wanted or any(name.startswith(w) for w in wanted)
+
+    # Both sides run on uvloop when it is installed (the registry picks it up by itself).
+    args.uvloop = importlib.util.find_spec("uvloop") is not None
+    extra: list[str] = []
+    results: list[dict] = []
+    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"registry-bench-{os.getpid()}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    postgres = None if args.no_postgres else inprocess.start_postgres()
+    try:
+        backends = {"memory": "memory://", "sqlite": f"sqlite+aiosqlite:///{workdir / 'heartbeat.db'}"}
+        if postgres is not None:
+            backends["postgresql"] = postgres.create_database("bench_heartbeat")
+        beats = {"BENCH_PATH": "/api/v1/heartbeat", "BENCH_COUNT": "10000"}
+        for name, storage in backends.items():
+            if not want(f"heartbeat/{name}"):
+                continue
+            populate_database(storage, 10_000) if storage != "memory://" else None
+            results.append(
+                compare(
+                    f"heartbeat/{name}",
+                    lambda storage=storage: registry(storage, *extra),
+                    lambda: baseline(uvloop=args.uvloop),
+                    "heartbeat.lua",
+                    beats,
+                    args,
+                    prepare=lambda server, storage=storage: populate(server, storage, 10_000),
+                )
+            )
+        for count in (10_000, 100_000):
+            if not want(f"list/{count}"):
+                continue
+            lists = {"BENCH_PATH": "/api/v1/instances", "BENCH_MODELS": str(count // 10)}
+            results.append(
+                compare(
+                    f"list/{count}",
+                    lambda: registry("memory://", *extra),
+                    lambda: baseline(list_size=10, uvloop=args.uvloop),
+                    "get.lua",
+                    lists,
+                    args,
+                    prepare=lambda server, count=count: populate(server, "memory://", count),
+                )
+            )
+        if want("select"):
+            selects = {"BENCH_PATH": "/api/v1/select", "BENCH_MODELS": "1000", "BENCH_QUERY": ""}
+            results.append(
+                compare(
+                    "select/10000",
+                    lambda: registry("memory://", *extra),
+                    lambda: baseline(uvloop=args.uvloop),
+                    "get.lua",
+                    selects,
+                    args,
+                    prepare=lambda server: populate(server, "memory://", 10_000),
+                )
+            )
+        if want("register"):
+            # Fresh identities for every run: each request is a new, durable registration.
+            registrations = {"BENCH_PATH": "/api/v1/instances", "BENCH_COUNT": "1000000", "BENCH_OFFSET": "0"}
+            storage = f"sqlite+aiosqlite:///{workdir / 'register.db'}"
+            results.append(
+                compare(
+                    "register/sqlite",
+                    lambda: registry(storage, *extra),
+                    lambda: baseline(uvloop=args.uvloop),
+                    "heartbeat.lua",
+                    registrations,
+                    args,
+                )
+            )
+        if want("inprocess"):
+            results.extend(inprocess.run_all(workdir))
+    finally:
+        if postgres is not None:
+            postgres.destroy()
+        shutil.rmtree(workdir, ignore_errors=True)
+    report = {
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "wrk": bool(shutil.which("wrk")),
+            "uvloop": args.uvloop,
+        },
+        "settings": {"duration_s": args.duration, "rounds": args.rounds, "connections": args.connections},
+        "results": results,
+    }
+    Path(args.out).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    sys.stderr.write(f"written to {args.out}\n")
+
+
+if __name__ == "__main__":
+    main()

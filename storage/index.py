@@ -1,0 +1,208 @@
+"""``InstanceIndex``: every record in memory, indexed for the hot paths.
+
+- by key (heartbeats, registrations): a dict;
+- by model (listing and selecting one model's instances): a dict of dicts, so
+  a read touches only that model's records, never the whole fleet;
+- by heartbeat age (the checker): a timing wheel of one-second buckets holding
+  the records that can expire (healthy and ``check_healthy``), so a sweep
+  visits only the buckets older than the cutoff, not every record;
+- the unhealthy records (eviction): a dict, usually small.
+
+Operations are plain synchronous methods: on one event loop each is atomic.
+The index owns its records and mutates them in place; whatever leaves it is a
+copy (``clone``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import fields
+from datetime import datetime
+
+import orjson
+
+from .model import InstanceKey, ModelInstance, ModelSummary
+
+__all__ = ["InstanceIndex", "clone"]
+
+_FIELDS = tuple(f.name for f in fields(ModelInstance))
+
+
+def clone(record: ModelInstance) -> ModelInstance:
+    """A copy of ``record`` that shares nothing mutable with it.
+
+    Metadata is JSON by construction, so a JSON round trip copies it deeply,
+    and several times faster than ``copy.deepcopy``.
+    """
+    copy = object.__new__(ModelInstance)
+    for name in _FIELDS:
+        setattr(copy, name, getattr(record, name))
+    copy.metadata = orjson.loads(orjson.dumps(record.metadata)) if record.metadata else {}
+    return copy
+
+
+def _bucket(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp())
+
+
+class InstanceIndex:
+    def __init__(self) -> None:
+        self.records: dict[InstanceKey, ModelInstance] = {}
+        self._by_model: dict[str, dict[InstanceKey, ModelInstance]] = {}
+        self._wheel: dict[int, dict[InstanceKey, None]] = {}
+        self._unhealthy: dict[InstanceKey, ModelInstance] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    # -- keeping the secondary indexes right ---------------------------------
+
+    def _unlink(self, record: ModelInstance) -> None:
+        """Take ``record`` out of the wheel and the unhealthy set (before changing it)."""
+        if record.healthy:
+            if record.check_healthy:
+                bucket = self._wheel.get(_bucket(record.last_heartbeat))  # type: ignore[arg-type]
+                if bucket is not None:
+                    bucket.pop(record.key, None)
+        else:
+            self._unhealthy.pop(record.key, None)
+
+    def _link(self, record: ModelInstance) -> None:
+        """Put ``record`` where its current state says (after changing it)."""
+        if record.healthy:
+            if record.check_healthy and record.last_heartbeat is not None:
+                self._wheel.setdefault(_bucket(record.last_heartbeat), {})[record.key] = None  # type: ignore[index]
+        else:
+            self._unhealthy[record.key] = record
+
+    def _store(self, record: ModelInstance) -> None:
+        self.records[record.key] = record
+        self._by_model.setdefault(record.model_name, {})[record.key] = record
+        self._link(record)
+
+    def _remove(self, record: ModelInstance) -> None:
+        self._unlink(record)
+        del self.records[record.key]
+        model = self._by_model[record.model_name]
+        del model[record.key]
+        if not model:
+            del self._by_model[record.model_name]
+
+    # -- the contract's primitives, synchronously ----------------------------
+
+    def load(self, records: Iterable[ModelInstance]) -> None:
+        """Fill an empty index (at start-up, from a database)."""
+        for record in records:
+            self._store(record)
+
+    def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
+        previous = self.records.get(record.key)
+        stored = clone(record)
+        if previous is not None:
+            stored.registered_at = previous.registered_at
+            self._remove(previous)
+        self._store(stored)
+        return clone(stored), previous is None
+
+    def insert(self, record: ModelInstance) -> ModelInstance | None:
+        if record.key in self.records:
+            return None
+        self._store(clone(record))
+        return clone(record)
+
+    def touch(
+        self, key: InstanceKey, now: datetime, queue_length: int | None
+    ) -> tuple[ModelInstance, bool] | None:
+        """Returns the record and whether it turned healthy, or None."""
+        record = self.records.get(key)
+        if record is None:
+            return None
+        revived = not record.healthy
+        self._unlink(record)
+        record.last_heartbeat = now
+        record.healthy = True
+        record.unhealthy_since = None
+        if queue_length is not None:
+            record.queue_length = queue_length
+        self._link(record)
+        return clone(record), revived
+
+    def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
+        record = self.records.get(key)
+        if record is None:
+            return None
+        self._unlink(record)
+        if record.healthy or record.unhealthy_since is None:
+            record.unhealthy_since = now
+        record.healthy = False
+        self._link(record)
+        return clone(record)
+
+    def delete(self, key: InstanceKey) -> ModelInstance | None:
+        record = self.records.get(key)
+        if record is None:
+            return None
+        self._remove(record)
+        return record
+
+    def expire(self, cutoff: datetime, now: datetime, limit: int | None = None) -> list[ModelInstance]:
+        """Mark unhealthy the expirable records last heard before ``cutoff``.
+
+        Visits only the wheel's buckets up to the cutoff's second. ``limit``
+        bounds the work of one call, so a caller can yield between calls.
+        """
+        last = _bucket(cutoff)
+        expired: list[ModelInstance] = []
+        for second in sorted(b for b in self._wheel if b <= last):  # type: ignore[operator]
+            bucket = self._wheel[second]
+            for key in list(bucket):
+                record = self.records[key]
+                if record.last_heartbeat >= cutoff:  # type: ignore[operator]
+                    continue  # the cutoff's own second: later in that second
+                del bucket[key]
+                record.healthy = False
+                record.unhealthy_since = now
+                self._unhealthy[key] = record
+                expired.append(clone(record))
+                if limit is not None and len(expired) >= limit:
+                    return expired
+            if not bucket:
+                del self._wheel[second]
+        return expired
+
+    def evict(self, cutoff: datetime) -> list[ModelInstance]:
+        doomed = [
+            r
+            for r in self._unhealthy.values()
+            if r.unhealthy_since is not None and r.unhealthy_since < cutoff
+        ]
+        for record in doomed:
+            self._remove(record)
+        return doomed
+
+    # -- reads -------------------------------------------------------------
+
+    def get(self, key: InstanceKey) -> ModelInstance | None:
+        record = self.records.get(key)
+        return None if record is None else clone(record)
+
+    def list(self, model_name: str | None = None, healthy_only: bool = False) -> list[ModelInstance]:
+        if model_name is None:
+            source: Iterable[ModelInstance] = self.records.values()
+        else:
+            source = self._by_model.get(model_name, {}).values()
+        chosen = [clone(r) for r in source if r.healthy or not healthy_only]
+        chosen.sort(key=lambda r: (r.model_name, r.host, r.port))
+        return chosen
+
+    def summarize(self) -> list[ModelSummary]:
+        summaries = []
+        for name in sorted(self._by_model):
+            records = self._by_model[name].values()
+            healthy = enabled = available = 0
+            for r in records:
+                healthy += r.healthy
+                enabled += r.enabled
+                available += r.healthy and r.enabled
+            summaries.append(ModelSummary(name, len(records), healthy, enabled, available))
+        return summaries

@@ -1,0 +1,131 @@
+"""InstanceIndex against a naive model: any sequence of operations, same answers."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta, timezone
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from storage import InstanceKey, ModelInstance
+from storage.index import InstanceIndex
+
+T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
+KEYS = [InstanceKey(m, "h", p) for m in ("a", "b") for p in (1, 2, 3)]
+
+
+class Naive:
+    """The contract, spelled out over a plain dict with full scans."""
+
+    def __init__(self) -> None:
+        self.records: dict[InstanceKey, ModelInstance] = {}
+
+    def upsert(self, record):
+        old = self.records.get(record.key)
+        stored = dataclasses.replace(record, registered_at=old.registered_at if old else record.registered_at)
+        self.records[record.key] = stored
+        return stored, old is None
+
+    def touch(self, key, now, queue_length):
+        r = self.records.get(key)
+        if r is None:
+            return None
+        revived = not r.healthy
+        q = r.queue_length if queue_length is None else queue_length
+        self.records[key] = dataclasses.replace(
+            r, last_heartbeat=now, healthy=True, unhealthy_since=None, queue_length=q
+        )
+        return self.records[key], revived
+
+    def mark_unhealthy(self, key, now):
+        r = self.records.get(key)
+        if r is None:
+            return None
+        since = now if r.healthy or r.unhealthy_since is None else r.unhealthy_since
+        self.records[key] = dataclasses.replace(r, healthy=False, unhealthy_since=since)
+        return self.records[key]
+
+    def delete(self, key):
+        return self.records.pop(key, None)
+
+    def expire(self, cutoff, now):
+        out = []
+        for key, r in sorted(self.records.items()):
+            if r.healthy and r.check_healthy and r.last_heartbeat < cutoff:
+                self.records[key] = dataclasses.replace(r, healthy=False, unhealthy_since=now)
+                out.append(self.records[key])
+        return out
+
+    def evict(self, cutoff):
+        doomed = [k for k, r in sorted(self.records.items()) if not r.healthy and r.unhealthy_since < cutoff]
+        return [self.records.pop(k) for k in doomed]
+
+    def list(self, model_name=None, healthy_only=False):
+        return [
+            r
+            for k, r in sorted(self.records.items())
+            if (model_name is None or k.model_name == model_name) and (r.healthy or not healthy_only)
+        ]
+
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["upsert", "touch", "mark", "delete", "expire", "evict", "tick"]),
+        st.sampled_from(KEYS),
+        st.integers(0, 90),
+        st.booleans(),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations)
+def test_index_agrees_with_the_naive_model(ops) -> None:
+    index, naive, now = InstanceIndex(), Naive(), T0
+    for op, key, seconds, flag in ops:
+        if op == "tick":
+            now += timedelta(seconds=seconds, microseconds=seconds * 777)
+        elif op == "upsert":
+            record = ModelInstance(
+                *key, check_healthy=flag, healthy=True, last_heartbeat=now, registered_at=now, weight=seconds
+            )
+            assert index.upsert(record) == naive.upsert(record)
+        elif op == "touch":
+            assert index.touch(key, now, seconds if flag else None) == naive.touch(
+                key, now, seconds if flag else None
+            )
+        elif op == "mark":
+            assert index.mark_unhealthy(key, now) == naive.mark_unhealthy(key, now)
+        elif op == "delete":
+            assert index.delete(key) == naive.delete(key)
+        elif op == "expire":
+            cutoff = now - timedelta(seconds=seconds)
+            assert sorted(index.expire(cutoff, now), key=lambda r: r.key) == naive.expire(cutoff, now)
+        elif op == "evict":
+            cutoff = now - timedelta(seconds=seconds)
+            assert sorted(index.evict(cutoff), key=lambda r: r.key) == naive.evict(cutoff)
+        for model in (None, "a", "b"):
+            for healthy_only in (False, True):
+                assert index.list(model, healthy_only) == naive.list(model, healthy_only)
+
+
+def test_a_sweep_visits_only_buckets_before_the_cutoff() -> None:
+    index = InstanceIndex()
+    for n in range(1000):
+        moment = T0 + timedelta(seconds=n)
+        index.upsert(ModelInstance("m", "h", n + 1, healthy=True, last_heartbeat=moment, registered_at=T0))
+    assert len(index._wheel) == 1000
+    expired = index.expire(T0 + timedelta(seconds=10), T0 + timedelta(seconds=1000))
+    assert [r.port for r in expired] == list(range(1, 11))
+    assert len(index._wheel) == 990  # the ten old buckets are gone, the rest untouched
+
+
+def test_expire_can_be_done_in_slices() -> None:
+    index = InstanceIndex()
+    for n in range(25):
+        index.upsert(ModelInstance("m", "h", n + 1, healthy=True, last_heartbeat=T0, registered_at=T0))
+    later = T0 + timedelta(minutes=5)
+    slices = [index.expire(later, later, limit=10) for _ in range(4)]
+    assert [len(s) for s in slices] == [10, 10, 5, 0]
