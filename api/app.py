@@ -11,7 +11,7 @@ from registry import Clock, Registry
 from registry.settings import Settings
 from storage import open_storage
 
-from .errors import drain_middleware, error_middleware
+from .errors import api_middleware
 from .keys import LIFECYCLE, REGISTRY, SETTINGS, Lifecycle
 from .responses import MAX_BODY_BYTES
 from .routes import setup_routes
@@ -22,8 +22,7 @@ __all__ = ["create_app"]
 def create_app(
     settings: Settings, *, clock: Clock | None = None, rng: random.Random | None = None
 ) -> web.Application:
-    # error_middleware is outermost so that it also answers drain refusals.
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, drain_middleware])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[api_middleware])
     app[SETTINGS] = settings
     app[LIFECYCLE] = Lifecycle()
     setup_routes(app)

@@ -6,7 +6,6 @@ Every error body is ``{"error": "<code>", "detail": "<sentence>"}`` (plus
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -14,11 +13,11 @@ from aiohttp import web
 
 from registry import InstanceNotFound, InvalidInstance, NoHealthyInstance, StorageUnavailable
 
-from .keys import LIFECYCLE, SETTINGS
+from .keys import LIFECYCLE
 from .problem import ApiError
 from .responses import MAX_BODY_BYTES, json_response
 
-__all__ = ["drain_middleware", "error_middleware", "error_response"]
+__all__ = ["api_middleware", "error_response"]
 
 log = logging.getLogger("api")
 
@@ -54,20 +53,23 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Re
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    timeout = request.app[SETTINGS].request_timeout
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one middleware: turn requests away while draining, count those in
+    flight (so shutdown can wait for them), and map every failure to its answer."""
+    lifecycle = request.app[LIFECYCLE]
     try:
-        async with asyncio.timeout(timeout):
+        if lifecycle.draining and request.path != "/health":
+            raise ApiError(
+                503,
+                "shutting_down",
+                "the registry is shutting down; retry against another replica or after restart",
+                headers={"Retry-After": "1", "Connection": "close"},
+            )
+        lifecycle.started()
+        try:
             return await handler(request)
-    except TimeoutError:
-        log.warning("request timed out", extra={"path": request.path, "timeout_s": timeout})
-        return error_response(
-            503,
-            "timeout",
-            f"the request took longer than {timeout:g} s (the database may be slow or unreachable); "
-            "retry later, or raise REGISTRY_REQUEST_TIMEOUT",
-            headers={"Retry-After": "1"},
-        )
+        finally:
+            lifecycle.finished()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -88,22 +90,3 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal_error", "the registry hit an unexpected error; it was logged")
-
-
-@web.middleware
-async def drain_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count requests in flight; once shutdown has begun, turn new ones away
-    (``/health`` answers for itself)."""
-    lifecycle = request.app[LIFECYCLE]
-    if lifecycle.draining and request.path != "/health":
-        raise ApiError(
-            503,
-            "shutting_down",
-            "the registry is shutting down; retry against another replica or after restart",
-            headers={"Retry-After": "1", "Connection": "close"},
-        )
-    lifecycle.started()
-    try:
-        return await handler(request)
-    finally:
-        lifecycle.finished()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from registry.validation import heartbeat_from, key_from
+from registry.validation import key_from
 
 from .keys import LIFECYCLE, REGISTRY
 from .params import model_name_param, query_flag
@@ -20,8 +20,7 @@ async def register(request: web.Request) -> web.Response:
 
 
 async def heartbeat(request: web.Request) -> web.Response:
-    instance, queue_length = heartbeat_from(await read_object(request))
-    return json_response(await request.app[REGISTRY].heartbeat(instance, queue_length))
+    return json_response(await request.app[REGISTRY].heartbeat(await read_object(request)))
 
 
 async def deregister(request: web.Request) -> web.Response:

@@ -41,12 +41,11 @@ async def bulk_insert(storage_url: str, count: int) -> None:
     from storage.schema import instances
 
     now = datetime.now(timezone.utc)
-    async with open_storage(storage_url) as storage:
-        async with storage._engine.begin() as conn:
-            await conn.execute(delete(instances))
-            for start in range(0, count, 5000):
-                rows = [_row(n, now) for n in range(start, min(count, start + 5000))]
-                await conn.execute(insert(instances), rows)
+    async with open_storage(storage_url) as storage, storage._engine.begin() as conn:
+        await conn.execute(delete(instances))
+        for start in range(0, count, 5000):
+            rows = [_row(n, now) for n in range(start, min(count, start + 5000))]
+            await conn.execute(insert(instances), rows)
 
 
 def _rss_kib() -> int:
@@ -146,7 +145,7 @@ def restart_time(workdir: Path, count: int = 100_000) -> dict:
 
 def run_all(workdir: Path) -> list[dict]:
     results = []
-    for name, measure in (
+    for _name, measure in (
         ("memory", lambda: _in_child("memory_per_instance")),
         ("sweep", lambda: _in_child("sweep_lag")),
         ("restart", lambda: restart_time(workdir)),

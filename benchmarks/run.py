@@ -17,7 +17,6 @@ import platform
 import shutil
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path

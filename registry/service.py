@@ -22,7 +22,7 @@ from storage import InstanceKey, ModelInstance, ModelSummary, Storage, StorageUn
 
 from .clock import Clock, ServerClock, SystemClock
 from .errors import InstanceNotFound, NoHealthyInstance
-from .validation import instance_from
+from .validation import heartbeat_from, instance_from, is_queue_length, known_key
 
 __all__ = ["CheckResult", "Registry", "check_timing"]
 
@@ -189,12 +189,28 @@ class Registry:
     ) -> ModelInstance:
         """Record a beat, with the load the worker reports.
 
-        An unknown instance is registered by its heartbeat, as ``instance``
-        describes it, so a worker that sends its whole description recovers
-        fully when the registry has lost it. For a known instance only the
-        identity and ``queue_length`` are read.
+        ``instance`` is a ``ModelInstance`` or a heartbeat body (a dict whose
+        ``queue_length`` is then the load). An unknown instance is registered
+        by its heartbeat, as ``instance`` describes it, so a worker that sends
+        its whole description recovers fully when the registry has lost it.
+        For a known instance only the identity and the load are read.
         """
-        unknown = instance_from(instance)
+        if isinstance(instance, dict):
+            # The hot path: a known instance, named exactly as it was stored,
+            # needs no validation beyond types: its identity passed it when it
+            # was registered.
+            key, queue_length = known_key(instance), instance.get("queue_length")
+            if key is not None and (queue_length is None or is_queue_length(queue_length)):
+                try:
+                    touched = await self.storage.touch(key, self._clock.now(), queue_length)
+                except StorageUnavailable:
+                    self._outage_at = self._clock.monotonic()
+                    raise
+                if touched is not None:
+                    return touched
+            unknown, queue_length = heartbeat_from(instance)
+        else:
+            unknown = instance_from(instance)
         key = unknown.key
         # touch, else insert: each step is atomic; a concurrent delete between
         # them only sends us round again.

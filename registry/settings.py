@@ -44,7 +44,7 @@ class Settings(BaseSettings):
         15.0, gt=0, le=300, description="seconds to let requests in flight finish on SIGTERM/SIGINT"
     )
     request_timeout: float = Field(
-        10.0, gt=0, description="seconds a request may take before it is answered 503 (e.g. a slow database)"
+        10.0, gt=0, description="seconds a storage operation may take before the request is answered 503"
     )
     db_pool_size: int = Field(10, ge=1, description="PostgreSQL: connections kept open per process")
     db_max_overflow: int = Field(10, ge=0, description="PostgreSQL: extra connections opened under load")
@@ -84,4 +84,5 @@ class Settings(BaseSettings):
             pool_timeout=self.db_pool_timeout,
             connect_timeout=self.db_connect_timeout,
             statement_timeout=self.db_statement_timeout,
+            operation_timeout=self.request_timeout,
         )

@@ -23,7 +23,15 @@ from storage.model import (
 
 from .errors import InvalidInstance
 
-__all__ = ["heartbeat_from", "instance_from", "key_from", "problems_of", "record_from"]
+__all__ = [
+    "heartbeat_from",
+    "instance_from",
+    "is_queue_length",
+    "key_from",
+    "known_key",
+    "problems_of",
+    "record_from",
+]
 
 _INSTANCE = TypeAdapter(ModelInstance)
 
@@ -77,6 +85,22 @@ def heartbeat_from(body: dict[str, Any]) -> tuple[ModelInstance, int | None]:
     except ValidationError as exc:
         raise InvalidInstance([("queue_length", m) for _, m in problems_of(exc)]) from None
     return instance, queue_length
+
+
+def known_key(body: dict[str, Any]) -> InstanceKey | None:
+    """The identity in ``body`` if its parts have the right types (not checked further).
+
+    Only for looking up an instance that already exists: a key that matches a
+    stored one exactly is valid, because the stored one was validated.
+    """
+    model_name, host, port = body.get("model_name"), body.get("host"), body.get("port")
+    if type(model_name) is str and type(host) is str and type(port) is int:
+        return InstanceKey(model_name, host, port)
+    return None
+
+
+def is_queue_length(value: Any) -> bool:
+    return type(value) is int and value >= 0
 
 
 def key_from(query: Mapping[str, str]) -> InstanceKey:

@@ -24,9 +24,12 @@ class PoolOptions:
     #: Seconds one statement may run (enforced by the server and, a second
     #: later, by the client, for a server that stopped answering).
     statement_timeout: float = 5.0
+    #: Seconds one storage operation may take in all (pool wait, connect,
+    #: statements), whatever else is slow.
+    operation_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if self.pool_size < 1 or self.max_overflow < 0:
             raise ValueError("pool size must be at least 1 and overflow at least 0")
-        if min(self.pool_timeout, self.connect_timeout, self.statement_timeout) <= 0:
+        if min(self.pool_timeout, self.connect_timeout, self.statement_timeout, self.operation_timeout) <= 0:
             raise ValueError("pool, connect and statement timeouts must be above 0 s")

@@ -142,10 +142,17 @@ class SQLStorage(Storage):
     @contextlib.asynccontextmanager
     async def _guard(self, what: str) -> AsyncIterator[None]:
         """Wrap every driver error into ``StorageUnavailable`` at the boundary."""
+        timeout = self._pool.operation_timeout
         try:
-            yield
+            async with asyncio.timeout(timeout):
+                yield
         except StorageUnavailable:
             raise
+        except TimeoutError as exc:
+            raise StorageUnavailable(
+                f"{self.name} storage took longer than {timeout:g} s to {what}; "
+                "it may be overloaded or unreachable (REGISTRY_REQUEST_TIMEOUT bounds this wait)"
+            ) from exc
         except PoolTimeout as exc:
             pool = self._pool
             raise StorageUnavailable(
@@ -154,7 +161,7 @@ class SQLStorage(Storage):
                 "raise REGISTRY_DB_POOL_SIZE / REGISTRY_DB_MAX_OVERFLOW, or REGISTRY_DB_POOL_TIMEOUT "
                 "to wait longer"
             ) from exc
-        except (TimeoutError, SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError) as exc:
             cause = getattr(exc, "orig", None) or exc
             raise StorageUnavailable(f"{self.name} storage failed to {what}: {cause}") from exc
 
