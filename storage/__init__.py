@@ -60,7 +60,9 @@ def open_storage(url: str, *, migrate: bool = True, pool: PoolOptions | None = N
             f"storage URL {url!r} names no database file: use sqlite+aiosqlite:///PATH "
             "(three slashes and a relative path, four for an absolute one)"
         )
-    return SQLStorage(url, migrate=migrate)
+    from .sqlite import SQLiteStorage
+
+    return SQLiteStorage(url, migrate=migrate)
 
 
 def redact(url: str) -> str:

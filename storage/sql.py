@@ -143,12 +143,15 @@ class SQLStorage(Storage):
     async def _guard(self, what: str) -> AsyncIterator[None]:
         """Wrap every driver error into ``StorageUnavailable`` at the boundary."""
         timeout = self._pool.operation_timeout
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 yield
         except StorageUnavailable:
             raise
         except TimeoutError as exc:
+            if not deadline.expired():  # the driver's own timeout (connect, command)
+                raise StorageUnavailable(f"{self.name} storage failed to {what}: timed out") from exc
             raise StorageUnavailable(
                 f"{self.name} storage took longer than {timeout:g} s to {what}; "
                 "it may be overloaded or unreachable (REGISTRY_REQUEST_TIMEOUT bounds this wait)"

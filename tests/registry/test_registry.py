@@ -296,7 +296,7 @@ async def test_no_marking_for_one_timeout_after_a_storage_outage(
     with sqlite3.connect(tmp_path / "registry.db") as conn:
         conn.execute("ALTER TABLE instances RENAME TO away")
     with pytest.raises(StorageUnavailable):
-        await registry.heartbeat(*beat(1))  # the worker beats, but cannot be recorded
+        await registry.register(instance(2))  # the storage fails under the registry
     with sqlite3.connect(tmp_path / "registry.db") as conn:
         conn.execute("ALTER TABLE away RENAME TO instances")
     clock.advance(29)

@@ -86,4 +86,4 @@ async def test_driver_errors_are_wrapped(tmp_path: Path) -> None:
         with sqlite3.connect(path) as conn:
             conn.execute("DROP TABLE instances")
         with pytest.raises(StorageUnavailable, match="no such table"):
-            await storage.list()
+            await storage.upsert(record())

@@ -1,0 +1,176 @@
+"""``Journal``: keeps a SQLite file in step with an ``InstanceIndex``.
+
+The index is the truth the registry serves from; the file is what survives the
+process. Every change marks its key; a single writer task writes the index's
+current row for each marked key (or deletes it, if the key is gone), many keys
+to one transaction:
+
+- *urgent* keys (registrations, deregistrations, health transitions): the
+  caller waits until the transaction holding its key has committed. Callers
+  arriving while a transaction is being written share the next one (group
+  commit), so 64 concurrent registrations cost a handful of fsyncs, not 64;
+- *lazy* keys (heartbeats that change no state): nobody waits; they are written
+  with the next transaction, at the latest ``flush_interval`` seconds later.
+
+So a crash loses at most the last ``flush_interval`` seconds of heartbeat
+timestamps and reported loads, never an acknowledged registration,
+deregistration or health transition. A failed transaction fails its waiters
+(503) and leaves its keys marked, to be written again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .errors import StorageUnavailable
+from .index import InstanceIndex
+from .model import InstanceKey, ModelInstance
+
+__all__ = ["Journal", "row_of", "record_of"]
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "model_name", "host", "port", "weight", "check_healthy", "healthy", "enabled", "prompt_template",
+    "last_heartbeat", "metadata", "registered_at", "unhealthy_since", "queue_length",
+)  # fmt: skip
+_UPSERT = (
+    f"INSERT INTO instances ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+    "ON CONFLICT (model_name, host, port) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[3:])
+)
+_DELETE = "DELETE FROM instances WHERE model_name = ? AND host = ? AND port = ?"
+_CHUNK = 1000  # rows per statement: bounds how long the event loop spends building one
+
+
+def _text(moment: datetime | None) -> str | None:
+    """SQLAlchemy's SQLite DATETIME format, in UTC, so both read the same rows."""
+    if moment is None:
+        return None
+    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def _moment(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+
+
+def row_of(r: ModelInstance) -> tuple:
+    return (
+        r.model_name, r.host, r.port, r.weight, r.check_healthy, r.healthy, r.enabled, r.prompt_template,
+        _text(r.last_heartbeat), orjson.dumps(r.metadata).decode(), _text(r.registered_at),
+        _text(r.unhealthy_since), r.queue_length,
+    )  # fmt: skip
+
+
+def record_of(row: Any) -> ModelInstance:
+    return ModelInstance(
+        row[0], row[1], row[2], float(row[3]), bool(row[4]), bool(row[5]), bool(row[6]), row[7],
+        _moment(row[8]), orjson.loads(row[9]), _moment(row[10]), _moment(row[11]), row[12],
+    )  # fmt: skip
+
+
+class Journal:
+    def __init__(self, index: InstanceIndex, engine: AsyncEngine, flush_interval: float) -> None:
+        self._index = index
+        self._engine = engine
+        self.flush_interval = flush_interval
+        self._urgent: set[InstanceKey] = set()
+        self._lazy: set[InstanceKey] = set()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.transactions = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sqlite-journal")
+
+    async def stop(self) -> None:
+        """Stop the writer after one last transaction: a clean stop loses nothing."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(StorageUnavailable):
+            await self._write_pending()
+
+    def later(self, key: InstanceKey) -> None:
+        """``key`` changed in a way that may wait for the next flush."""
+        self._lazy.add(key)
+
+    async def now(self, keys: Iterable[InstanceKey]) -> None:
+        """Return once the current state of ``keys`` is committed to the file."""
+        self._urgent.update(keys)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._wake.set()
+        await waiter
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+            self._wake.clear()
+            try:
+                await self._write_pending()
+            except StorageUnavailable as exc:
+                log.warning("could not write to the database; will retry: %s", exc)
+                await asyncio.sleep(min(1.0, self.flush_interval))
+            except Exception:  # a bug: keep the writer alive, say so loudly
+                log.exception("the journal writer failed; it will try again")
+                await asyncio.sleep(min(1.0, self.flush_interval))
+
+    async def _write_pending(self) -> None:
+        keys = self._urgent | self._lazy
+        waiters = self._waiters
+        self._urgent, self._lazy, self._waiters = set(), set(), []
+        if not keys:
+            _settle(waiters, None)
+            return
+        try:
+            await self._write(keys)
+        except asyncio.CancelledError:
+            self._lazy |= keys  # stop() writes them
+            _settle(waiters, StorageUnavailable("the registry is shutting down; retry"))
+            raise
+        except Exception as exc:
+            self._lazy |= keys  # written again with the next transaction
+            _settle(waiters, exc if isinstance(exc, StorageUnavailable) else StorageUnavailable(str(exc)))
+            raise
+        _settle(waiters, None)
+
+    async def _write(self, keys: set[InstanceKey]) -> None:
+        records = self._index.records
+        present = [k for k in keys if k in records]
+        gone = [tuple(k) for k in keys if k not in records]
+        try:
+            async with self._engine.begin() as conn:
+                for start in range(0, len(present), _CHUNK):
+                    # Rows are built from the index as it is now, chunk by chunk.
+                    rows = [row_of(records[k]) for k in present[start : start + _CHUNK] if k in records]
+                    await conn.exec_driver_sql(_UPSERT, rows)
+                if gone:
+                    await conn.exec_driver_sql(_DELETE, gone)
+        except (SQLAlchemyError, OSError) as exc:
+            cause = getattr(exc, "orig", None) or exc
+            raise StorageUnavailable(f"sqlite storage failed to write: {cause}") from exc
+        self.transactions += 1
+
+
+def _settle(waiters: list[asyncio.Future[None]], failure: BaseException | None) -> None:
+    for waiter in waiters:
+        if waiter.done():
+            continue
+        if failure is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(failure)

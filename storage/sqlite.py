@@ -1,0 +1,112 @@
+"""``sqlite+aiosqlite:///PATH``: served from memory, kept on disk.
+
+One process owns a SQLite file, so its ``InstanceIndex`` can be the truth
+every read is served from (no query per read) while a ``Journal`` keeps the
+file in step: registrations, deregistrations and health transitions are
+committed before the call returns, many callers to a transaction; heartbeats
+that change no state are written within ``flush_interval``. At start the whole
+file is loaded into the index.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from .index import InstanceIndex
+from .journal import COLUMNS, Journal, record_of
+from .model import InstanceKey, ModelInstance, ModelSummary
+from .sql import SQLStorage
+
+__all__ = ["SQLiteStorage"]
+
+#: Default bound on the heartbeat timestamps a crash can lose, in seconds.
+FLUSH_INTERVAL = 1.0
+
+
+class SQLiteStorage(SQLStorage):
+    def __init__(self, url: str, *, migrate: bool = True, flush_interval: float = FLUSH_INTERVAL) -> None:
+        super().__init__(url, migrate=migrate)
+        self.flush_interval = flush_interval
+        self._index = InstanceIndex()
+        self._journal: Journal | None = None
+
+    async def _open(self) -> None:
+        await super()._open()
+        async with self._guard("load the instances"), self._engine.connect() as conn:  # type: ignore[union-attr]
+            result = await conn.exec_driver_sql(f"SELECT {', '.join(COLUMNS)} FROM instances")
+            self._index.load(record_of(row) for row in result.fetchall())
+        self._journal = Journal(self._index, self._engine, self.flush_interval)  # type: ignore[arg-type]
+        await self._journal.start()
+
+    async def _close(self) -> None:
+        if self._journal is not None:
+            await self._journal.stop()
+        await super()._close()
+
+    async def _commit(self, keys: list[InstanceKey]) -> None:
+        assert self._journal is not None, "storage is not open"
+        async with self._guard("write to the database"):
+            await self._journal.now(keys)
+
+    # -- writes: change the index, then make it durable -----------------------
+
+    async def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
+        stored, created = self._index.upsert(record)
+        await self._commit([stored.key])
+        return stored, created
+
+    async def insert(self, record: ModelInstance) -> ModelInstance | None:
+        stored = self._index.insert(record)
+        if stored is not None:
+            await self._commit([stored.key])
+        return stored
+
+    async def touch(
+        self, key: InstanceKey, now: datetime, queue_length: int | None
+    ) -> ModelInstance | None:
+        touched = self._index.touch(key, now, queue_length)
+        if touched is None:
+            return None
+        record, revived = touched
+        if revived:
+            await self._commit([key])  # a health transition: durable before we answer
+        else:
+            self._journal.later(key)  # type: ignore[union-attr]
+        return record
+
+    async def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
+        record = self._index.mark_unhealthy(key, now)
+        if record is not None:
+            await self._commit([key])
+        return record
+
+    async def delete(self, key: InstanceKey) -> ModelInstance | None:
+        record = self._index.delete(key)
+        if record is not None:
+            await self._commit([key])
+        return record
+
+    async def expire(self, cutoff: datetime, now: datetime) -> list[ModelInstance]:
+        expired = self._index.expire(cutoff, now)
+        if expired:
+            await self._commit([r.key for r in expired])
+        return expired
+
+    async def evict(self, cutoff: datetime) -> list[ModelInstance]:
+        evicted = self._index.evict(cutoff)
+        if evicted:
+            await self._commit([r.key for r in evicted])
+        return evicted
+
+    # -- reads: from the index ----------------------------------------------------
+
+    async def get(self, key: InstanceKey) -> ModelInstance | None:
+        return self._index.get(key)
+
+    async def list(
+        self, model_name: str | None = None, healthy_only: bool = False
+    ) -> list[ModelInstance]:
+        return self._index.list(model_name, healthy_only)
+
+    async def summarize(self) -> list[ModelSummary]:
+        return self._index.summarize()
