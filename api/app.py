@@ -31,7 +31,9 @@ def create_app(
         # Storage opens (and migrates) before the registry starts its checker;
         # on the way out the checker stops before storage closes.
         async with (
-            open_storage(settings.storage, pool=settings.pool) as storage,
+            open_storage(
+                settings.storage, pool=settings.pool, flush_interval=settings.flush_interval
+            ) as storage,
             Registry(
                 storage,
                 heartbeat_interval=settings.heartbeat_interval,

@@ -37,6 +37,7 @@ _SERVE_FLAGS = (
     "heartbeat_timeout",
     "evict_after",
     "shutdown_timeout",
+    "flush_interval",
     "request_timeout",
     "db_pool_size",
     "db_max_overflow",

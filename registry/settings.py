@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         15.0, gt=0, le=300, description="seconds to let requests in flight finish on SIGTERM/SIGINT"
     )
+    flush_interval: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="SQLite: seconds heartbeats may wait before they are written (what a crash can lose)",
+    )
     request_timeout: float = Field(
         10.0, gt=0, description="seconds a storage operation may take before the request is answered 503"
     )

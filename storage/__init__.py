@@ -34,11 +34,19 @@ SCHEMES = {
 }
 
 
-def open_storage(url: str, *, migrate: bool = True, pool: PoolOptions | None = None) -> Storage:
+def open_storage(
+    url: str,
+    *,
+    migrate: bool = True,
+    pool: PoolOptions | None = None,
+    flush_interval: float | None = None,
+) -> Storage:
     """Return an unopened backend for ``url``; use it as ``async with open_storage(url) as s:``.
 
     ``migrate=False`` skips applying migrations on open (for tools that only
-    read); ``pool`` tunes PostgreSQL's connection pool and timeouts. Raises
+    read); ``pool`` tunes PostgreSQL's connection pool and timeouts;
+    ``flush_interval`` bounds how long SQLite may hold heartbeats before
+    writing them (what a crash can lose). Raises
     ``InvalidStorageURL`` naming the valid schemes.
     """
     scheme, sep, rest = url.partition("://")
@@ -62,7 +70,9 @@ def open_storage(url: str, *, migrate: bool = True, pool: PoolOptions | None = N
         )
     from .sqlite import SQLiteStorage
 
-    return SQLiteStorage(url, migrate=migrate)
+    if flush_interval is None:
+        return SQLiteStorage(url, migrate=migrate)
+    return SQLiteStorage(url, migrate=migrate, flush_interval=flush_interval)
 
 
 def redact(url: str) -> str:

@@ -61,9 +61,7 @@ class SQLiteStorage(SQLStorage):
             await self._commit([stored.key])
         return stored
 
-    async def touch(
-        self, key: InstanceKey, now: datetime, queue_length: int | None
-    ) -> ModelInstance | None:
+    async def touch(self, key: InstanceKey, now: datetime, queue_length: int | None) -> ModelInstance | None:
         touched = self._index.touch(key, now, queue_length)
         if touched is None:
             return None
@@ -103,9 +101,7 @@ class SQLiteStorage(SQLStorage):
     async def get(self, key: InstanceKey) -> ModelInstance | None:
         return self._index.get(key)
 
-    async def list(
-        self, model_name: str | None = None, healthy_only: bool = False
-    ) -> list[ModelInstance]:
+    async def list(self, model_name: str | None = None, healthy_only: bool = False) -> list[ModelInstance]:
         return self._index.list(model_name, healthy_only)
 
     async def summarize(self) -> list[ModelSummary]:

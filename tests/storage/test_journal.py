@@ -1,0 +1,76 @@
+"""What the SQLite journal promises: what a crash can lose, and what it never loses."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import timedelta
+from pathlib import Path
+
+import aiohttp
+
+from registry.validation import record_from
+from storage import open_storage
+from tests.conftest import sqlite_url
+from tests.process import ServerProcess
+from tests.storage.test_contract import T0, record
+
+
+async def test_concurrent_durable_writes_share_transactions(tmp_path: Path) -> None:
+    async with open_storage(sqlite_url(tmp_path / "r.db")) as storage:
+        await asyncio.gather(*(storage.upsert(record(port=p)) for p in range(1, 65)))
+        assert storage._journal.transactions < 16  # 64 registrations, a handful of commits
+    async with open_storage(sqlite_url(tmp_path / "r.db")) as reopened:
+        assert len(await reopened.list()) == 64
+
+
+async def test_heartbeats_are_written_within_the_flush_interval(tmp_path: Path) -> None:
+    async with open_storage(sqlite_url(tmp_path / "r.db"), flush_interval=0.2) as storage:
+        await storage.upsert(record())
+        later = T0 + timedelta(seconds=30)
+        await storage.touch(record().key, later, 4)
+        for _ in range(100):  # the file catches up within the interval, by itself
+            async with storage._engine.connect() as conn:
+                stored = await conn.exec_driver_sql("SELECT last_heartbeat, queue_length FROM instances")
+                if stored.one() == ("2026-03-01 12:00:30.000000", 4):
+                    break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the heartbeat never reached the file")
+
+
+async def test_a_clean_stop_writes_every_heartbeat(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    async with open_storage(sqlite_url(path), flush_interval=60) as storage:
+        await storage.upsert(record())
+        await storage.touch(record().key, T0 + timedelta(seconds=5), 9)
+    async with open_storage(sqlite_url(path)) as reopened:
+        [stored] = await reopened.list()
+    assert stored.last_heartbeat == T0 + timedelta(seconds=5) and stored.queue_length == 9
+
+
+async def test_kill_9_loses_at_most_the_flush_interval_of_heartbeats_and_no_registration(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    server = ServerProcess("--storage", sqlite_url(path), "--flush-interval", "0.5").start()
+    beat = {"model_name": "m", "host": "10.0.0.1", "port": 1}
+    try:
+        async with aiohttp.ClientSession(server.url) as http:
+            assert (await http.post("/api/v1/instances", json=beat)).status == 201
+            registered = []
+            for port in range(2, 12):  # registrations acknowledged right before the kill
+                response = await http.post("/api/v1/instances", json={**beat, "port": port})
+                assert response.status == 201
+                registered.append(port)
+            last = None
+            for _ in range(30):  # 1.5 s of beats, each acknowledged
+                last = record_from(await (await http.post("/api/v1/heartbeat", json=beat)).json())
+                await asyncio.sleep(0.05)
+            server.signal(signal.SIGKILL)
+            server.wait(timeout=10)
+    finally:
+        server.stop()
+    async with open_storage(sqlite_url(path)) as storage:
+        stored = {r.port: r for r in await storage.list()}
+    assert set(registered) | {1} <= set(stored)  # every acknowledged registration
+    lost = last.last_heartbeat - stored[1].last_heartbeat
+    assert timedelta(0) <= lost <= timedelta(seconds=0.5 + 0.2)  # the flush interval, plus a write
