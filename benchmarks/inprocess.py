@@ -86,30 +86,30 @@ async def sweep_lag(count: int = 100_000, seconds: float = 8.0) -> dict:
     from registry import Registry
     from storage import open_storage
 
-    async with open_storage("memory://") as storage:
-        async with Registry(storage, heartbeat_interval=0.5, heartbeat_timeout=1.5) as reg:
-            for n in range(count):
-                await reg.register(identity(n))
-            lags: list[float] = []
-            stop = time.monotonic() + seconds
+    storage = open_storage("memory://")
+    async with storage, Registry(storage, heartbeat_interval=0.5, heartbeat_timeout=1.5) as reg:
+        for n in range(count):
+            await reg.register(identity(n))
+        lags: list[float] = []
+        stop = time.monotonic() + seconds
 
-            async def beat() -> None:
-                n = 0
-                while time.monotonic() < stop:
-                    for _ in range(500):
-                        n = (n + 1) % count
-                        if n % 10:
-                            await reg.heartbeat({**identity(n), "queue_length": 1})
-                    await asyncio.sleep(0.005)
+        async def beat() -> None:
+            n = 0
+            while time.monotonic() < stop:
+                for _ in range(500):
+                    n = (n + 1) % count
+                    if n % 10:
+                        await reg.heartbeat({**identity(n), "queue_length": 1})
+                await asyncio.sleep(0.005)
 
-            async def tick() -> None:
-                while time.monotonic() < stop:
-                    started = time.perf_counter()
-                    await asyncio.sleep(0.001)
-                    lags.append((time.perf_counter() - started - 0.001) * 1000)
+        async def tick() -> None:
+            while time.monotonic() < stop:
+                started = time.perf_counter()
+                await asyncio.sleep(0.001)
+                lags.append((time.perf_counter() - started - 0.001) * 1000)
 
-            await asyncio.gather(beat(), tick())
-            silent = sum(not i.healthy for i in await reg.instances())
+        await asyncio.gather(beat(), tick())
+        silent = sum(not i.healthy for i in await reg.instances())
     lags.sort()
     p99 = lags[int(len(lags) * 0.99)]
     return {

@@ -110,9 +110,10 @@ def compare(
 
 def _print_row(result: dict) -> None:
     target = f"≥ {result['target']:.2f} {'ok' if result['met'] else 'MISSED'}" if "target" in result else ""
+    rates = f"baseline {result['baseline_rps']:>7}/s  registry {result['registry_rps']:>7}/s"
     sys.stderr.write(
-        f"{result['scenario']:<24} baseline {result['baseline_rps']:>7}/s  registry {result['registry_rps']:>7}/s"
-        f"  ratio {result['ratio']:.3f}  errors {result['errors']}  {target}\n"
+        f"{result['scenario']:<24} {rates}  ratio {result['ratio']:.3f}"
+        f"  errors {result['errors']}  {target}\n"
     )
 
 

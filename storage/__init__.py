@@ -57,12 +57,14 @@ def open_storage(
         from .memory import MemoryStorage
 
         return MemoryStorage()
-    from .sql import SQLStorage
-
     if scheme == "postgresql+asyncpg":
         if not rest.strip("/"):
             raise InvalidStorageURL(f"storage URL {redact(url)!r} names no server: use {SCHEMES[scheme]}")
-        return SQLStorage(url, migrate=migrate, pool=pool)
+        from .postgres import PostgresStorage
+
+        if flush_interval is None:
+            return PostgresStorage(url, migrate=migrate, pool=pool)
+        return PostgresStorage(url, migrate=migrate, pool=pool, flush_interval=flush_interval)
     if not rest.startswith("/") or rest in ("/", "/:memory:"):
         raise InvalidStorageURL(
             f"storage URL {url!r} names no database file: use sqlite+aiosqlite:///PATH "

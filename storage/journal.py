@@ -89,6 +89,8 @@ class Journal:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.transactions = 0
+        #: False from a failed transaction until one succeeds.
+        self.healthy = True
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="sqlite-journal")
@@ -143,9 +145,11 @@ class Journal:
             _settle(waiters, StorageUnavailable("the registry is shutting down; retry"))
             raise
         except Exception as exc:
+            self.healthy = False
             self._lazy |= keys  # written again with the next transaction
             _settle(waiters, exc if isinstance(exc, StorageUnavailable) else StorageUnavailable(str(exc)))
             raise
+        self.healthy = True
         _settle(waiters, None)
 
     async def _write(self, keys: set[InstanceKey]) -> None:

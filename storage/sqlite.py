@@ -66,8 +66,10 @@ class SQLiteStorage(SQLStorage):
         if touched is None:
             return None
         record, revived = touched
-        if revived:
-            await self._commit([key])  # a health transition: durable before we answer
+        if revived or not self._journal.healthy:  # type: ignore[union-attr]
+            # A health transition is durable before we answer; and while the
+            # file cannot be written, beats fail rather than pile up unwritten.
+            await self._commit([key])
         else:
             self._journal.later(key)  # type: ignore[union-attr]
         return record

@@ -49,7 +49,9 @@ async def test_a_clean_stop_writes_every_heartbeat(tmp_path: Path) -> None:
     assert stored.last_heartbeat == T0 + timedelta(seconds=5) and stored.queue_length == 9
 
 
-async def test_kill_9_loses_at_most_the_flush_interval_of_heartbeats_and_no_registration(tmp_path: Path) -> None:
+async def test_kill_9_loses_at_most_the_flush_interval_of_heartbeats_and_no_registration(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "r.db"
     server = ServerProcess("--storage", sqlite_url(path), "--flush-interval", "0.5").start()
     beat = {"model_name": "m", "host": "10.0.0.1", "port": 1}

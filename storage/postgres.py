@@ -1,0 +1,176 @@
+"""``postgresql+asyncpg://...``: one database shared by several replicas.
+
+Reads go to the database, so every replica sees every other's registrations at
+once. Heartbeats are the exception that makes it fast: a beat for an instance
+this replica already knows to be healthy changes no state, so it is answered
+from the replica's own copy of the record and written behind, with the other
+pending beats, in one statement at most ``flush_interval`` seconds later. A beat
+for an instance this replica has not seen, or last saw unhealthy (a health
+transition), is written before it is answered; so is every beat while the
+database is failing, so that beats fail (503) rather than pile up unwritten.
+
+What that means across replicas: another replica sees a heartbeat's new
+timestamp and load within ``flush_interval``; a crash loses at most that much
+of them, never a registration or a transition. The flush is an upsert, so a
+beat for an instance purged meanwhile registers it again, as any heartbeat of
+an unknown instance does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+
+from sqlalchemy import func, true
+from sqlalchemy.dialects.postgresql import insert
+
+from .errors import StorageUnavailable
+from .index import _FIELDS, clone
+from .model import InstanceKey, ModelInstance
+from .options import PoolOptions
+from .schema import instances
+from .sql import SQLStorage
+
+__all__ = ["PostgresStorage"]
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 1.0
+_CHUNK = 1000
+
+_excluded = insert(instances).excluded
+_FLUSH = insert(instances).on_conflict_do_update(
+    index_elements=["model_name", "host", "port"],
+    set_={
+        "last_heartbeat": _excluded.last_heartbeat,
+        "queue_length": func.coalesce(_excluded.queue_length, instances.c.queue_length),
+        "healthy": true(),
+        "unhealthy_since": None,
+    },
+)
+
+
+def _row(record: ModelInstance) -> dict:
+    return {name: getattr(record, name) for name in _FIELDS}
+
+
+class PostgresStorage(SQLStorage):
+    def __init__(
+        self,
+        url: str,
+        *,
+        migrate: bool = True,
+        pool: PoolOptions | None = None,
+        flush_interval: float = FLUSH_INTERVAL,
+    ) -> None:
+        super().__init__(url, migrate=migrate, pool=pool)
+        self.flush_interval = flush_interval
+        self._known: dict[InstanceKey, ModelInstance] = {}  # this replica's copies
+        self._pending: dict[InstanceKey, ModelInstance] = {}  # beats not yet written
+        self._flusher: asyncio.Task[None] | None = None
+        # Set when a write failed: until one succeeds, beats are written before
+        # they are answered (so they fail, 503, while the database is away), and
+        # a crash still loses no more than ``flush_interval`` of them.
+        self._degraded = False
+
+    async def _open(self) -> None:
+        await super()._open()
+        self._flusher = asyncio.create_task(self._flush_forever(), name="postgres-heartbeats")
+
+    async def _close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        try:
+            await self.flush()
+        except Exception as exc:  # closing anyway; say what was lost
+            log.warning("could not write %d pending heartbeats on close: %s", len(self._pending), exc)
+        await super()._close()
+
+    def _remember(self, record: ModelInstance | None) -> ModelInstance | None:
+        if record is not None:
+            self._known[record.key] = clone(record)
+        return record
+
+    # -- heartbeats: behind, when they change nothing ---------------------------
+
+    async def touch(self, key: InstanceKey, now: datetime, queue_length: int | None) -> ModelInstance | None:
+        known = self._known.get(key)
+        if known is not None and known.healthy and not self._degraded:
+            known.last_heartbeat = now
+            if queue_length is not None:
+                known.queue_length = queue_length
+            self._pending[key] = known
+            return clone(known)
+        try:
+            touched = await super().touch(key, now, queue_length)
+        except StorageUnavailable:
+            self._degraded = True
+            raise
+        self._degraded = False
+        return self._remember(touched)
+
+    async def flush(self) -> int:
+        """Write the pending heartbeats now; returns how many."""
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return 0
+        records = list(pending.values())
+        try:
+            async with self._write("write heartbeats") as conn:
+                for start in range(0, len(records), _CHUNK):
+                    await conn.execute(_FLUSH, [_row(r) for r in records[start : start + _CHUNK]])
+        except BaseException:
+            self._degraded = True
+            for key, record in pending.items():  # keep them, unless a newer beat came meanwhile
+                self._pending.setdefault(key, record)
+            raise
+        self._degraded = False
+        return len(records)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            try:
+                await self.flush()
+            except Exception as exc:
+                log.warning("could not write heartbeats; will retry: %s", exc)
+
+    # -- everything else: through the database, remembering what it says ---------
+
+    async def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
+        stored, created = await super().upsert(record)
+        self._remember(stored)
+        return stored, created
+
+    async def insert(self, record: ModelInstance) -> ModelInstance | None:
+        return self._remember(await super().insert(record))
+
+    async def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
+        self._pending.pop(key, None)
+        return self._remember(await super().mark_unhealthy(key, now))
+
+    async def delete(self, key: InstanceKey) -> ModelInstance | None:
+        self._known.pop(key, None)
+        self._pending.pop(key, None)
+        return await super().delete(key)
+
+    async def expire(self, cutoff: datetime, now: datetime) -> list[ModelInstance]:
+        await self.flush()  # judge this replica's beats by what they are, not by what is written
+        expired = await super().expire(cutoff, now)
+        for record in expired:
+            self._remember(record)
+        return expired
+
+    async def evict(self, cutoff: datetime) -> list[ModelInstance]:
+        evicted = await super().evict(cutoff)
+        for record in evicted:
+            self._known.pop(record.key, None)
+            self._pending.pop(record.key, None)
+        return evicted
+
+    async def get(self, key: InstanceKey) -> ModelInstance | None:
+        return self._remember(await super().get(key))
