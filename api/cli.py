@@ -113,9 +113,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging()  # until the settings say how
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
-    runner = serve(settings) if command == "serve" else _migrate(settings)
+    work = serve(settings) if command == "serve" else _migrate(settings)
     try:
-        asyncio.run(runner)
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(work)
     except (StartupError, InvalidStorageURL) as exc:
         _fail(str(exc), code=2)
     except StorageUnavailable as exc:
@@ -126,6 +127,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down
         _fail("interrupted", code=130)
+
+
+def _loop_factory() -> typing.Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (``pip install model-registry[fast]``)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _fail(message: str, *, code: int) -> typing.NoReturn:

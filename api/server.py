@@ -76,7 +76,14 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
             loop.add_signal_handler(signum, stop.set)
         host, port = runner.addresses[0][:2]  # the real port when 0 was asked
         shown = f"[{host}]" if ":" in host else host
-        log.info("serving", extra={"url": f"http://{shown}:{port}", "storage": redact(settings.storage)})
+        log.info(
+            "serving",
+            extra={
+                "url": f"http://{shown}:{port}",
+                "storage": redact(settings.storage),
+                "loop": _loop_name(loop),
+            },
+        )
         await stop.wait()
         lifecycle = app[LIFECYCLE]
         lifecycle.draining = True
@@ -92,3 +99,7 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
             loop.remove_signal_handler(signum)
         await runner.cleanup()
     log.info("stopped")
+
+
+def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"

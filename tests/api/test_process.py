@@ -179,3 +179,10 @@ def test_migrate_subcommand_is_idempotent(tmp_path: Path) -> None:
         result = run_cli("migrate", "--storage", url)
         assert result.returncode == 0, result.stderr
     assert "schema is up to date" in result.stderr
+
+
+def test_uvloop_serves_when_installed(tmp_path: Path) -> None:
+    # The test extra installs uvloop, as the `fast` extra does for users.
+    with ServerProcess("--storage", "memory://") as server:
+        serving = server.messages("serving")
+    assert serving[0]["loop"] == "uvloop"
