@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from .base import Storage
-from .index import InstanceIndex
+from .index import InstanceIndex, expire_in_slices
 from .model import InstanceKey, ModelInstance, ModelSummary
 
 __all__ = ["MemoryStorage"]
@@ -40,7 +40,7 @@ class MemoryStorage(Storage):
         return self._index.delete(key)
 
     async def expire(self, cutoff: datetime, now: datetime) -> list[ModelInstance]:
-        return self._index.expire(cutoff, now)
+        return await expire_in_slices(self._index, cutoff, now)
 
     async def evict(self, cutoff: datetime) -> list[ModelInstance]:
         return self._index.evict(cutoff)

@@ -27,7 +27,7 @@ from sqlalchemy import func, true
 from sqlalchemy.dialects.postgresql import insert
 
 from .errors import StorageUnavailable
-from .index import _FIELDS, clone
+from .index import clone
 from .model import InstanceKey, ModelInstance
 from .options import PoolOptions
 from .schema import instances
@@ -53,7 +53,7 @@ _FLUSH = insert(instances).on_conflict_do_update(
 
 
 def _row(record: ModelInstance) -> dict:
-    return {name: getattr(record, name) for name in _FIELDS}
+    return dict(record.__dict__)  # exactly the fields, which are the columns
 
 
 class PostgresStorage(SQLStorage):

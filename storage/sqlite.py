@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .index import InstanceIndex
+from .index import InstanceIndex, expire_in_slices
 from .journal import COLUMNS, Journal, record_of
 from .model import InstanceKey, ModelInstance, ModelSummary
 from .sql import SQLStorage
@@ -87,7 +87,7 @@ class SQLiteStorage(SQLStorage):
         return record
 
     async def expire(self, cutoff: datetime, now: datetime) -> list[ModelInstance]:
-        expired = self._index.expire(cutoff, now)
+        expired = await expire_in_slices(self._index, cutoff, now)
         if expired:
             await self._commit([r.key for r in expired])
         return expired
