@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import signal
 
@@ -74,6 +75,11 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
             raise _bind_error(exc, settings) from None
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        # Everything loaded so far lives as long as the process: keep the
+        # cyclic collector from walking it again and again (records hold no
+        # cycles, so reference counting still frees any that are deleted).
+        gc.collect()
+        gc.freeze()
         host, port = runner.addresses[0][:2]  # the real port when 0 was asked
         shown = f"[{host}]" if ":" in host else host
         log.info(
