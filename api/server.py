@@ -78,7 +78,6 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
         # Everything loaded so far lives as long as the process: keep the
         # cyclic collector from walking it again and again (records hold no
         # cycles, so reference counting still frees any that are deleted).
-        gc.collect()
         gc.freeze()
         host, port = runner.addresses[0][:2]  # the real port when 0 was asked
         shown = f"[{host}]" if ":" in host else host

@@ -49,6 +49,11 @@ _UPSERT = (
     + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[3:])
 )
 _DELETE = "DELETE FROM instances WHERE model_name = ? AND host = ? AND port = ?"
+# A key whose only change since its last write is heartbeats needs only these.
+_BEAT = (
+    "UPDATE instances SET last_heartbeat = ?, queue_length = ?, healthy = ?, unhealthy_since = ? "
+    "WHERE model_name = ? AND host = ? AND port = ?"
+)
 _CHUNK = 1000  # rows per statement: bounds how long the event loop spends building one
 
 
@@ -71,6 +76,13 @@ def row_of(r: ModelInstance) -> tuple:
     )  # fmt: skip
 
 
+def beat_of(r: ModelInstance) -> tuple:
+    return (
+        _text(r.last_heartbeat), r.queue_length, r.healthy, _text(r.unhealthy_since),
+        r.model_name, r.host, r.port,
+    )  # fmt: skip
+
+
 def record_of(row: Any) -> ModelInstance:
     return ModelInstance(
         row[0], row[1], row[2], float(row[3]), bool(row[4]), bool(row[5]), bool(row[6]), row[7],
@@ -83,8 +95,9 @@ class Journal:
         self._index = index
         self._engine = engine
         self.flush_interval = flush_interval
-        self._urgent: set[InstanceKey] = set()
-        self._lazy: set[InstanceKey] = set()
+        self._urgent: set[InstanceKey] = set()  # whole rows, someone waiting
+        self._lazy: set[InstanceKey] = set()  # whole rows, nobody waiting (a retry)
+        self._beats: set[InstanceKey] = set()  # only heartbeat columns changed
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -106,8 +119,8 @@ class Journal:
             await self._write_pending()
 
     def later(self, key: InstanceKey) -> None:
-        """``key`` changed in a way that may wait for the next flush."""
-        self._lazy.add(key)
+        """``key`` was beaten: its heartbeat columns may wait for the next flush."""
+        self._beats.add(key)
 
     async def now(self, keys: Iterable[InstanceKey]) -> None:
         """Return once the current state of ``keys`` is committed to the file."""
@@ -133,35 +146,41 @@ class Journal:
 
     async def _write_pending(self) -> None:
         keys = self._urgent | self._lazy
+        beats = self._beats - keys
         waiters = self._waiters
-        self._urgent, self._lazy, self._waiters = set(), set(), []
-        if not keys:
+        self._urgent, self._lazy, self._beats, self._waiters = set(), set(), set(), []
+        if not keys and not beats:
             _settle(waiters, None)
             return
+        keys_and_beats = keys | beats
         try:
-            await self._write(keys)
+            await self._write(keys, beats)
         except asyncio.CancelledError:
-            self._lazy |= keys  # stop() writes them
+            self._lazy |= keys_and_beats  # stop() writes them
             _settle(waiters, StorageUnavailable("the registry is shutting down; retry"))
             raise
         except Exception as exc:
             self.healthy = False
-            self._lazy |= keys  # written again with the next transaction
+            self._lazy |= keys_and_beats  # written again, whole, with the next transaction
             _settle(waiters, exc if isinstance(exc, StorageUnavailable) else StorageUnavailable(str(exc)))
             raise
         self.healthy = True
         _settle(waiters, None)
 
-    async def _write(self, keys: set[InstanceKey]) -> None:
+    async def _write(self, keys: set[InstanceKey], beats: set[InstanceKey]) -> None:
         records = self._index.records
         present = [k for k in keys if k in records]
         gone = [tuple(k) for k in keys if k not in records]
+        beaten = [k for k in beats if k in records]  # a deleted one was marked whole
         try:
             async with self._engine.begin() as conn:
                 for start in range(0, len(present), _CHUNK):
                     # Rows are built from the index as it is now, chunk by chunk.
                     rows = [row_of(records[k]) for k in present[start : start + _CHUNK] if k in records]
                     await conn.exec_driver_sql(_UPSERT, rows)
+                for start in range(0, len(beaten), _CHUNK):
+                    rows = [beat_of(records[k]) for k in beaten[start : start + _CHUNK] if k in records]
+                    await conn.exec_driver_sql(_BEAT, rows)
                 if gone:
                     await conn.exec_driver_sql(_DELETE, gone)
         except (SQLAlchemyError, OSError) as exc:

@@ -76,3 +76,14 @@ async def test_kill_9_loses_at_most_the_flush_interval_of_heartbeats_and_no_regi
     assert set(registered) | {1} <= set(stored)  # every acknowledged registration
     lost = last.last_heartbeat - stored[1].last_heartbeat
     assert timedelta(0) <= lost <= timedelta(seconds=0.5 + 0.2)  # the flush interval, plus a write
+
+
+async def test_a_beat_followed_by_a_transition_writes_the_transition(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    async with open_storage(sqlite_url(path), flush_interval=60) as storage:
+        await storage.upsert(record())
+        await storage.touch(record().key, T0 + timedelta(seconds=5), 2)  # pending, written behind
+        await storage.mark_unhealthy(record().key, T0 + timedelta(seconds=6))  # durable now
+        async with storage._engine.connect() as conn:
+            row = (await conn.exec_driver_sql("SELECT healthy, last_heartbeat, queue_length FROM instances")).one()
+    assert row == (0, "2026-03-01 12:00:05.000000", 2)
