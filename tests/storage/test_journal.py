@@ -85,5 +85,6 @@ async def test_a_beat_followed_by_a_transition_writes_the_transition(tmp_path: P
         await storage.touch(record().key, T0 + timedelta(seconds=5), 2)  # pending, written behind
         await storage.mark_unhealthy(record().key, T0 + timedelta(seconds=6))  # durable now
         async with storage._engine.connect() as conn:
-            row = (await conn.exec_driver_sql("SELECT healthy, last_heartbeat, queue_length FROM instances")).one()
+            query = "SELECT healthy, last_heartbeat, queue_length FROM instances"
+            row = (await conn.exec_driver_sql(query)).one()
     assert row == (0, "2026-03-01 12:00:05.000000", 2)
