@@ -219,13 +219,10 @@ class InstanceIndex:
         return None if record is None else clone(record)
 
     def list(self, model_name: str | None = None, healthy_only: bool = False) -> list[ModelInstance]:
-        if model_name is None:
-            source: Iterable[ModelInstance] = self.records.values()
-        else:
-            source = self._by_model.get(model_name, {}).values()
-        chosen = [clone(r) for r in source if r.healthy or not healthy_only]
-        chosen.sort(key=lambda r: (r.model_name, r.host, r.port))
-        return chosen
+        records = self.records if model_name is None else self._by_model.get(model_name, {})
+        # Keys are tuples, so sorting them needs no key function: the cheap way
+        # to return records in key order.
+        return [clone(r) for r in map(records.__getitem__, sorted(records)) if r.healthy or not healthy_only]
 
     def summarize(self) -> list[ModelSummary]:
         summaries = []
