@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _timing(self) -> Settings:
         check_timing(self.heartbeat_interval, self.heartbeat_timeout, self.evict_after)
+        if self.flush_interval > self.heartbeat_timeout / 4:
+            # Replicas judge silence by written timestamps, which lag by up to
+            # the flush interval: keep that lag a small part of the timeout.
+            raise ValueError(
+                f"flush interval {self.flush_interval:g} s is too long for a heartbeat timeout of "
+                f"{self.heartbeat_timeout:g} s: make it at most a quarter of the timeout"
+            )
         return self
 
     @property

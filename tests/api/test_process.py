@@ -133,6 +133,11 @@ def test_port_in_use_is_one_clear_line() -> None:
         (["--storage", "sqlite+aiosqlite:///no/such/dir/r.db"], 1, "cannot open storage"),
         (["--heartbeat-interval", "10", "--heartbeat-timeout", "12"], 2, "not comfortably larger"),
         (["--port", "70000"], 2, "port: "),
+        (
+            ["--heartbeat-interval", "1", "--heartbeat-timeout", "2", "--flush-interval", "1"],
+            2,
+            "flush interval",
+        ),
     ],
 )
 def test_bad_configuration_is_one_clear_line(args: list[str], code: int, expected: str) -> None:

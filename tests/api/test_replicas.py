@@ -17,7 +17,7 @@ from tests.process import ServerProcess
 
 INSTANCES, HEARTBEAT = "/api/v1/instances", "/api/v1/heartbeat"
 MARKED = "instance marked unhealthy: no heartbeat within the timeout"
-QUICK = ("--heartbeat-interval", "0.5", "--heartbeat-timeout", "2")
+QUICK = ("--heartbeat-interval", "0.5", "--heartbeat-timeout", "2", "--flush-interval", "0.2")
 
 
 def worker(i: int, model: str = "llama") -> dict:

@@ -65,7 +65,7 @@ async def test_a_restarted_memory_registry_has_the_instance_back_within_one_inte
             first.stop()  # memory:// forgets everything
         with ServerProcess("--storage", "memory://", "--port", port):
             took = await eventually(listed(client), timeout=5)  # from the moment it serves
-            assert took <= interval + 0.5
+            assert took <= interval + 1.0  # one interval, plus slack for a loaded machine
             [stored] = await client.list_instances()
             assert stored.weight == 3.0 and stored.metadata == {"gpu": "h100"}
             await agent.stop()
