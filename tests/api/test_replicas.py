@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 
 import aiohttp
 import asyncpg
@@ -190,26 +192,21 @@ async def test_pool_exhaustion_is_a_503_naming_the_setting(pg_url: str) -> None:
         "--db-statement-timeout",
         "3",
     )
-    locker = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
     try:
         async with aiohttp.ClientSession() as http:
             await http.post(server.url + INSTANCES, json=worker(1))
-            transaction = locker.transaction()
-            await transaction.start()
-            await locker.execute("LOCK TABLE instances IN ACCESS EXCLUSIVE MODE")
-            # The first request holds the only connection, waiting on the lock...
-            blocked = asyncio.create_task(http.post(server.url + INSTANCES, json=worker(1)))
-            await asyncio.sleep(0.3)
-            # ...so the second waits for the pool, and gives up after 0.5 s.
-            started = time.monotonic()
-            starved = await http.get(server.url + INSTANCES)
-            waited = time.monotonic() - started
-            body = await starved.json()
-            await transaction.rollback()
+            async with table_locked(pg_url):
+                # The first request holds the only connection, waiting on the lock...
+                blocked = asyncio.create_task(http.post(server.url + INSTANCES, json=worker(1)))
+                await asyncio.sleep(0.3)
+                # ...so the second waits for the pool, and gives up after 0.5 s.
+                started = time.monotonic()
+                starved = await http.get(server.url + INSTANCES)
+                waited = time.monotonic() - started
+                body = await starved.json()
             first = await blocked
             assert first.status == 200, (await first.text(), body)
     finally:
-        await locker.close()
         server.stop()
     assert starved.status == 503 and starved.headers["Retry-After"]
     assert "pool exhausted" in body["detail"] and "REGISTRY_DB_POOL_SIZE" in body["detail"]
@@ -218,21 +215,30 @@ async def test_pool_exhaustion_is_a_503_naming_the_setting(pg_url: str) -> None:
 
 async def test_statement_timeout_is_enforced(pg_url: str) -> None:
     server = replica(pg_url, "--db-statement-timeout", "0.5")
-    locker = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
     try:
         async with aiohttp.ClientSession() as http:
             await http.post(server.url + INSTANCES, json=worker(1))
-            transaction = locker.transaction()
-            await transaction.start()
-            await locker.execute("LOCK TABLE instances IN ACCESS EXCLUSIVE MODE")
-            response = await http.post(server.url + INSTANCES, json=worker(1))
-            body = await response.json()
-            await transaction.rollback()
+            async with table_locked(pg_url):
+                response = await http.post(server.url + INSTANCES, json=worker(1))
+                body = await response.json()
             assert (await http.post(server.url + HEARTBEAT, json=worker(1))).status == 200
     finally:
-        await locker.close()
         server.stop()
     assert response.status == 503 and "statement timeout" in body["detail"]
+
+
+@contextlib.asynccontextmanager
+async def table_locked(pg_url: str) -> AsyncIterator[None]:
+    """Another session holds an exclusive lock on the instances table meanwhile."""
+    locker = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        transaction = locker.transaction()
+        await transaction.start()
+        await locker.execute("LOCK TABLE instances IN ACCESS EXCLUSIVE MODE")
+        yield
+        await transaction.rollback()
+    finally:
+        await locker.close()
 
 
 @pytest.fixture(autouse=True)
