@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 
 import aiohttp
 import asyncpg
@@ -244,3 +245,21 @@ async def table_locked(pg_url: str) -> AsyncIterator[None]:
 @pytest.fixture(autouse=True)
 def _needs_postgres(postgres: PostgresCluster) -> None:
     """Every test here runs on the shared PostgreSQL (and fails in CI without it)."""
+
+
+async def test_kill_9_of_a_replica_loses_at_most_the_flush_interval_of_beats(pg_url: str) -> None:
+    server = replica(pg_url, "--flush-interval", "0.5")
+    try:
+        async with aiohttp.ClientSession() as http:
+            assert (await http.post(server.url + INSTANCES, json=worker(1))).status == 201
+            last = None
+            for _ in range(30):  # 1.5 s of beats, each acknowledged (and written behind)
+                last = await (await http.post(server.url + HEARTBEAT, json=worker(1))).json()
+                await asyncio.sleep(0.05)
+            server.kill()
+    finally:
+        server.stop()
+    async with open_storage(pg_url) as storage:
+        [stored] = await storage.list()
+    acknowledged = datetime.fromisoformat(last["last_heartbeat"])
+    assert timedelta(0) <= acknowledged - stored.last_heartbeat <= timedelta(seconds=0.5 + 0.2)
