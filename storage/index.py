@@ -24,7 +24,7 @@ import orjson
 
 from .model import InstanceKey, ModelInstance, ModelSummary
 
-__all__ = ["InstanceIndex", "clone", "expire_in_slices"]
+__all__ = ["IndexReads", "InstanceIndex", "clone", "expire_in_slices"]
 
 _FIELDS = tuple(f.name for f in fields(ModelInstance))
 
@@ -235,3 +235,18 @@ class InstanceIndex:
                 available += r.healthy and r.enabled
             summaries.append(ModelSummary(name, len(records), healthy, enabled, available))
         return summaries
+
+
+class IndexReads:
+    """The contract's reads, served from ``self._index`` (backends that keep one)."""
+
+    _index: InstanceIndex
+
+    async def get(self, key: InstanceKey) -> ModelInstance | None:
+        return self._index.get(key)
+
+    async def list(self, model_name: str | None = None, healthy_only: bool = False) -> list[ModelInstance]:
+        return self._index.list(model_name, healthy_only)
+
+    async def summarize(self) -> list[ModelSummary]:
+        return self._index.summarize()

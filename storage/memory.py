@@ -9,13 +9,13 @@ from __future__ import annotations
 from datetime import datetime
 
 from .base import Storage
-from .index import InstanceIndex, expire_in_slices
-from .model import InstanceKey, ModelInstance, ModelSummary
+from .index import IndexReads, InstanceIndex, expire_in_slices
+from .model import InstanceKey, ModelInstance
 
 __all__ = ["MemoryStorage"]
 
 
-class MemoryStorage(Storage):
+class MemoryStorage(IndexReads, Storage):
     name = "memory"
     durable = False
 
@@ -44,15 +44,6 @@ class MemoryStorage(Storage):
 
     async def evict(self, cutoff: datetime) -> list[ModelInstance]:
         return self._index.evict(cutoff)
-
-    async def get(self, key: InstanceKey) -> ModelInstance | None:
-        return self._index.get(key)
-
-    async def list(self, model_name: str | None = None, healthy_only: bool = False) -> list[ModelInstance]:
-        return self._index.list(model_name, healthy_only)
-
-    async def summarize(self) -> list[ModelSummary]:
-        return self._index.summarize()
 
     async def ping(self) -> None:
         return None

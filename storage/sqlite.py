@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .index import InstanceIndex, expire_in_slices
+from .index import IndexReads, InstanceIndex, expire_in_slices
 from .journal import COLUMNS, Journal, record_of
-from .model import InstanceKey, ModelInstance, ModelSummary
+from .model import InstanceKey, ModelInstance
 from .sql import SQLStorage
 
 __all__ = ["SQLiteStorage"]
@@ -23,7 +23,7 @@ __all__ = ["SQLiteStorage"]
 FLUSH_INTERVAL = 1.0
 
 
-class SQLiteStorage(SQLStorage):
+class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not SQL
     def __init__(self, url: str, *, migrate: bool = True, flush_interval: float = FLUSH_INTERVAL) -> None:
         super().__init__(url, migrate=migrate)
         self.flush_interval = flush_interval
@@ -97,14 +97,3 @@ class SQLiteStorage(SQLStorage):
         if evicted:
             await self._commit([r.key for r in evicted])
         return evicted
-
-    # -- reads: from the index ----------------------------------------------------
-
-    async def get(self, key: InstanceKey) -> ModelInstance | None:
-        return self._index.get(key)
-
-    async def list(self, model_name: str | None = None, healthy_only: bool = False) -> list[ModelInstance]:
-        return self._index.list(model_name, healthy_only)
-
-    async def summarize(self) -> list[ModelSummary]:
-        return self._index.summarize()
