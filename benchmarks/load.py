@@ -121,6 +121,18 @@ def drive(url: str, script: str, env: dict[str, str], seconds: float, connection
     return _builtin(url, script, env, seconds, connections)
 
 
+def _run_on_load_core(argv: list[str], env: dict[str, str]) -> str:
+    """Run a load generator pinned to the load core; its standard output."""
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        preexec_fn=_pin(LOAD_CORE),
+        check=True,
+    ).stdout
+
+
 def _wrk(url: str, script: str, env: dict[str, str], seconds: float, connections: int) -> LoadResult:
     argv = [
         "wrk",
@@ -132,14 +144,7 @@ def _wrk(url: str, script: str, env: dict[str, str], seconds: float, connections
         str(HERE / script),
         url,
     ]
-    out = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        preexec_fn=_pin(LOAD_CORE),
-        check=True,
-    ).stdout
+    out = _run_on_load_core(argv, env)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
@@ -152,15 +157,7 @@ def _wrk(url: str, script: str, env: dict[str, str], seconds: float, connections
 
 def _builtin(url: str, script: str, env: dict[str, str], seconds: float, connections: int) -> LoadResult:
     argv = [sys.executable, str(HERE / "load.py"), url, script, str(seconds), str(connections)]
-    out = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        preexec_fn=_pin(LOAD_CORE),
-        check=True,
-    ).stdout
-    data = orjson.loads(out)
+    data = orjson.loads(_run_on_load_core(argv, env))
     return LoadResult(data["rps"], data["errors"])
 
 

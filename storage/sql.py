@@ -5,9 +5,9 @@ Both run the same statements. Each primitive is one statement, or, for
 retried if a concurrent delete slips between them: never a read followed by a
 write.
 
-SQLite allows one writer at a time. Rather than let several pooled connections
-collide and sleep in SQLite's busy handler, writes from this process queue on
-an ``asyncio.Lock``; reads run concurrently beside them (WAL mode).
+SQLite is served by ``storage.sqlite.SQLiteStorage``, which reuses this class's
+lifecycle (engine, pragmas, migrations, error wrapping) and replaces every
+primitive with its index and journal.
 
 PostgreSQL may be shared by several replicas. Schema migrations and the
 checker's expiry sweep each take an advisory lock, so replicas starting
@@ -84,7 +84,6 @@ class SQLStorage(Storage):
         self.name = self._url.get_backend_name()
         self._postgres = self.name == "postgresql"
         self._engine: AsyncEngine | None = None
-        self._write_lock = asyncio.Lock() if self.name == "sqlite" else None
         if self.name == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
         else:
@@ -171,8 +170,7 @@ class SQLStorage(Storage):
     @contextlib.asynccontextmanager
     async def _write(self, what: str) -> AsyncIterator[AsyncConnection]:
         assert self._engine is not None, "storage is not open"
-        lock = self._write_lock or contextlib.nullcontext()
-        async with self._guard(what), lock, self._engine.begin() as conn:
+        async with self._guard(what), self._engine.begin() as conn:
             yield conn
 
     @contextlib.asynccontextmanager
