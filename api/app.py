@@ -11,7 +11,6 @@ from registry import Clock, Registry
 from registry.settings import Settings
 from storage import open_storage
 
-from .errors import api_middleware
 from .keys import LIFECYCLE, REGISTRY, SETTINGS, Lifecycle
 from .responses import MAX_BODY_BYTES
 from .routes import setup_routes
@@ -22,10 +21,10 @@ __all__ = ["create_app"]
 def create_app(
     settings: Settings, *, clock: Clock | None = None, rng: random.Random | None = None
 ) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[api_middleware])
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
-    app[LIFECYCLE] = Lifecycle()
-    setup_routes(app)
+    app[LIFECYCLE] = lifecycle = Lifecycle()
+    setup_routes(app, lifecycle)
 
     async def registry_context(app: web.Application) -> AsyncIterator[None]:
         # Storage opens (and migrates) before the registry starts its checker;

@@ -103,9 +103,12 @@ def baseline(list_size: int = 10, uvloop: bool = False) -> Server:
 
 
 def registry(storage: str, *extra: str) -> Server:
+    """A registry server. Its instances stay healthy for the whole session: a
+    scenario lasts longer than the default timeout, and reads of instances
+    that expired meanwhile would measure empty answers."""
     port = free_port()
     argv = [sys.executable, "-m", "registry", "serve", "--port", str(port), "--storage", storage]
-    return Server(argv + ["--log-level", "warning", *extra], port)
+    return Server(argv + ["--log-level", "warning", "--heartbeat-timeout", "3600", *extra], port)
 
 
 @dataclass

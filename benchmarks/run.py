@@ -2,7 +2,8 @@
 
 Every throughput figure is a ratio to a bare aiohttp server measured in the
 same session with the same request and response shapes (``baseline.py``).
-Baseline and registry runs alternate ``--rounds`` times; medians are reported.
+Baseline and registry runs alternate ``--rounds`` times; the median rates and
+the median of the rounds' ratios are reported.
 Servers are pinned to core 0 and the load generator to core 1. Results are
 printed as a table and written to ``--out`` as JSON.
 """
@@ -58,6 +59,20 @@ def populate(server: Server, storage: str, count: int) -> None:
     asyncio.run(_register_over_http(server.url, count))
 
 
+def healthy_listing(server: Server) -> None:
+    """Refuse figures measured on answers that were not the real thing: one
+    model's listing must still hold its 10 healthy instances."""
+
+    async def check() -> None:
+        async with aiohttp.ClientSession(server.url) as http:
+            async with http.get("/api/v1/instances?model_name=model-0&healthy_only=true") as response:
+                count = (await response.json())["count"]
+        if count != 10:
+            raise SystemExit(f"model-0 has {count} healthy instances after the runs, not 10")
+
+    asyncio.run(check())
+
+
 def populate_database(storage: str, count: int) -> None:
     asyncio.run(inprocess.bulk_insert(storage, count))
 
@@ -70,8 +85,9 @@ def compare(
     env: dict[str, str],
     args: argparse.Namespace,
     prepare: Callable[[Server], None] = lambda server: None,
+    verify: Callable[[Server], None] = lambda server: None,
 ) -> dict:
-    """Alternate baseline and registry runs; medians and their ratio."""
+    """Alternate baseline and registry runs; medians, and the median ratio."""
     base_runs: list[LoadResult] = []
     reg_runs: list[LoadResult] = []
     reg = make_registry()
@@ -85,6 +101,7 @@ def compare(
         for _ in range(args.rounds):
             base_runs.append(drive(base.url, script, env, args.duration, args.connections))
             reg_runs.append(drive(reg.url, script, env, args.duration, args.connections))
+        verify(reg)
     finally:
         reg.stop()
         base.stop()
@@ -94,7 +111,10 @@ def compare(
         "scenario": name,
         "baseline_rps": round(base_rps),
         "registry_rps": round(reg_rps),
-        "ratio": round(reg_rps / base_rps, 3),
+        # The median of each round's own ratio: a round's two runs are seconds
+        # apart, so a noisy neighbour slowing the machine for a while shifts
+        # both sides of a ratio alike, where it would skew a ratio of medians.
+        "ratio": round(statistics.median(r.rps / b.rps for b, r in zip(base_runs, reg_runs)), 3),
         "registry_p99_ms": statistics.median(r.p99_ms for r in reg_runs if r.p99_ms is not None)
         if any(r.p99_ms is not None for r in reg_runs)
         else None,
@@ -121,9 +141,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (default: %(default)s)")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per run (default: %(default)s)")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="baseline/registry pairs (default: %(default)s)"
+        "--rounds", type=int, default=5, help="baseline/registry pairs (default: %(default)s)"
     )
     parser.add_argument("--connections", type=int, default=64, help="concurrent connections (default: 64)")
     parser.add_argument(
@@ -183,6 +203,7 @@ def main() -> None:
                     lists,
                     args,
                     prepare=lambda server, count=count: populate(server, "memory://", count),
+                    verify=healthy_listing,
                 )
             )
         if want("select"):
@@ -196,6 +217,7 @@ def main() -> None:
                     selects,
                     args,
                     prepare=lambda server: populate(server, "memory://", 10_000),
+                    verify=healthy_listing,
                 )
             )
         if want("register"):

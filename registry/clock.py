@@ -91,6 +91,11 @@ class ServerClock:
         self.offset = timedelta(0)
         self.synced_at: float | None = None
 
+    @property
+    def base(self) -> Clock:
+        """The clock this one shifts."""
+        return self._base
+
     def now(self) -> datetime:
         return self._base.now() + self.offset
 

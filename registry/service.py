@@ -164,7 +164,8 @@ class Registry:
             log.warning("could not read the database clock; keeping the last offset: %s", exc)
             return
         if self._server_clock.synced_at is None:
-            self._server_clock = None  # the backend has no clock of its own
+            # The backend has no clock of its own: use ours directly.
+            self._clock, self._server_clock = self._server_clock.base, None
             return
         offset = self._server_clock.offset.total_seconds()
         if abs(offset) > 1:
