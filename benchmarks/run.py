@@ -64,9 +64,9 @@ def healthy_listing(server: Server) -> None:
     model's listing must still hold its 10 healthy instances."""
 
     async def check() -> None:
-        async with aiohttp.ClientSession(server.url) as http:
-            async with http.get("/api/v1/instances?model_name=model-0&healthy_only=true") as response:
-                count = (await response.json())["count"]
+        query = "/api/v1/instances?model_name=model-0&healthy_only=true"
+        async with aiohttp.ClientSession(server.url) as http, http.get(query) as response:
+            count = (await response.json())["count"]
         if count != 10:
             raise SystemExit(f"model-0 has {count} healthy instances after the runs, not 10")
 
@@ -114,7 +114,7 @@ def compare(
         # The median of each round's own ratio: a round's two runs are seconds
         # apart, so a noisy neighbour slowing the machine for a while shifts
         # both sides of a ratio alike, where it would skew a ratio of medians.
-        "ratio": round(statistics.median(r.rps / b.rps for b, r in zip(base_runs, reg_runs)), 3),
+        "ratio": round(statistics.median(r.rps / b.rps for b, r in zip(base_runs, reg_runs, strict=True)), 3),
         "registry_p99_ms": statistics.median(r.p99_ms for r in reg_runs if r.p99_ms is not None)
         if any(r.p99_ms is not None for r in reg_runs)
         else None,
