@@ -43,7 +43,7 @@ async def read_object(request: web.Request) -> dict[str, Any]:
             f"the body must be JSON sent with Content-Type: application/json, not {request.content_type!r}",
         )
     body = await request.read()
-    if not body.strip():
+    if not body or body.isspace():
         raise ApiError(400, "malformed_json", "the request body is empty; send a JSON object")
     try:
         data = orjson.loads(body)
