@@ -38,6 +38,7 @@ def create_app(
                 heartbeat_interval=settings.heartbeat_interval,
                 heartbeat_timeout=settings.heartbeat_timeout,
                 evict_after=settings.evict_after,
+                watch_history=settings.watch_history,
                 clock=clock,
                 rng=rng,
             ) as registry,

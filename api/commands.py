@@ -77,6 +77,12 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
 
     select = commands.add_parser("select", parents=[common], help="pick one healthy instance of a model")
     select.add_argument("model_name")
+    select.add_argument(
+        "--strategy",
+        default="weighted",
+        choices=("weighted", "round_robin", "least_load"),
+        help="how to pick (default: weighted)",
+    )
 
 
 def _call(client: RegistryClient, args: argparse.Namespace) -> Any:
@@ -86,7 +92,7 @@ def _call(client: RegistryClient, args: argparse.Namespace) -> Any:
     if command == "models":
         return client.list_models()
     if command == "select":
-        return [client.select(args.model_name)]
+        return [client.select(args.model_name, args.strategy)]
     if command == "deregister":
         key = InstanceKey(args.model_name, args.host, args.port)
         return [client.deregister(key, purge=args.purge)]

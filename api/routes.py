@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import views
+from . import views, watch
 from .errors import guard, unrouted
 from .keys import Lifecycle
 
@@ -17,6 +17,7 @@ ROUTES = [
     ("POST", "/api/v1/heartbeat", views.heartbeat),
     ("GET", "/api/v1/models", views.models),
     ("GET", "/api/v1/select", views.select),
+    ("GET", "/api/v1/watch", watch.watch),
     ("GET", "/health", views.health),
 ]
 

@@ -30,7 +30,7 @@ from registry.settings import Settings
 from storage import redact
 
 from .app import create_app
-from .keys import LIFECYCLE
+from .keys import LIFECYCLE, REGISTRY
 
 __all__ = ["StartupError", "serve"]
 
@@ -92,6 +92,7 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
         await stop.wait()
         lifecycle = app[LIFECYCLE]
         lifecycle.draining = True
+        app[REGISTRY].feed.close()  # watchers and long-polls answer now, not at the timeout
         log.info(
             "shutting down", extra={"in_flight": lifecycle.in_flight, "timeout_s": settings.shutdown_timeout}
         )

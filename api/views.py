@@ -6,8 +6,8 @@ from aiohttp import web
 
 from registry.validation import key_from
 
-from .keys import LIFECYCLE, REGISTRY
-from .params import model_name_param, query_flag
+from .keys import LIFECYCLE, REGISTRY, SETTINGS
+from .params import duration_param, model_name_param, query_flag, revision_param, strategy_param
 from .problem import ApiError
 from .responses import json_response, read_object
 
@@ -28,20 +28,49 @@ async def deregister(request: web.Request) -> web.Response:
     return json_response(await request.app[REGISTRY].deregister(key, purge=purge))
 
 
+#: The response header that carries the registry's revision (for ``?index=``).
+INDEX_HEADER = "X-Registry-Index"
+
+
 async def list_instances(request: web.Request) -> web.Response:
     model_name = model_name_param(request, required=False)
     healthy_only = query_flag(request, "healthy_only")
-    found = await request.app[REGISTRY].instances(model_name, healthy_only)
-    return json_response({"instances": found, "count": len(found)})
+    registry = request.app[REGISTRY]
+    await _long_poll(request, model_name)
+    revision = registry.revision  # read first: a change during the read is then not missed
+    found = await registry.instances(model_name, healthy_only)
+    return json_response({"instances": found, "count": len(found)}, headers={INDEX_HEADER: str(revision)})
 
 
 async def models(request: web.Request) -> web.Response:
-    return json_response({"models": await request.app[REGISTRY].models()})
+    registry = request.app[REGISTRY]
+    await _long_poll(request, None)
+    revision = registry.revision
+    return json_response({"models": await registry.models()}, headers={INDEX_HEADER: str(revision)})
+
+
+async def _long_poll(request: web.Request, model_name: str | None) -> None:
+    """With ``?index=N``, wait (up to ``wait``, default 5 min, or --max-wait)
+    until something after revision N changes, as Consul's blocking queries do."""
+    max_wait = request.app[SETTINGS].max_wait
+    index = revision_param(request, "index")
+    wait = duration_param(request, "wait", limit=max_wait)
+    if index is None:
+        if wait is not None:
+            raise ApiError(
+                422,
+                "invalid_input",
+                "wait: only means something with index=N (the X-Registry-Index of your last answer)",
+                field="wait",
+            )
+        return
+    await request.app[REGISTRY].wait_for_change(index, model_name, max_wait if wait is None else wait)
 
 
 async def select(request: web.Request) -> web.Response:
     model_name = model_name_param(request, required=True)
-    return json_response(await request.app[REGISTRY].select(model_name))
+    strategy = strategy_param(request)
+    return json_response(await request.app[REGISTRY].select(model_name, strategy))
 
 
 async def health(request: web.Request) -> web.Response:

@@ -22,6 +22,8 @@ from storage import InstanceKey, ModelInstance, ModelSummary, Storage, StorageUn
 
 from .clock import Clock, ServerClock, SystemClock
 from .errors import InstanceNotFound, NoHealthyInstance
+from .events import Change, Feed
+from .selection import DEFAULT_STRATEGY, Selector
 from .validation import heartbeat_from, instance_from, is_queue_length, known_key
 
 __all__ = ["CheckResult", "Registry", "check_timing"]
@@ -85,6 +87,7 @@ class Registry:
         rng: random.Random | None = None,
         checker: bool = True,
         server_clock: bool | None = None,
+        watch_history: int = 10_000,
     ) -> None:
         """``checker=False`` leaves sweeping to whoever calls ``check_once``
         (tests, or a replica that must not sweep).
@@ -92,6 +95,9 @@ class Registry:
         ``server_clock``: follow the storage server's clock when the backend has
         one (PostgreSQL shared by replicas). Defaults to yes unless a ``clock``
         is injected, which is then taken as it is.
+
+        ``watch_history``: how many recent changes ``feed`` keeps for watchers
+        that resume.
         """
         check_timing(heartbeat_interval, heartbeat_timeout, evict_after)
         self.storage = storage
@@ -102,13 +108,15 @@ class Registry:
         follow_server = clock is None if server_clock is None else server_clock
         self._server_clock = ServerClock(base) if follow_server else None
         self._clock: Clock = self._server_clock or base
-        self._rng = rng or random.Random()
+        self._selector = Selector(rng or random.Random())
         self._run_checker_task = checker
         self._started_at: float | None = None
         # Monotonic time of the last storage failure seen: the checker holds
         # back for one timeout after it, as after a start.
         self._outage_at: float | None = None
         self._checker: asyncio.Task[None] | None = None
+        #: Every change to membership and health, for watchers (see ``events``).
+        self.feed = Feed(watch_history)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -183,6 +191,7 @@ class Registry:
             stored, created = await self.storage.upsert(record)
         if created:
             log.info("instance registered", extra=_fields(stored.key))
+        self.feed.publish(Change.REGISTERED if created else Change.UPDATED, stored)
         return stored, created
 
     async def heartbeat(
@@ -208,7 +217,7 @@ class Registry:
                     self._outage_at = self._clock.monotonic()
                     raise
                 if touched is not None:
-                    return touched
+                    return self._beaten(*touched)
             unknown, queue_length = heartbeat_from(instance)
         else:
             unknown = instance_from(instance)
@@ -219,15 +228,22 @@ class Registry:
             with self._noting_outages():
                 touched = await self.storage.touch(key, self._clock.now(), queue_length)
             if touched is not None:
-                return touched
+                return self._beaten(*touched)
             record = self._fresh(unknown)
             record.queue_length = queue_length
             with self._noting_outages():
                 inserted = await self.storage.insert(record)
             if inserted is not None:
                 log.info("instance registered by its heartbeat", extra=_fields(key))
+                self.feed.publish(Change.REGISTERED, inserted)
                 return inserted
         raise StorageUnavailable(f"instance {key} kept changing under concurrent writes; retry")
+
+    def _beaten(self, record: ModelInstance, revived: bool) -> ModelInstance:
+        if revived:
+            log.info("instance healthy again: it beats", extra=_fields(record.key))
+            self.feed.publish(Change.HEALTHY, record)
+        return record
 
     async def deregister(self, key: InstanceKey, *, purge: bool = False) -> ModelInstance:
         """Mark an instance unhealthy and keep it, or delete it with ``purge``.
@@ -241,6 +257,7 @@ class Registry:
         if record is None:
             raise InstanceNotFound(key)
         log.info("instance purged" if purge else "instance deregistered", extra=_fields(key))
+        self.feed.publish(Change.DEREGISTERED, record)
         return record
 
     def _fresh(self, instance: ModelInstance) -> ModelInstance:
@@ -262,20 +279,27 @@ class Registry:
     ) -> list[ModelInstance]:
         return await self.storage.list(model_name, healthy_only)
 
+    @property
+    def revision(self) -> int:
+        """The revision of the last change (see ``events``)."""
+        return self.feed.revision
+
+    async def wait_for_change(self, after: int, model_name: str | None, timeout: float) -> None:
+        """Block until there is a change after revision ``after`` (of one model,
+        or any), for at most ``timeout`` seconds: a long-poll."""
+        await self.feed.wait(after, model_name, timeout)
+
     async def models(self) -> list[ModelSummary]:
         return await self.storage.summarize()
 
-    async def select(self, model_name: str) -> ModelInstance:
-        """One healthy, enabled instance of the model, picked at random in
-        proportion to ``weight``; weight 0 is never picked."""
-        candidates = [
-            i for i in await self.storage.list(model_name, healthy_only=True) if i.enabled and i.weight > 0
-        ]
-        if not candidates:
+    async def select(self, model_name: str, strategy: str = DEFAULT_STRATEGY) -> ModelInstance:
+        """One healthy, enabled instance of the model with a weight above 0,
+        picked by ``strategy`` (see ``selection``; ``ValueError`` if unknown):
+        weighted random, round robin or least load."""
+        picked = self._selector.pick(await self.storage.list(model_name, healthy_only=True), strategy)
+        if picked is None:
             raise NoHealthyInstance(model_name)
-        heaviest = max(i.weight for i in candidates)
-        # Scaled to at most 1 so that a sum of huge weights cannot overflow.
-        return self._rng.choices(candidates, [i.weight / heaviest for i in candidates])[0]
+        return picked
 
     async def health(self) -> dict[str, Any]:
         """What ``/health`` reports; raises ``StorageUnavailable`` when storage is away."""
@@ -310,6 +334,7 @@ class Registry:
                 "instance marked unhealthy: no heartbeat within the timeout",
                 extra={**_fields(record.key), "timeout_s": self.heartbeat_timeout},
             )
+            self.feed.publish(Change.UNHEALTHY, record)
         evicted: list[ModelInstance] = []
         if self.evict_after > 0:
             with self._noting_outages():
@@ -319,6 +344,7 @@ class Registry:
                     "instance evicted: unhealthy for longer than evict-after",
                     extra={**_fields(record.key), "evict_after_s": self.evict_after},
                 )
+                self.feed.publish(Change.EVICTED, record)
         return CheckResult(expired, evicted)
 
     async def _run_checker(self) -> None:

@@ -52,6 +52,18 @@ class Settings(BaseSettings):
     request_timeout: float = Field(
         10.0, gt=0, description="seconds a storage operation may take before the request is answered 503"
     )
+    watch_history: int = Field(
+        10_000, ge=1, description="recent changes kept so that watchers can resume (?since=) without a resync"
+    )
+    watch_queue: int = Field(
+        1_000, ge=1, description="events a watcher may fall behind before it is disconnected (close 1013)"
+    )
+    watch_ping_interval: float = Field(
+        30.0, gt=0, description="seconds between pings to watchers; one unanswered for half that closes"
+    )
+    max_wait: float = Field(
+        300.0, gt=0, description="the longest a long-poll (?index=N&wait=) may block, in seconds"
+    )
     db_pool_size: int = Field(10, ge=1, description="PostgreSQL: connections kept open per process")
     db_max_overflow: int = Field(10, ge=0, description="PostgreSQL: extra connections opened under load")
     db_pool_timeout: float = Field(

@@ -76,11 +76,14 @@ class Storage(abc.ABC):
         when a record with that key already exists (which is left untouched)."""
 
     @abc.abstractmethod
-    async def touch(self, key: InstanceKey, now: datetime, queue_length: int | None) -> ModelInstance | None:
+    async def touch(
+        self, key: InstanceKey, now: datetime, queue_length: int | None
+    ) -> tuple[ModelInstance, bool] | None:
         """Record a heartbeat: ``last_heartbeat = now``, ``healthy = True``,
         ``unhealthy_since = None``, and ``queue_length`` when it is not ``None``.
 
-        Returns the updated record, or ``None`` when the key is unknown.
+        Returns the updated record and whether the beat revived it (it was
+        unhealthy before), or ``None`` when the key is unknown.
         """
 
     @abc.abstractmethod

@@ -29,9 +29,10 @@ class MemoryStorage(IndexReads, Storage):
     async def insert(self, record: ModelInstance) -> ModelInstance | None:
         return self._index.insert(record)
 
-    async def touch(self, key: InstanceKey, now: datetime, queue_length: int | None) -> ModelInstance | None:
-        touched = self._index.touch(key, now, queue_length)
-        return None if touched is None else touched[0]
+    async def touch(
+        self, key: InstanceKey, now: datetime, queue_length: int | None
+    ) -> tuple[ModelInstance, bool] | None:
+        return self._index.touch(key, now, queue_length)
 
     async def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
         return self._index.mark_unhealthy(key, now)

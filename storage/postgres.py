@@ -100,21 +100,25 @@ class PostgresStorage(SQLStorage):
 
     # -- heartbeats: behind, when they change nothing ---------------------------
 
-    async def touch(self, key: InstanceKey, now: datetime, queue_length: int | None) -> ModelInstance | None:
+    async def touch(
+        self, key: InstanceKey, now: datetime, queue_length: int | None
+    ) -> tuple[ModelInstance, bool] | None:
         known = self._known.get(key)
         if known is not None and known.healthy and not self._degraded:
             known.last_heartbeat = now
             if queue_length is not None:
                 known.queue_length = queue_length
             self._pending[key] = known
-            return clone(known)
+            return clone(known), False
         try:
             touched = await super().touch(key, now, queue_length)
         except StorageUnavailable:
             self._degraded = True
             raise
         self._degraded = False
-        return self._remember(touched)
+        if touched is not None:
+            self._remember(touched[0])
+        return touched
 
     async def flush(self) -> int:
         """Write the pending heartbeats now; returns how many."""

@@ -212,11 +212,20 @@ class SQLStorage(Storage):
             row = (await conn.execute(statement)).first()
         return None if row is None else _record(row)
 
-    async def touch(self, key: InstanceKey, now: datetime, queue_length: int | None) -> ModelInstance | None:
+    async def touch(
+        self, key: InstanceKey, now: datetime, queue_length: int | None
+    ) -> tuple[ModelInstance, bool] | None:
         values: dict[str, Any] = {"last_heartbeat": now, "healthy": True, "unhealthy_since": None}
         if queue_length is not None:
             values["queue_length"] = queue_length
-        return await self._update_one("record a heartbeat", key, values)
+        async with self._write("record a heartbeat") as conn:
+            # The row lock makes "was it healthy" and the update one step.
+            was_healthy = await conn.scalar(select(_t.c.healthy).where(_where_key(key)).with_for_update())
+            if was_healthy is None:
+                return None
+            statement = update(_t).where(_where_key(key)).values(values).returning(*_t.c)
+            row = (await conn.execute(statement)).one()
+        return _record(row), not was_healthy
 
     async def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
         since = case((_t.c.healthy == true(), now), else_=func.coalesce(_t.c.unhealthy_since, now))

@@ -61,7 +61,9 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
             await self._commit([stored.key])
         return stored
 
-    async def touch(self, key: InstanceKey, now: datetime, queue_length: int | None) -> ModelInstance | None:
+    async def touch(
+        self, key: InstanceKey, now: datetime, queue_length: int | None
+    ) -> tuple[ModelInstance, bool] | None:
         touched = self._index.touch(key, now, queue_length)
         if touched is None:
             return None
@@ -72,7 +74,7 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
             await self._commit([key])
         else:
             self._journal.later(key)  # type: ignore[union-attr]
-        return record
+        return record, revived
 
     async def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
         record = self._index.mark_unhealthy(key, now)

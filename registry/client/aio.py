@@ -116,9 +116,10 @@ class AsyncRegistryClient:
         answer = await self._transport.request("GET", f"{_V1}/models")
         return [ModelSummary(**item) for item in answer["models"]]
 
-    async def select(self, model_name: str) -> ModelInstance:
-        answer = await self._transport.request("GET", f"{_V1}/select", params={"model_name": model_name})
-        return record_from(answer)
+    async def select(self, model_name: str, strategy: str = "weighted") -> ModelInstance:
+        """One healthy instance, picked by ``strategy``: weighted, round_robin or least_load."""
+        params = {"model_name": model_name, "strategy": strategy}
+        return record_from(await self._transport.request("GET", f"{_V1}/select", params=params))
 
     async def health(self) -> dict[str, Any]:
         return await self._transport.request("GET", "/health")

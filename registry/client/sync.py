@@ -104,8 +104,8 @@ class RegistryClient:
     def list_models(self) -> list[ModelSummary]:
         return self.run(self._aio.list_models())
 
-    def select(self, model_name: str) -> ModelInstance:
-        return self.run(self._aio.select(model_name))
+    def select(self, model_name: str, strategy: str = "weighted") -> ModelInstance:
+        return self.run(self._aio.select(model_name, strategy))
 
     def health(self) -> dict[str, Any]:
         return self.run(self._aio.health())

@@ -165,3 +165,26 @@ async def test_a_full_heartbeat_re_registers_a_lost_instance_as_described(client
     changed = {**full, "weight": 9, "metadata": {}, "queue_length": 5}
     beaten = await (await client.post("/api/v1/heartbeat", json=changed)).json()
     assert beaten["weight"] == 4.0 and beaten["metadata"] == {"gpu": "h100"} and beaten["queue_length"] == 5
+
+
+async def test_select_strategies_over_http(client: TestClient) -> None:
+    for port, load in ((8001, 5), (8002, 0), (8003, 9)):
+        await client.post("/api/v1/heartbeat", json=body(port=port, queue_length=load))
+    for _ in range(5):  # no inflation: the least loaded stays the least loaded
+        picked = await (
+            await client.get("/api/v1/select", params={"model_name": LLAMA, "strategy": "least_load"})
+        ).json()
+        assert picked["port"] == 8002 and picked["queue_length"] == 0
+    rotation = [
+        (
+            await (
+                await client.get("/api/v1/select", params={"model_name": LLAMA, "strategy": "round-robin"})
+            ).json()
+        )["port"]
+        for _ in range(6)
+    ]
+    assert sorted(rotation[:3]) == [8001, 8002, 8003] and rotation[3:] == rotation[:3]
+    bad = await client.get("/api/v1/select", params={"model_name": LLAMA, "strategy": "fastest"})
+    assert bad.status == 422
+    problem = await bad.json()
+    assert problem["field"] == "strategy" and "round_robin" in problem["detail"]

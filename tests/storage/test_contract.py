@@ -59,11 +59,11 @@ async def test_insert_only_when_absent(storage: Storage) -> None:
 async def test_touch_records_a_heartbeat(storage: Storage) -> None:
     await storage.upsert(record(healthy=False, unhealthy_since=T0, queue_length=4))
     later = T0 + timedelta(seconds=10)
-    touched = await storage.touch(InstanceKey("m", "10.0.0.1", 8000), later, None)
-    assert touched.healthy and touched.last_heartbeat == later
+    touched, revived = await storage.touch(InstanceKey("m", "10.0.0.1", 8000), later, None)
+    assert revived and touched.healthy and touched.last_heartbeat == later
     assert touched.unhealthy_since is None and touched.queue_length == 4
-    touched = await storage.touch(touched.key, later, 0)
-    assert touched.queue_length == 0
+    touched, revived = await storage.touch(touched.key, later, 0)
+    assert not revived and touched.queue_length == 0
     assert await storage.touch(InstanceKey("m", "10.0.0.1", 1), later, None) is None
 
 

@@ -1,0 +1,137 @@
+"""``GET /api/v1/watch``: the registry's changes over a WebSocket.
+
+The protocol, one JSON text message each:
+
+- first ``{"type": "snapshot", "revision": R, "instances": [...]}``: the
+  matching instances as of revision R;
+- or, with ``?since=S``, the events after S, one by one; or, when the history
+  no longer reaches back to S, ``{"type": "resync", ...}`` shaped like a
+  snapshot;
+- then one ``{"type": <change>, "revision": r, "instance": {...}}`` per change,
+  with strictly increasing revisions (see ``registry.events.Change``).
+
+Close codes: 1008 for bad parameters (the reason says which), 1013 for a
+watcher that fell more than ``--watch-queue`` events behind, 1001 when the
+registry shuts down. The server pings every ``--watch-ping-interval`` seconds
+and closes a connection whose pong does not come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+
+from registry import Registry
+from registry.events import Closed, Event, Overflow, Watcher
+
+from .keys import REGISTRY, SETTINGS
+from .params import model_name_param, revision_param
+from .problem import ApiError
+from .responses import dumps
+
+__all__ = ["watch"]
+
+#: A close reason must fit a control frame (125 bytes, 2 of them the code).
+_MAX_REASON = 123
+
+#: Seconds a closing handshake may take before the connection is dropped
+#: (a stalled client cannot hold a watcher's memory for longer).
+_CLOSE_TIMEOUT = 2.0
+
+
+async def watch(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    ws = web.WebSocketResponse(heartbeat=settings.watch_ping_interval, timeout=_CLOSE_TIMEOUT)
+    if not ws.can_prepare(request).ok:
+        raise ApiError(
+            400,
+            "websocket_required",
+            "GET /api/v1/watch is a WebSocket: connect with a WebSocket client, "
+            "or long-poll GET /api/v1/instances?index=N&wait=30s",
+        )
+    await ws.prepare(request)
+    try:
+        model_name = model_name_param(request, required=False)
+        since = revision_param(request, "since")
+    except ApiError as exc:
+        await _close(ws, WSCloseCode.POLICY_VIOLATION, exc.detail)
+        return ws
+    registry = request.app[REGISTRY]
+    with registry.feed.watch(model_name, settings.watch_queue) as watcher:
+        session = _Session(ws, registry, watcher)
+        sender = asyncio.create_task(session.run(since))
+        # A sender stuck writing to a stalled socket never sees the overflow itself.
+        watcher.on_overflow = lambda: None if session.closing else sender.cancel()
+        try:
+            async for _ in ws:  # reading lets aiohttp answer pings and see the client close
+                pass
+        finally:
+            if not session.closing:
+                sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+    return ws
+
+
+class _Session:
+    def __init__(self, ws: web.WebSocketResponse, registry: Registry, watcher: Watcher) -> None:
+        self.ws, self.registry, self.watcher = ws, registry, watcher
+        self.closing = False
+        self.last = 0
+
+    async def run(self, since: int | None) -> None:
+        try:
+            await self._start(since)
+            while True:
+                event = await self.watcher.next()
+                if event.revision > self.last:  # else already in the snapshot's or the history's range
+                    await self._send_event(event)
+        except Overflow:
+            await self._overflowed()
+        except asyncio.CancelledError:
+            if not self.watcher.overflowed:
+                raise  # the client went away
+            await self._overflowed()
+        except Closed:
+            await self._close(
+                WSCloseCode.GOING_AWAY, f"registry shutting down; reconnect with since={self.last}"
+            )
+        except ConnectionResetError:
+            pass  # the client went away mid-write
+
+    async def _start(self, since: int | None) -> None:
+        """The snapshot, or the history after ``since``, or a resync."""
+        feed = self.registry.feed
+        self.last = feed.revision  # before the read: a change during it comes again as an event
+        history = None if since is None else feed.since(since, self.watcher.model_name)
+        if history is None:
+            instances = await self.registry.instances(self.watcher.model_name)
+            kind = "snapshot" if since is None else "resync"
+            await self._send({"type": kind, "revision": self.last, "instances": instances})
+            return
+        self.last = since  # type: ignore[assignment]
+        for event in history:
+            await self._send_event(event)
+
+    async def _send_event(self, event: Event) -> None:
+        await self._send({"type": event.type.value, "revision": event.revision, "instance": event.instance})
+        self.last = event.revision
+
+    async def _send(self, data: dict[str, Any]) -> None:
+        await self.ws.send_str(dumps(data).decode())
+
+    async def _overflowed(self) -> None:
+        reason = f"too slow: over {self.watcher.limit} events behind; reconnect with since={self.last}"
+        await self._close(WSCloseCode.TRY_AGAIN_LATER, reason)
+
+    async def _close(self, code: int, reason: str) -> None:
+        self.closing = True
+        await _close(self.ws, code, reason)
+
+
+async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
+    with contextlib.suppress(TimeoutError, ConnectionResetError):
+        await ws.close(code=code, message=reason.encode()[:_MAX_REASON])

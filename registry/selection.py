@@ -1,0 +1,142 @@
+"""Which instance of a model serves the next request: selection strategies.
+
+Pure, synchronous code: the registry lists a model's healthy instances and
+hands them to ``Selector.pick``. Only enabled instances with a positive weight
+(and, defensively, not marked unhealthy) are eligible; with none, ``pick``
+returns ``None`` and the caller decides what that means.
+
+weighted (the default)
+    Random, with probability proportional to ``weight``. Stateless.
+round_robin
+    Smooth weighted round robin, nginx's algorithm: on each pick every
+    eligible instance's ``current`` grows by its weight, the highest
+    ``current`` is picked (ties go to the lowest key) and loses the total
+    weight. Heavy instances are interleaved with light ones instead of being
+    picked in bursts; with equal weights it is a plain rotation in key order.
+    The counters are the only state a ``Selector`` keeps: per model, one per
+    instance eligible at that model's last pick, so vanished instances are
+    forgotten and new ones start at 0; a pick that finds none eligible
+    forgets the model.
+least_load
+    The lowest ``queue_length / weight``; an instance that never reported a
+    load counts as 0, so a fresh instance receives traffic. Ties are broken
+    at random.
+
+Why least_load changes nothing: FastChat's shortest-queue dispatch adds one
+to the chosen worker's queue length on every pick, a guess at load the
+controller cannot see, so that two requests between heartbeats do not go to
+the same worker. The guess only grows until the next heartbeat overwrites it,
+is wrong as soon as a request finishes, is private to one replica when several
+share a database, and turns every read into a write. Here a pick reads only
+what the instances reported: two picks between heartbeats see the same loads,
+and random tie-breaking is what spreads them.
+
+Weights are divided by a power of two near the largest one before any sum,
+so huge weights cannot overflow and the ratios of whole-number weights stay
+exact (which keeps round robin's ties, and so its order, exact).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from operator import attrgetter
+
+from storage import InstanceKey, ModelInstance
+
+__all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "Selector", "parse_strategy"]
+
+STRATEGIES: tuple[str, ...] = ("weighted", "round_robin", "least_load")
+DEFAULT_STRATEGY = "weighted"
+
+
+def parse_strategy(value: str) -> str:
+    """The canonical name of a strategy, from any case and with ``-`` for ``_``.
+
+    Raises ``ValueError`` naming the valid strategies.
+    """
+    name = value.strip().lower().replace("-", "_")
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {value!r}: use one of {', '.join(STRATEGIES)}")
+    return name
+
+
+class Selector:
+    """Picks one instance of a model by a strategy.
+
+    Holds round robin's counters, so keep one ``Selector`` per registry (not
+    per request). Not thread-safe: meant for one event loop.
+    """
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng if rng is not None else random.Random()
+        self._current: dict[str, dict[InstanceKey, float]] = {}
+
+    def pick(
+        self, candidates: Sequence[ModelInstance], strategy: str = DEFAULT_STRATEGY
+    ) -> ModelInstance | None:
+        """One of ``candidates`` (all of one model), or None when none is eligible.
+
+        ``strategy`` is read by ``parse_strategy``. Raises ``ValueError`` for an
+        unknown strategy or candidates of more than one model. Never changes
+        the candidates.
+        """
+        name = parse_strategy(strategy)
+        model = _model_of(candidates)
+        eligible = _eligible(candidates)
+        if name == "round_robin":
+            return self._round_robin(model, eligible)
+        if not eligible:
+            return None
+        if name == "weighted":
+            return self._rng.choices(eligible, _scaled_weights(eligible))[0]
+        return self._least_load(eligible)
+
+    def _round_robin(self, model: str | None, eligible: list[ModelInstance]) -> ModelInstance | None:
+        if not eligible:
+            if model is not None:
+                self._current.pop(model, None)
+            return None
+        model = eligible[0].model_name
+        weights = _scaled_weights(eligible)
+        previous = self._current.get(model, {})
+        # Rebuilt from the eligible instances only: the vanished are dropped.
+        current = {i.key: previous.get(i.key, 0.0) + w for i, w in zip(eligible, weights, strict=True)}
+        # ``eligible`` is in key order and max() keeps the first of equals.
+        chosen = max(eligible, key=lambda i: current[i.key])
+        current[chosen.key] -= math.fsum(weights)
+        self._current[model] = current
+        return chosen
+
+    def _least_load(self, eligible: list[ModelInstance]) -> ModelInstance:
+        loads = [_load(i) for i in eligible]
+        lowest = min(loads)
+        return self._rng.choice([i for i, load in zip(eligible, loads, strict=True) if load == lowest])
+
+
+def _model_of(candidates: Sequence[ModelInstance]) -> str | None:
+    models = {c.model_name for c in candidates}
+    if len(models) > 1:
+        raise ValueError(f"candidates of one model expected, got {', '.join(sorted(map(repr, models)))}")
+    return next(iter(models), None)
+
+
+def _eligible(candidates: Sequence[ModelInstance]) -> list[ModelInstance]:
+    """The instances a strategy may pick, in key order (so a seed replays the same picks)."""
+    return sorted((c for c in candidates if c.enabled and c.healthy and c.weight > 0), key=attrgetter("key"))
+
+
+def _scaled_weights(instances: Sequence[ModelInstance]) -> list[float]:
+    """The weights divided by the power of two just above the largest.
+
+    Each is then below 1, so their sum is below ``len(instances)``; dividing by
+    a power of two is exact, so the ratios are unchanged (barring underflow of
+    weights some 2**1000 times lighter than the heaviest).
+    """
+    _, exponent = math.frexp(max(i.weight for i in instances))
+    return [math.ldexp(i.weight, -exponent) for i in instances]
+
+
+def _load(instance: ModelInstance) -> float:
+    return (instance.queue_length or 0) / instance.weight

@@ -1,0 +1,231 @@
+"""Watching over a WebSocket, and long-polling the lists, against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestClient
+
+from api import create_app
+from api.keys import REGISTRY
+from registry import ManualClock
+from registry.settings import Settings
+
+WATCH = "/api/v1/watch"
+INSTANCES = "/api/v1/instances"
+
+
+def body(model: str = "m", port: int = 8000, **fields) -> dict:
+    return {"model_name": model, "host": "10.0.0.1", "port": port, **fields}
+
+
+async def next_json(ws: aiohttp.ClientWebSocketResponse) -> dict:
+    message = await asyncio.wait_for(ws.receive(), 5)
+    assert message.type is WSMsgType.TEXT, message
+    return message.json()
+
+
+async def closed(ws: aiohttp.ClientWebSocketResponse) -> tuple[int, str]:
+    """Read until the server closes; its code and reason."""
+    while True:
+        message = await asyncio.wait_for(ws.receive(), 5)
+        if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            return ws.close_code, message.extra or ""
+
+
+async def test_snapshot_then_every_change_in_order(client: TestClient, clock: ManualClock) -> None:
+    # The checker runs in the background on the injected clock (interval 5 s, timeout 30 s).
+    await client.post(INSTANCES, json=body(port=8001))
+    async with client.ws_connect(WATCH) as ws:
+        snapshot = await next_json(ws)
+        assert snapshot["type"] == "snapshot" and len(snapshot["instances"]) == 1
+        await client.post(INSTANCES, json=body(port=8002))
+        await client.post(INSTANCES, json=body(port=8002, weight=2))
+        clock.advance(20)
+        await client.post("/api/v1/heartbeat", json=body(port=8002))  # changes nothing: no event
+        clock.advance(11)  # 8001 has been silent past the timeout
+        await client.post("/api/v1/heartbeat", json=body(port=8001))
+        await client.delete(INSTANCES, params={"model_name": "m", "host": "10.0.0.1", "port": "8002"})
+        clock.advance(601)  # 8001 silent again; 8002 unhealthy past evict-after
+        seen = [await next_json(ws) for _ in range(7)]
+    assert [(m["type"], m["instance"]["port"]) for m in seen] == [
+        ("registered", 8002),
+        ("updated", 8002),
+        ("unhealthy", 8001),
+        ("healthy", 8001),
+        ("deregistered", 8002),
+        ("unhealthy", 8001),
+        ("evicted", 8002),
+    ]
+    revisions = [snapshot["revision"]] + [m["revision"] for m in seen]
+    assert revisions == list(range(revisions[0], revisions[0] + 8))
+    assert seen[1]["instance"]["weight"] == 2.0 and seen[2]["instance"]["healthy"] is False
+
+
+@pytest.fixture(params=["memory"])
+def storage_url(request: pytest.FixtureRequest) -> str:
+    return "memory://"
+
+
+async def test_watch_filtered_by_model(client: TestClient) -> None:
+    async with client.ws_connect(WATCH, params={"model_name": "a"}) as ws:
+        assert (await next_json(ws))["instances"] == []
+        await client.post(INSTANCES, json=body("b"))
+        await client.post(INSTANCES, json=body("a"))
+        event = await next_json(ws)
+    assert event["type"] == "registered" and event["instance"]["model_name"] == "a"
+
+
+async def test_resume_delivers_only_what_was_missed(client: TestClient) -> None:
+    async with client.ws_connect(WATCH) as ws:
+        start = (await next_json(ws))["revision"]
+    await client.post(INSTANCES, json=body(port=8001))
+    await client.post(INSTANCES, json=body(port=8002))
+    async with client.ws_connect(WATCH, params={"since": str(start)}) as ws:
+        missed = [await next_json(ws), await next_json(ws)]
+        await client.post(INSTANCES, json=body(port=8003))
+        live = await next_json(ws)
+    assert [m["type"] for m in missed] == ["registered", "registered"]
+    assert [m["revision"] for m in missed + [live]] == [start + 1, start + 2, start + 3]
+
+
+@pytest.fixture
+def settings(storage_url: str) -> Settings:
+    return Settings(
+        storage=storage_url, heartbeat_interval=5, heartbeat_timeout=30, watch_history=2, watch_queue=5
+    )
+
+
+async def test_resume_past_the_kept_history_gets_a_resync(client: TestClient) -> None:
+    async with client.ws_connect(WATCH) as ws:
+        start = (await next_json(ws))["revision"]
+    for port in range(8001, 8006):
+        await client.post(INSTANCES, json=body(port=port))
+    for since in (start, start + 10_000):  # too old, and not one this server handed out
+        async with client.ws_connect(WATCH, params={"since": str(since)}) as ws:
+            resync = await next_json(ws)
+        assert resync["type"] == "resync" and resync["revision"] == start + 5
+        assert len(resync["instances"]) == 5
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [({"since": "yesterday"}, "since"), ({"since": "-1"}, "since"), ({"model_name": ""}, "model_name")],
+)
+async def test_bad_parameters_close_with_1008_and_say_why(
+    client: TestClient, params: dict, named: str
+) -> None:
+    async with client.ws_connect(WATCH, params=params) as ws:
+        code, reason = await closed(ws)
+    assert code == 1008 and reason.startswith(named)
+
+
+async def test_plain_get_of_the_watch_endpoint_is_a_clear_400(client: TestClient) -> None:
+    response = await client.get(WATCH)
+    assert response.status == 400
+    assert (await response.json())["error"] == "websocket_required"
+
+
+async def test_a_consumer_too_slow_to_keep_up_is_cut_off(client: TestClient) -> None:
+    registry = client.app[REGISTRY]
+    async with client.ws_connect(WATCH) as ws:
+        snapshot = await next_json(ws)
+        # A burst that the sender has no chance to forward: the queue holds 5.
+        for port in range(8001, 8101):
+            await registry.register(body(port=port))
+        assert registry.feed.watchers == 1
+        code, reason = await closed(ws)
+    assert code == 1013 and "too slow" in reason and f"since={snapshot['revision']}" in reason
+    for _ in range(100):
+        if registry.feed.watchers == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert registry.feed.watchers == 0  # and its queue with it
+
+
+async def test_closing_the_feed_closes_watchers_with_going_away(client: TestClient) -> None:
+    async with client.ws_connect(WATCH) as ws:
+        await next_json(ws)
+        client.app[REGISTRY].feed.close()
+        code, reason = await closed(ws)
+    assert code == 1001 and "shutting down" in reason
+
+
+async def test_idle_watchers_are_pinged(
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient]], clock: ManualClock
+) -> None:
+    settings = Settings(storage="memory://", watch_ping_interval=0.05)
+    client = await aiohttp_client(create_app(settings, clock=clock))
+    async with client.ws_connect(WATCH, autoping=False) as ws:
+        await next_json(ws)
+        message = await asyncio.wait_for(ws.receive(), 5)
+    assert message.type is WSMsgType.PING
+
+
+# -- long-poll -----------------------------------------------------------------
+
+
+async def test_lists_carry_the_revision_and_long_poll_wakes_on_a_change(client: TestClient) -> None:
+    first = await client.get(INSTANCES, params={"model_name": "m"})
+    index = int(first.headers["X-Registry-Index"])
+    models = await client.get("/api/v1/models")
+    assert int(models.headers["X-Registry-Index"]) == index
+    polling = asyncio.create_task(
+        client.get(INSTANCES, params={"model_name": "m", "index": str(index), "wait": "30s"})
+    )
+    await asyncio.sleep(0.05)
+    assert not polling.done()
+    await client.post(INSTANCES, json=body("other"))  # another model: no answer yet
+    await asyncio.sleep(0.05)
+    assert not polling.done()
+    await client.post(INSTANCES, json=body("m"))
+    answer = await asyncio.wait_for(polling, 5)
+    assert int(answer.headers["X-Registry-Index"]) == index + 2
+    assert (await answer.json())["count"] == 1
+
+
+async def test_long_poll_times_out_with_the_same_answer(client: TestClient) -> None:
+    await client.post(INSTANCES, json=body())
+    first = await client.get(INSTANCES)
+    index = first.headers["X-Registry-Index"]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    again = await client.get(INSTANCES, params={"index": index, "wait": "200ms"})
+    assert loop.time() - started >= 0.2
+    assert again.headers["X-Registry-Index"] == index
+    assert await again.json() == await first.json()
+
+
+async def test_long_poll_with_an_old_index_answers_at_once(client: TestClient) -> None:
+    index = int((await client.get(INSTANCES)).headers["X-Registry-Index"])
+    await client.post(INSTANCES, json=body())
+    answer = await asyncio.wait_for(client.get(INSTANCES, params={"index": str(index), "wait": "5m"}), 5)
+    assert (await answer.json())["count"] == 1
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"index": "abc"}, "index"),
+        ({"index": "1", "wait": "forever"}, "wait"),
+        ({"index": "1", "wait": "2h"}, "wait"),  # over --max-wait
+        ({"wait": "30s"}, "wait"),  # wait without index
+    ],
+)
+async def test_bad_long_poll_parameters_are_422(client: TestClient, params: dict, field: str) -> None:
+    response = await client.get(INSTANCES, params=params)
+    assert response.status == 422
+    assert (await response.json())["field"] == field
+
+
+async def test_a_change_right_after_the_snapshot_comes_as_the_next_event(client: TestClient) -> None:
+    registry = client.app[REGISTRY]
+    async with client.ws_connect(WATCH) as ws:
+        snapshot = await next_json(ws)
+        await registry.register(body(port=8009))
+        event = await next_json(ws)
+    assert event["revision"] == snapshot["revision"] + 1
