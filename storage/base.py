@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 from datetime import datetime
 from types import TracebackType
+from typing import Any
 
 from .model import InstanceKey, ModelInstance, ModelSummary
 
@@ -64,11 +65,23 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
         """Store ``record`` under its key, replacing every field of an existing
-        record except ``registered_at``, which keeps its first value.
+        record except ``registered_at`` (which keeps its first value),
+        ``cooldown_until`` and ``overrides``, whose pinned values are applied
+        over the new ones (see ``model.apply_overrides``).
 
         Returns the stored record and ``True`` when it did not exist before.
         Concurrent upserts of one key leave exactly one record.
         """
+
+    @abc.abstractmethod
+    async def override(self, key: InstanceKey, changes: dict[str, Any]) -> ModelInstance | None:
+        """Apply an operator's ``changes`` (``enabled``, ``weight``,
+        ``metadata``; see ``model.override``) and pin them in ``overrides``,
+        atomically. Returns the record, or ``None`` when unknown."""
+
+    @abc.abstractmethod
+    async def set_cooldown(self, key: InstanceKey, until: datetime | None) -> ModelInstance | None:
+        """Set ``cooldown_until``. Returns the record, or ``None`` when unknown."""
 
     @abc.abstractmethod
     async def insert(self, record: ModelInstance) -> ModelInstance | None:

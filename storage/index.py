@@ -22,7 +22,8 @@ from datetime import datetime
 
 import orjson
 
-from .model import InstanceKey, ModelInstance, ModelSummary
+from .model import InstanceKey, ModelInstance, ModelSummary, apply_overrides
+from .model import override as apply_operator_changes
 
 __all__ = ["IndexReads", "InstanceIndex", "clone", "expire_in_slices"]
 
@@ -41,6 +42,8 @@ def clone(record: ModelInstance) -> ModelInstance:
         copy.metadata = orjson.loads(orjson.dumps(record.metadata))
     else:
         copy.metadata = {}
+    if record.overrides:
+        copy.overrides = orjson.loads(orjson.dumps(record.overrides))
     return copy
 
 
@@ -122,10 +125,25 @@ class InstanceIndex:
         previous = self.records.get(record.key)
         stored = clone(record)
         if previous is not None:
-            stored.registered_at = previous.registered_at
+            stored.registered_at, stored.cooldown_until = previous.registered_at, previous.cooldown_until
+            apply_overrides(stored, previous.overrides)
             self._remove(previous)
         self._store(stored)
         return clone(stored), previous is None
+
+    def override(self, key: InstanceKey, changes: dict) -> ModelInstance | None:
+        record = self.records.get(key)
+        if record is None:
+            return None
+        apply_operator_changes(record, changes)  # no field the secondary indexes use
+        return clone(record)
+
+    def set_cooldown(self, key: InstanceKey, until: datetime | None) -> ModelInstance | None:
+        record = self.records.get(key)
+        if record is None:
+            return None
+        record.cooldown_until = until
+        return clone(record)
 
     def insert(self, record: ModelInstance) -> ModelInstance | None:
         if record.key in self.records:

@@ -7,6 +7,7 @@ atomic by construction.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from .base import Storage
 from .index import IndexReads, InstanceIndex, expire_in_slices
@@ -25,6 +26,12 @@ class MemoryStorage(IndexReads, Storage):
 
     async def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
         return self._index.upsert(record)
+
+    async def override(self, key: InstanceKey, changes: dict[str, Any]) -> ModelInstance | None:
+        return self._index.override(key, changes)
+
+    async def set_cooldown(self, key: InstanceKey, until: datetime | None) -> ModelInstance | None:
+        return self._index.set_cooldown(key, until)
 
     async def insert(self, record: ModelInstance) -> ModelInstance | None:
         return self._index.insert(record)

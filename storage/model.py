@@ -25,8 +25,12 @@ __all__ = [
     "InstanceKey",
     "ModelInstance",
     "ModelSummary",
+    "OVERRIDABLE_FIELDS",
     "SERVER_MANAGED_FIELDS",
+    "apply_overrides",
+    "merge_overrides",
     "normalize_host",
+    "override",
 ]
 
 MAX_METADATA_KEYS = 64
@@ -104,9 +108,15 @@ class ModelInstance:
 
     The first nine fields keep DB-GPT's order and names, so code written for
     its ``ModelInstance`` constructs this one unchanged. ``healthy``,
-    ``last_heartbeat``, ``registered_at``, ``unhealthy_since`` and
-    ``queue_length`` are managed by the registry: values sent by clients are
-    ignored and replaced by the registry's own.
+    ``last_heartbeat``, ``registered_at``, ``unhealthy_since``,
+    ``queue_length``, ``overrides`` and ``cooldown_until`` are managed by the
+    registry: values sent by clients are ignored and replaced by the
+    registry's own.
+
+    ``overrides`` holds what an operator set (``enabled``, ``weight``, and
+    ``metadata`` keys), re-applied over every re-registration; ``None`` when
+    nothing is overridden. ``cooldown_until``: routers reported failures, so
+    selection and healthy listings leave the instance out until then.
 
     Not slotted on purpose: orjson serialises a dataclass with a ``__dict__``
     about three times faster than a slotted one, for some 50 more bytes.
@@ -127,6 +137,8 @@ class ModelInstance:
     registered_at: datetime | None = None
     unhealthy_since: datetime | None = None
     queue_length: QueueLength | None = None
+    overrides: dict[str, Any] | None = None
+    cooldown_until: datetime | None = None
 
     @property
     def key(self) -> InstanceKey:
@@ -134,8 +146,67 @@ class ModelInstance:
 
 
 SERVER_MANAGED_FIELDS = frozenset(
-    {"healthy", "last_heartbeat", "registered_at", "unhealthy_since", "queue_length"}
+    {
+        "healthy",
+        "last_heartbeat",
+        "registered_at",
+        "unhealthy_since",
+        "queue_length",
+        "overrides",
+        "cooldown_until",
+    }
 )
+
+#: The fields an operator may override (``PATCH``), and so pin.
+OVERRIDABLE_FIELDS = ("enabled", "weight", "metadata")
+
+
+def merge_overrides(current: dict[str, Any] | None, changes: dict[str, Any]) -> dict[str, Any] | None:
+    """``current`` overrides with ``changes`` applied: a value pins the field,
+    ``None`` releases it; ``metadata`` pins (or, with ``None`` values,
+    releases) individual keys. ``None`` when nothing is left pinned."""
+    merged = dict(current or {})
+    for name, value in changes.items():
+        if name == "metadata" and value is not None:
+            keys = {**merged.get("metadata", {}), **value}
+            keys = {k: v for k, v in keys.items() if v is not None}
+            if keys:
+                merged["metadata"] = keys
+            else:
+                merged.pop("metadata", None)
+        elif value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
+    return merged or None
+
+
+def override(record: ModelInstance, changes: dict[str, Any]) -> None:
+    """Apply an operator's ``changes`` to ``record`` in place (see ``merge_overrides``).
+
+    Releasing ``enabled`` enables the instance (an operator who stops draining
+    it puts it back in service); releasing a ``metadata`` key removes it;
+    releasing ``weight`` keeps the current weight until the worker registers again.
+    """
+    if "enabled" in changes and changes["enabled"] is None:
+        record.enabled = True
+    released = [k for k, v in (changes.get("metadata") or {}).items() if v is None]
+    if released:
+        record.metadata = {k: v for k, v in record.metadata.items() if k not in released}
+    apply_overrides(record, merge_overrides(record.overrides, changes))
+
+
+def apply_overrides(record: ModelInstance, overrides: dict[str, Any] | None) -> None:
+    """Set ``record``'s overridable fields to the pinned values, in place."""
+    record.overrides = overrides
+    if not overrides:
+        return
+    if "enabled" in overrides:
+        record.enabled = overrides["enabled"]
+    if "weight" in overrides:
+        record.weight = overrides["weight"]
+    if "metadata" in overrides:
+        record.metadata = {**record.metadata, **overrides["metadata"]}
 
 
 @dataclass(slots=True, frozen=True)

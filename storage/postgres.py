@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, true
 from sqlalchemy.dialects.postgresql import insert
@@ -155,6 +156,12 @@ class PostgresStorage(SQLStorage):
 
     async def insert(self, record: ModelInstance) -> ModelInstance | None:
         return self._remember(await super().insert(record))
+
+    async def override(self, key: InstanceKey, changes: dict[str, Any]) -> ModelInstance | None:
+        return self._remember(await super().override(key, changes))
+
+    async def set_cooldown(self, key: InstanceKey, until: datetime | None) -> ModelInstance | None:
+        return self._remember(await super().set_cooldown(key, until))
 
     async def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
         self._pending.pop(key, None)

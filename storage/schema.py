@@ -87,6 +87,8 @@ instances = Table(
     Column("registered_at", UTCDateTime, nullable=True),
     Column("unhealthy_since", UTCDateTime, nullable=True),
     Column("queue_length", Integer, nullable=True),
+    Column("overrides", JSON, nullable=True),
+    Column("cooldown_until", UTCDateTime, nullable=True),
 )
 
 _c = instances.c

@@ -36,7 +36,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from . import migrations
 from .base import Storage
 from .errors import StorageUnavailable
-from .model import InstanceKey, ModelInstance, ModelSummary
+from .model import OVERRIDABLE_FIELDS, InstanceKey, ModelInstance, ModelSummary, apply_overrides
+from .model import override as apply_operator_changes
 from .options import PoolOptions
 from .schema import EVICTABLE, EXPIRABLE, instances
 
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 _t = instances
 _KEY_COLUMNS = ("model_name", "host", "port")
+#: What a re-registration leaves as it is (the pins are applied over the rest).
+_KEPT_ON_UPSERT = frozenset({*_KEY_COLUMNS, "registered_at", "cooldown_until"})
 
 # Advisory lock keys (any 64-bit numbers, fixed for the life of the schema).
 _MIGRATION_LOCK = 0x6D6F64656C0001  # "model" + 1
@@ -183,19 +186,40 @@ class SQLStorage(Storage):
 
     async def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
         row = dataclasses.asdict(record)
-        changes = {k: v for k, v in row.items() if k not in _KEY_COLUMNS and k != "registered_at"}
         async with self._write("register an instance") as conn:
             while True:
                 inserted = await self._insert_returning(conn, row)
                 if inserted is not None:
                     return inserted, True
+                # The row lock keeps the pins read here from changing until we write.
+                pinned = await conn.execute(
+                    select(_t.c.overrides).where(_where_key(record.key)).with_for_update()
+                )
+                kept = pinned.first()
+                if kept is None:
+                    continue  # deleted between the two statements by another writer: go again
+                stored = dataclasses.replace(record)
+                apply_overrides(stored, kept.overrides)
+                changes = {k: v for k, v in dataclasses.asdict(stored).items() if k not in _KEPT_ON_UPSERT}
                 result = await conn.execute(
                     update(_t).where(_where_key(record.key)).values(changes).returning(*_t.c)
                 )
-                updated = result.first()
-                if updated is not None:
-                    return _record(updated), False
-                # Deleted between the two statements by another writer: go again.
+                return _record(result.one()), False
+
+    async def override(self, key: InstanceKey, changes: dict[str, Any]) -> ModelInstance | None:
+        async with self._write("override an instance") as conn:
+            found = await conn.execute(select(*_t.c).where(_where_key(key)).with_for_update())
+            row = found.first()
+            if row is None:
+                return None
+            record = _record(row)
+            apply_operator_changes(record, changes)
+            values = {name: getattr(record, name) for name in (*OVERRIDABLE_FIELDS, "overrides")}
+            result = await conn.execute(update(_t).where(_where_key(key)).values(values).returning(*_t.c))
+            return _record(result.one())
+
+    async def set_cooldown(self, key: InstanceKey, until: datetime | None) -> ModelInstance | None:
+        return await self._update_one("set a cooldown", key, {"cooldown_until": until})
 
     async def insert(self, record: ModelInstance) -> ModelInstance | None:
         async with self._write("register an instance") as conn:

@@ -11,6 +11,7 @@ file is loaded into the index.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from .index import IndexReads, InstanceIndex, expire_in_slices
 from .journal import COLUMNS, Journal, record_of
@@ -54,6 +55,18 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
         stored, created = self._index.upsert(record)
         await self._commit([stored.key])
         return stored, created
+
+    async def override(self, key: InstanceKey, changes: dict[str, Any]) -> ModelInstance | None:
+        record = self._index.override(key, changes)
+        if record is not None:
+            await self._commit([key])
+        return record
+
+    async def set_cooldown(self, key: InstanceKey, until: datetime | None) -> ModelInstance | None:
+        record = self._index.set_cooldown(key, until)
+        if record is not None:
+            await self._commit([key])
+        return record
 
     async def insert(self, record: ModelInstance) -> ModelInstance | None:
         stored = self._index.insert(record)

@@ -167,3 +167,35 @@ def test_records_are_plain_dataclasses() -> None:
     instance = ModelInstance("m", "h", 1, healthy=True, last_heartbeat=T0)
     assert dataclasses.asdict(instance)["last_heartbeat"] == T0
     assert instance.key == InstanceKey("m", "h", 1)
+
+
+async def test_override_pins_fields_over_re_registrations(storage: Storage) -> None:
+    key = InstanceKey("m", "10.0.0.1", 8000)
+    await storage.upsert(record(metadata={"gpu": "a100", "zone": "a"}))
+    drained = await storage.override(key, {"enabled": False, "weight": 0.5, "metadata": {"zone": "b"}})
+    assert not drained.enabled and drained.weight == 0.5
+    assert drained.metadata == {"gpu": "a100", "zone": "b"}
+    assert drained.overrides == {"enabled": False, "weight": 0.5, "metadata": {"zone": "b"}}
+    # The worker registers again, as it was: the operator's values stay.
+    again, created = await storage.upsert(record(weight=3.0, metadata={"gpu": "h100", "zone": "a"}))
+    assert not created and not again.enabled and again.weight == 0.5
+    assert again.metadata == {"gpu": "h100", "zone": "b"}
+    assert await storage.get(key) == again
+    # Releasing: enabled again, the metadata key gone, the weight kept until the next registration.
+    released = await storage.override(key, {"enabled": None, "weight": None, "metadata": {"zone": None}})
+    assert released.enabled and released.weight == 0.5 and released.metadata == {"gpu": "h100"}
+    assert released.overrides is None
+    fresh, _ = await storage.upsert(record(weight=3.0))
+    assert fresh.weight == 3.0 and fresh.enabled
+    assert await storage.override(InstanceKey("m", "10.0.0.1", 1), {"enabled": False}) is None
+
+
+async def test_cooldown_is_stored_and_kept_over_re_registration(storage: Storage) -> None:
+    key = InstanceKey("m", "10.0.0.1", 8000)
+    await storage.upsert(record())
+    until = T0 + timedelta(seconds=30)
+    assert (await storage.set_cooldown(key, until)).cooldown_until == until
+    again, _ = await storage.upsert(record(weight=2.0))
+    assert again.cooldown_until == until and (await storage.get(key)).cooldown_until == until
+    assert (await storage.set_cooldown(key, None)).cooldown_until is None
+    assert await storage.set_cooldown(InstanceKey("m", "10.0.0.1", 1), until) is None

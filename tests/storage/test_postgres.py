@@ -54,7 +54,7 @@ async def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
     await asyncio.gather(*(b.__aenter__() for b in backends))
     try:
         async with backends[0]._engine.connect() as conn:
-            assert await conn.run_sync(current_revision) == "0001"
+            assert await conn.run_sync(current_revision) == "0002"
     finally:
         await asyncio.gather(*(b.__aexit__(None, None, None) for b in backends))
 

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine
 
+from alembic import command
 from storage import InvalidStorageURL, StorageUnavailable, open_storage
+from storage.migrations import alembic_config
 from storage.schema import metadata
 from tests.conftest import sqlite_url
 from tests.storage.test_contract import T0, record
@@ -29,7 +32,7 @@ async def test_migrations_create_the_declared_schema_and_are_idempotent(tmp_path
                 lambda sync: MigrationContext.configure(sync).get_current_revision()
             )
     assert diff == []
-    assert revision == "0001"
+    assert revision == "0002"
 
 
 async def test_database_is_in_wal_mode(tmp_path: Path) -> None:
@@ -87,3 +90,20 @@ async def test_driver_errors_are_wrapped(tmp_path: Path) -> None:
             conn.execute("DROP TABLE instances")
         with pytest.raises(StorageUnavailable, match="no such table"):
             await storage.upsert(record())
+
+
+async def test_a_database_from_the_first_release_is_upgraded_with_its_instances(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0001")
+        conn.exec_driver_sql(
+            "INSERT INTO instances (model_name, host, port, weight, check_healthy, healthy, enabled, "
+            "metadata, last_heartbeat, registered_at) VALUES ('m', '10.0.0.1', 8000, 2.0, 1, 1, 1, "
+            "'{\"gpu\": \"a100\"}', '2026-03-01 12:00:00.000000', '2026-03-01 12:00:00.000000')"
+        )
+    engine.dispose()
+    async with open_storage(sqlite_url(path)) as storage:
+        (upgraded,) = await storage.list()
+    assert upgraded == record(weight=2.0, metadata={"gpu": "a100"})
+    assert upgraded.overrides is None and upgraded.cooldown_until is None
