@@ -39,6 +39,8 @@ def create_app(
                 heartbeat_timeout=settings.heartbeat_timeout,
                 evict_after=settings.evict_after,
                 watch_history=settings.watch_history,
+                failures=settings.failures,
+                preservation=settings.preservation,
                 clock=clock,
                 rng=rng,
             ) as registry,

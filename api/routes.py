@@ -14,6 +14,8 @@ ROUTES = [
     ("POST", "/api/v1/instances", views.register),
     ("GET", "/api/v1/instances", views.list_instances),
     ("DELETE", "/api/v1/instances", views.deregister),
+    ("PATCH", "/api/v1/instances", views.patch),
+    ("POST", "/api/v1/reports", views.report),
     ("POST", "/api/v1/heartbeat", views.heartbeat),
     ("GET", "/api/v1/models", views.models),
     ("GET", "/api/v1/select", views.select),

@@ -11,7 +11,17 @@ from .params import duration_param, model_name_param, query_flag, revision_param
 from .problem import ApiError
 from .responses import json_response, read_object
 
-__all__ = ["deregister", "health", "heartbeat", "list_instances", "models", "register", "select"]
+__all__ = [
+    "deregister",
+    "health",
+    "heartbeat",
+    "list_instances",
+    "models",
+    "patch",
+    "register",
+    "report",
+    "select",
+]
 
 
 async def register(request: web.Request) -> web.Response:
@@ -46,7 +56,18 @@ async def models(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     await _long_poll(request, None)
     revision = registry.revision
-    return json_response({"models": await registry.models()}, headers={INDEX_HEADER: str(revision)})
+    answer = {"models": await registry.models(), "self_preservation": registry.self_preservation}
+    return json_response(answer, headers={INDEX_HEADER: str(revision)})
+
+
+async def patch(request: web.Request) -> web.Response:
+    key = key_from(request.query)
+    return json_response(await request.app[REGISTRY].patch(key, await read_object(request)))
+
+
+async def report(request: web.Request) -> web.Response:
+    instance, failures = await request.app[REGISTRY].report(await read_object(request))
+    return json_response({"instance": instance, "failures": failures})
 
 
 async def _long_poll(request: web.Request, model_name: str | None) -> None:

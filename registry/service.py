@@ -14,7 +14,7 @@ import logging
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -23,8 +23,18 @@ from storage import InstanceKey, ModelInstance, ModelSummary, Storage, StorageUn
 from .clock import Clock, ServerClock, SystemClock
 from .errors import InstanceNotFound, NoHealthyInstance
 from .events import Change, Feed
+from .preservation import Guard, Preservation
+from .reports import FailurePolicy, FailureTracker
 from .selection import DEFAULT_STRATEGY, Selector
-from .validation import heartbeat_from, instance_from, is_queue_length, known_key
+from .validation import (
+    Report,
+    heartbeat_from,
+    instance_from,
+    is_queue_length,
+    known_key,
+    override_from,
+    report_from,
+)
 
 __all__ = ["CheckResult", "Registry", "check_timing"]
 
@@ -67,6 +77,10 @@ class CheckResult:
     expired: list[ModelInstance]
     evicted: list[ModelInstance]
     in_grace: bool = False
+    #: Instances that would have been marked (evicted) but self-preservation held back.
+    held_expiry: int = 0
+    held_eviction: int = 0
+    restored: list[ModelInstance] = dataclasses.field(default_factory=list)
 
 
 class Registry:
@@ -88,6 +102,8 @@ class Registry:
         checker: bool = True,
         server_clock: bool | None = None,
         watch_history: int = 10_000,
+        failures: FailurePolicy | None = None,
+        preservation: Preservation | None = None,
     ) -> None:
         """``checker=False`` leaves sweeping to whoever calls ``check_once``
         (tests, or a replica that must not sweep).
@@ -97,7 +113,9 @@ class Registry:
         is injected, which is then taken as it is.
 
         ``watch_history``: how many recent changes ``feed`` keeps for watchers
-        that resume.
+        that resume. ``failures``: when routers' reports put an instance in
+        cooldown (see ``reports``). ``preservation``: when the checker holds
+        back (see ``preservation``).
         """
         check_timing(heartbeat_interval, heartbeat_timeout, evict_after)
         self.storage = storage
@@ -117,6 +135,11 @@ class Registry:
         self._checker: asyncio.Task[None] | None = None
         #: Every change to membership and health, for watchers (see ``events``).
         self.feed = Feed(watch_history)
+        self.failure_policy = failures or FailurePolicy()
+        self._failures = FailureTracker()
+        self._cooling: dict[InstanceKey, datetime] = {}  # cooldowns this process set, to end them
+        preservation = preservation or Preservation()
+        self._expiry_guard, self._eviction_guard = Guard(preservation), Guard(preservation)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -260,6 +283,73 @@ class Registry:
         self.feed.publish(Change.DEREGISTERED, record)
         return record
 
+    async def patch(self, key: InstanceKey, changes: dict[str, Any]) -> ModelInstance:
+        """An operator's change to ``enabled``, ``weight`` or ``metadata``,
+        pinned over later re-registrations (``null`` releases a pin)."""
+        changes = override_from(changes)
+        with self._noting_outages():
+            record = await self.storage.override(key, changes)
+        if record is None:
+            raise InstanceNotFound(key)
+        if "enabled" in changes:
+            change = Change.ENABLED if record.enabled else Change.DISABLED
+        else:
+            change = Change.UPDATED
+        log.info("instance changed by an operator", extra={**_fields(key), "changes": changes})
+        self.feed.publish(change, record)
+        return record
+
+    async def report(self, report: Report | dict[str, Any]) -> tuple[ModelInstance, int]:
+        """A router's report on one request to an instance. Returns the
+        instance and its failures in the current window (0 after a success).
+
+        Enough failures in a row put the instance in cooldown; a success ends it.
+        """
+        if isinstance(report, dict):
+            report = report_from(report)
+        key = report.key
+        with self._noting_outages():
+            record = await self.storage.get(key)
+        if record is None:
+            raise InstanceNotFound(key)
+        now = self._clock.now()
+        cooling = record.cooldown_until is not None and record.cooldown_until > now
+        if report.ok:
+            self._failures.succeeded(key)
+            if cooling:
+                record = await self._end_cooldown(key, "a router reported a success")
+            return record, 0
+        policy = self.failure_policy.for_instance(record.metadata)
+        failures = self._failures.failed(key, self._clock.monotonic(), policy)
+        if failures >= policy.threshold and not cooling:
+            until = now + timedelta(seconds=policy.cooldown)
+            with self._noting_outages():
+                cooled = await self.storage.set_cooldown(key, until)
+            if cooled is not None:
+                record = cooled
+                self._cooling[key] = until
+                log.warning(
+                    "instance in cooldown: routers report it failing",
+                    extra={
+                        **_fields(key),
+                        "failures": failures,
+                        "cooldown_s": policy.cooldown,
+                        "last_error": report.error,
+                        "last_status": report.status,
+                    },
+                )
+                self.feed.publish(Change.COOLDOWN, record)
+        return record, failures
+
+    async def _end_cooldown(self, key: InstanceKey, why: str) -> ModelInstance | None:
+        self._cooling.pop(key, None)
+        with self._noting_outages():
+            record = await self.storage.set_cooldown(key, None)
+        if record is not None:
+            log.info("instance out of cooldown", extra={**_fields(key), "why": why})
+            self.feed.publish(Change.RESTORED, record)
+        return record
+
     def _fresh(self, instance: ModelInstance) -> ModelInstance:
         """``instance`` with the server-managed fields a new registration gets."""
         now = self._clock.now()
@@ -277,7 +367,21 @@ class Registry:
     async def instances(
         self, model_name: str | None = None, healthy_only: bool = False
     ) -> list[ModelInstance]:
-        return await self.storage.list(model_name, healthy_only)
+        """Instances of one model (or all); ``healthy_only`` leaves out the
+        unhealthy and those in a failure cooldown."""
+        found = await self.storage.list(model_name, healthy_only)
+        return self._not_cooling(found) if healthy_only else found
+
+    def _not_cooling(self, records: list[ModelInstance]) -> list[ModelInstance]:
+        now = None
+        kept = []
+        for record in records:
+            if record.cooldown_until is not None:
+                now = now or self._clock.now()
+                if record.cooldown_until > now:
+                    continue
+            kept.append(record)
+        return kept
 
     @property
     def revision(self) -> int:
@@ -296,7 +400,7 @@ class Registry:
         """One healthy, enabled instance of the model with a weight above 0,
         picked by ``strategy`` (see ``selection``; ``ValueError`` if unknown):
         weighted random, round robin or least load."""
-        picked = self._selector.pick(await self.storage.list(model_name, healthy_only=True), strategy)
+        picked = self._selector.pick(await self.instances(model_name, healthy_only=True), strategy)
         if picked is None:
             raise NoHealthyInstance(model_name)
         return picked
@@ -313,6 +417,7 @@ class Registry:
             "clock": "database" if self._server_clock is not None else "local",
             "heartbeat_interval_s": self.heartbeat_interval,
             "heartbeat_timeout_s": self.heartbeat_timeout,
+            "self_preservation": self.self_preservation,
         }
 
     # -- the heartbeat checker ----------------------------------------------
@@ -326,9 +431,15 @@ class Registry:
         """
         if self.grace_remaining > 0:
             return CheckResult([], [], in_grace=True)
-        now = self._clock.now()
+        now, mono = self._clock.now(), self._clock.monotonic()
+        expire_cutoff = now - timedelta(seconds=self.heartbeat_timeout)
+        evict_cutoff = now - timedelta(seconds=self.evict_after)
         with self._noting_outages():
-            expired = await self.storage.expire(now - timedelta(seconds=self.heartbeat_timeout), now)
+            census = await self.storage.census(expire_cutoff, evict_cutoff)
+        expired: list[ModelInstance] = []
+        if not self._guarded(self._expiry_guard, "marking unhealthy", census.silent, census.checked, mono):
+            with self._noting_outages():
+                expired = await self.storage.expire(expire_cutoff, now)
         for record in expired:
             log.info(
                 "instance marked unhealthy: no heartbeat within the timeout",
@@ -336,16 +447,66 @@ class Registry:
             )
             self.feed.publish(Change.UNHEALTHY, record)
         evicted: list[ModelInstance] = []
-        if self.evict_after > 0:
+        if self.evict_after > 0 and not self._guarded(
+            self._eviction_guard, "evicting", census.evictable, census.total, mono
+        ):
             with self._noting_outages():
-                evicted = await self.storage.evict(now - timedelta(seconds=self.evict_after))
+                evicted = await self.storage.evict(evict_cutoff)
             for record in evicted:
                 log.info(
                     "instance evicted: unhealthy for longer than evict-after",
                     extra={**_fields(record.key), "evict_after_s": self.evict_after},
                 )
                 self.feed.publish(Change.EVICTED, record)
-        return CheckResult(expired, evicted)
+        restored = await self._end_cooldowns(now)
+        self._failures.forget_older_than(mono - self.failure_policy.window)
+        return CheckResult(
+            expired,
+            evicted,
+            held_expiry=self._expiry_guard.held,
+            held_eviction=self._eviction_guard.held,
+            restored=restored,
+        )
+
+    def _guarded(self, guard: Guard, action: str, affected: int, population: int, mono: float) -> bool:
+        """Whether self-preservation holds ``action`` back now, logging each turn it takes."""
+        was_active = guard.active
+        hold = guard.hold(affected, population, mono)
+        extra = {"instances": affected, "of": population, "max_protection_s": guard.policy.max_protection}
+        if hold and not was_active:
+            log.warning(
+                f"self-preservation: holding back {action}; so many instances at once suggests "
+                "a fault on the registry's side (network, pause, database)",
+                extra=extra,
+            )
+        elif was_active and not guard.active:
+            if affected >= guard.policy.minimum and affected > guard.policy.share * population:
+                log.warning(f"self-preservation: protection time is over; {action} them now", extra=extra)
+            else:
+                log.info(f"self-preservation released: {action} as usual", extra=extra)
+        return hold
+
+    async def _end_cooldowns(self, now: datetime) -> list[ModelInstance]:
+        restored = []
+        for key in [k for k, until in self._cooling.items() if until <= now]:
+            record = await self._end_cooldown(key, "its cooldown is over")
+            if record is not None:
+                restored.append(record)
+        return restored
+
+    @property
+    def self_preservation(self) -> dict[str, Any]:
+        """What ``/health`` and ``/api/v1/models`` report of the checker's self-preservation."""
+        mono = self._clock.monotonic()
+        guards = {"expiry": self._expiry_guard, "eviction": self._eviction_guard}
+        return {
+            "active": any(g.active for g in guards.values()),
+            **{
+                name: {"held": g.held, "marks_anyway_in_s": round(g.remaining(mono), 3)}
+                for name, g in guards.items()
+                if g.active
+            },
+        }
 
     async def _run_checker(self) -> None:
         while True:

@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage import PoolOptions, open_storage
 
+from .preservation import Preservation
+from .reports import FailurePolicy
 from .service import check_timing
 
 __all__ = ["Settings"]
@@ -64,6 +66,25 @@ class Settings(BaseSettings):
     max_wait: float = Field(
         300.0, gt=0, description="the longest a long-poll (?index=N&wait=) may block, in seconds"
     )
+    unhealthy_threshold: int = Field(
+        3, ge=1, description="failures routers report, with no success between, before an instance cools down"
+    )
+    failure_window: float = Field(60.0, gt=0, description="seconds within which those failures must fall")
+    failure_cooldown: float = Field(
+        30.0, gt=0, description="seconds a failing instance is left out of selection and healthy listings"
+    )
+    preservation_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="share of the healthy instances that, silent in one check, makes the checker hold back",
+    )
+    preservation_minimum: int = Field(
+        3, ge=1, description="the fewest silent instances that can engage self-preservation"
+    )
+    max_protection: float = Field(
+        120.0, ge=0, description="seconds self-preservation may hold back before marking them anyway"
+    )
     db_pool_size: int = Field(10, ge=1, description="PostgreSQL: connections kept open per process")
     db_max_overflow: int = Field(10, ge=0, description="PostgreSQL: extra connections opened under load")
     db_pool_timeout: float = Field(
@@ -100,6 +121,14 @@ class Settings(BaseSettings):
                 f"{self.heartbeat_timeout:g} s: make it at most a quarter of the timeout"
             )
         return self
+
+    @property
+    def failures(self) -> FailurePolicy:
+        return FailurePolicy(self.unhealthy_threshold, self.failure_window, self.failure_cooldown)
+
+    @property
+    def preservation(self) -> Preservation:
+        return Preservation(self.preservation_share, self.preservation_minimum, self.max_protection)
 
     @property
     def pool(self) -> PoolOptions:

@@ -14,11 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from storage.model import (
     SERVER_MANAGED_FIELDS,
+    Flag,
     Host,
     InstanceKey,
+    Metadata,
     ModelInstance,
     ModelName,
     QueueLength,
+    Weight,
 )
 
 from .errors import InvalidInstance
@@ -29,7 +32,9 @@ __all__ = [
     "is_queue_length",
     "key_from",
     "known_key",
+    "override_from",
     "problems_of",
+    "report_from",
     "record_from",
 ]
 
@@ -48,11 +53,44 @@ _QUEUE_LENGTH = TypeAdapter(QueueLength | None)
 _KEY_QUERY = TypeAdapter(_KeyQuery)
 
 
+class _Override(BaseModel):
+    """An operator's change: a value pins the field, ``null`` releases it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: Flag | None = None
+    weight: Weight | None = None
+    metadata: Metadata | None = None
+
+
+class Report(BaseModel):
+    """What a router saw of one request to an instance."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model_name: ModelName
+    host: Host
+    port: Annotated[int, Field(strict=True, ge=1, le=65535)]
+    ok: Annotated[bool, Field(strict=True)]
+    error: Annotated[str, Field(max_length=1024)] | None = None
+    status: Annotated[int, Field(strict=True, ge=100, le=599)] | None = None
+
+    @property
+    def key(self) -> InstanceKey:
+        return InstanceKey(self.model_name, self.host, self.port)
+
+
+_OVERRIDE = TypeAdapter(_Override)
+_REPORT = TypeAdapter(Report)
+
+
 def problems_of(error: ValidationError) -> list[tuple[str, str]]:
     problems = []
     for item in error.errors(include_url=False):
         field = ".".join(str(part) for part in item["loc"]) or "body"
         message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "not something that can be set here"
         problems.append((field, message))
     return problems
 
@@ -107,3 +145,17 @@ def key_from(query: Mapping[str, str]) -> InstanceKey:
     """The identity named by query parameters (``port`` arrives as text)."""
     parsed = _validate(_KEY_QUERY, dict(query))
     return InstanceKey(parsed.model_name, parsed.host, parsed.port)
+
+
+def override_from(body: dict[str, Any]) -> dict[str, Any]:
+    """An operator's changes (``enabled``, ``weight``, ``metadata``), only the fields given."""
+    parsed = _validate(_OVERRIDE, body)
+    changes = {name: getattr(parsed, name) for name in parsed.model_fields_set}
+    if not changes:
+        raise InvalidInstance([("body", "nothing to change: give enabled, weight or metadata")])
+    return changes
+
+
+def report_from(body: dict[str, Any]) -> Report:
+    """A router's report on one request to an instance."""
+    return _validate(_REPORT, body)

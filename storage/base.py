@@ -22,7 +22,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from .model import InstanceKey, ModelInstance, ModelSummary
+from .model import Census, InstanceKey, ModelInstance, ModelSummary
 
 __all__ = ["Storage"]
 
@@ -120,6 +120,12 @@ class Storage(abc.ABC):
     async def evict(self, cutoff: datetime) -> list[ModelInstance]:
         """Delete every record with ``not healthy and unhealthy_since < cutoff``.
         Returns the deleted records."""
+
+    @abc.abstractmethod
+    async def census(self, expire_cutoff: datetime, evict_cutoff: datetime) -> Census:
+        """Count what ``expire(expire_cutoff)`` and ``evict(evict_cutoff)``
+        would act on, without acting (the checker's self-preservation). The
+        counts may be approximate by the records of the cutoff's own second."""
 
     # -- reads -------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from datetime import datetime
 
 import orjson
 
-from .model import InstanceKey, ModelInstance, ModelSummary, apply_overrides
+from .model import Census, InstanceKey, ModelInstance, ModelSummary, apply_overrides
 from .model import override as apply_operator_changes
 
 __all__ = ["IndexReads", "InstanceIndex", "clone", "expire_in_slices"]
@@ -220,6 +220,20 @@ class InstanceIndex:
                 del self._wheel[second]
         return expired
 
+    def census(self, expire_cutoff: datetime, evict_cutoff: datetime) -> Census:
+        last = _bucket(expire_cutoff)
+        checked = silent = 0
+        for second, bucket in self._wheel.items():  # one entry per second of beats: few
+            checked += len(bucket)
+            if second <= last:  # type: ignore[operator]
+                silent += len(bucket)
+        evictable = sum(
+            1
+            for r in self._unhealthy.values()
+            if r.unhealthy_since is not None and r.unhealthy_since < evict_cutoff
+        )
+        return Census(checked, silent, len(self.records), evictable)
+
     def evict(self, cutoff: datetime) -> list[ModelInstance]:
         doomed = [
             r
@@ -268,3 +282,6 @@ class IndexReads:
 
     async def summarize(self) -> list[ModelSummary]:
         return self._index.summarize()
+
+    async def census(self, expire_cutoff: datetime, evict_cutoff: datetime) -> Census:
+        return self._index.census(expire_cutoff, evict_cutoff)

@@ -22,6 +22,7 @@ import orjson
 from pydantic import AfterValidator, ConfigDict, Field, Strict
 
 __all__ = [
+    "Census",
     "InstanceKey",
     "ModelInstance",
     "ModelSummary",
@@ -207,6 +208,15 @@ def apply_overrides(record: ModelInstance, overrides: dict[str, Any] | None) -> 
         record.weight = overrides["weight"]
     if "metadata" in overrides:
         record.metadata = {**record.metadata, **overrides["metadata"]}
+
+
+class Census(NamedTuple):
+    """How many instances a sweep would act on, counted before it acts."""
+
+    checked: int  # healthy instances the checker watches (check_healthy)
+    silent: int  # of those, last heard before the expiry cutoff
+    total: int  # every record
+    evictable: int  # unhealthy since before the eviction cutoff
 
 
 @dataclass(slots=True, frozen=True)

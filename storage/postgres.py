@@ -29,7 +29,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from .errors import StorageUnavailable
 from .index import clone
-from .model import InstanceKey, ModelInstance
+from .model import Census, InstanceKey, ModelInstance
 from .options import PoolOptions
 from .schema import instances
 from .sql import SQLStorage
@@ -178,6 +178,10 @@ class PostgresStorage(SQLStorage):
         for record in expired:
             self._remember(record)
         return expired
+
+    async def census(self, expire_cutoff: datetime, evict_cutoff: datetime) -> Census:
+        await self.flush()  # count this replica's beats as they are
+        return await super().census(expire_cutoff, evict_cutoff)
 
     async def evict(self, cutoff: datetime) -> list[ModelInstance]:
         evicted = await super().evict(cutoff)

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from . import migrations
 from .base import Storage
 from .errors import StorageUnavailable
-from .model import OVERRIDABLE_FIELDS, InstanceKey, ModelInstance, ModelSummary, apply_overrides
+from .model import OVERRIDABLE_FIELDS, Census, InstanceKey, ModelInstance, ModelSummary, apply_overrides
 from .model import override as apply_operator_changes
 from .options import PoolOptions
 from .schema import EVICTABLE, EXPIRABLE, instances
@@ -281,6 +281,20 @@ class SQLStorage(Storage):
         statement = delete(_t).where(EVICTABLE & (_t.c.unhealthy_since < cutoff)).returning(*_t.c)
         async with self._write("evict unhealthy instances") as conn:
             return [_record(row) for row in await conn.execute(statement)]
+
+    async def census(self, expire_cutoff: datetime, evict_cutoff: datetime) -> Census:
+        def count(condition: Any) -> Any:
+            return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+        statement = select(
+            count(EXPIRABLE),
+            count(EXPIRABLE & (_t.c.last_heartbeat < expire_cutoff)),
+            func.count(),
+            count(EVICTABLE & (_t.c.unhealthy_since < evict_cutoff)),
+        ).select_from(_t)
+        async with self._read("count instances") as conn:
+            row = (await conn.execute(statement)).one()
+        return Census(*(int(n) for n in row))
 
     # -- reads -------------------------------------------------------------
 

@@ -4,7 +4,9 @@
 
 ``AsyncRegistryClient`` and ``RegistryClient`` (sync, thread-safe) have the same
 methods and return ``ModelInstance`` records; ``HeartbeatAgent`` registers,
-beats and deregisters for a worker. Errors: ``registry.client.errors``.
+beats and deregisters for a worker. ``AsyncRegistryClient.watch`` follows the
+registry's changes (``WatchEvent``), and ``healthy_cache`` keeps the available
+instances in memory with it. Errors: ``registry.client.errors``.
 
 This package is the one part of ``registry`` that speaks HTTP; nothing else in
 ``registry`` imports it.
@@ -12,6 +14,7 @@ This package is the one part of ``registry`` that speaks HTTP; nothing else in
 
 from .agent import HeartbeatAgent
 from .aio import AsyncRegistryClient, wait_until_ready
+from .cache import HealthyCache
 from .errors import (
     ClientClosed,
     ClientError,
@@ -23,12 +26,14 @@ from .errors import (
     RegistryUnavailable,
 )
 from .retry import Retry
-from .sync import RegistryClient
+from .sync import RegistryClient, SyncHealthyCache
+from .watch import WatchEvent
 
 __all__ = [
     "AsyncRegistryClient",
     "ClientClosed",
     "ClientError",
+    "HealthyCache",
     "HeartbeatAgent",
     "InstanceNotFound",
     "InvalidRequest",
@@ -38,5 +43,7 @@ __all__ = [
     "RegistryError",
     "RegistryUnavailable",
     "Retry",
+    "SyncHealthyCache",
+    "WatchEvent",
     "wait_until_ready",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -12,9 +12,11 @@ from storage.model import SERVER_MANAGED_FIELDS, InstanceKey, ModelInstance, Mod
 
 from ..clock import Clock
 from ..validation import record_from
+from .cache import HealthyCache
 from .errors import RegistryUnavailable
 from .retry import Retry
 from .transport import Transport
+from .watch import WatchEvent, watch
 
 __all__ = ["AsyncRegistryClient", "wait_until_ready"]
 
@@ -120,6 +122,17 @@ class AsyncRegistryClient:
         """One healthy instance, picked by ``strategy``: weighted, round_robin or least_load."""
         params = {"model_name": model_name, "strategy": strategy}
         return record_from(await self._transport.request("GET", f"{_V1}/select", params=params))
+
+    def watch(self, model_name: str | None = None) -> AsyncIterator[WatchEvent]:
+        """A snapshot of ``model_name``'s instances (or every model's), then each change as it
+        happens, for ever: reconnects and resumes by itself (see ``registry.client.watch``).
+        Raises ``InvalidRequest`` for bad parameters and ``ClientClosed`` once the client closes."""
+        return watch(self._transport, model_name)
+
+    def healthy_cache(self, model_name: str | None = None) -> HealthyCache:
+        """The available instances of ``model_name`` (or all), in memory, kept current by
+        ``watch``: ``async with client.healthy_cache(name) as cache: cache.instances()``."""
+        return HealthyCache(self, model_name)
 
     async def health(self) -> dict[str, Any]:
         return await self._transport.request("GET", "/health")

@@ -16,10 +16,11 @@ from typing import Any, TypeVar
 from storage.model import InstanceKey, ModelInstance, ModelSummary
 
 from .aio import AsyncRegistryClient
+from .cache import HealthyCache, Predicate
 from .errors import ClientClosed
 from .retry import Retry
 
-__all__ = ["RegistryClient"]
+__all__ = ["RegistryClient", "SyncHealthyCache"]
 
 T = TypeVar("T")
 
@@ -112,3 +113,35 @@ class RegistryClient:
 
     def wait_until_ready(self, timeout: float = 30.0, interval: float = 0.2) -> dict[str, Any]:
         return self.run(self._aio.wait_until_ready(timeout, interval))
+
+    def healthy_cache(self, model_name: str | None = None) -> SyncHealthyCache:
+        """``with client.healthy_cache(name) as cache: cache.instances()``; see ``HealthyCache``."""
+        return SyncHealthyCache(self, model_name)
+
+
+class SyncHealthyCache:
+    """A ``HealthyCache`` kept current on the client's loop and read from any thread."""
+
+    def __init__(self, client: RegistryClient, model_name: str | None = None) -> None:
+        self._client = client
+        self._cache = HealthyCache(client.async_client, model_name)
+
+    @property
+    def revision(self) -> int | None:
+        return self._cache.revision
+
+    def instances(self, model_name: str | None = None) -> list[ModelInstance]:
+        return self._cache.instances(model_name)
+
+    def wait_ready(self, timeout: float) -> None:
+        self._client.run(self._cache.wait_ready(timeout))
+
+    def wait_for(self, predicate: Predicate, timeout: float) -> list[ModelInstance]:
+        return self._client.run(self._cache.wait_for(predicate, timeout))
+
+    def __enter__(self) -> SyncHealthyCache:
+        self._client.run(self._cache.__aenter__())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._client.run(self._cache.__aexit__(None, None, None))

@@ -15,6 +15,10 @@ The pipeline, in order, for every call:
 After ``reset_after`` connection failures in a row the HTTP session is thrown
 away and a new one made, so sockets kept alive from a registry that has since
 restarted stop failing calls.
+
+``websocket`` opens one WebSocket on the current URL, for callers that run
+their own reconnection loop (``watch``): one attempt, the same failover and
+the same error mapping, no retry.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class Transport:
         self._failures_in_a_row = 0
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        self._closing = asyncio.Event()
 
     @property
     def closed(self) -> bool:
@@ -86,8 +91,13 @@ class Transport:
     def current_url(self) -> str:
         return self.urls[self._current]
 
+    def fail_over(self) -> None:
+        """Make the next URL the current one."""
+        self._current = (self._current + 1) % len(self.urls)
+
     async def close(self) -> None:
         self._closed = True
+        self._closing.set()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -166,6 +176,56 @@ class Transport:
             f"no registry answered {method} {path} after {attempts} attempt(s) in {elapsed:.1f} s; "
             f"last error: {last_error}; check that the registry runs at {', '.join(self.urls)}"
         )
+
+    async def websocket(
+        self, path: str, params: Mapping[str, str], *, heartbeat: float
+    ) -> aiohttp.ClientWebSocketResponse:
+        """Open a WebSocket to ``path`` on the current URL (``ws://`` for ``http://``).
+
+        The handshake is bounded by the per-attempt timeout; the socket then
+        pings every ``heartbeat`` s and closes itself when no pong comes back. A
+        connection failure or a 5xx moves the current URL to the next one and
+        raises ``RegistryUnavailable``; a 4xx raises its ``RegistryClientError``.
+        """
+        if self._closed:
+            raise ClientClosed()
+        url = self.current_url
+        timeout = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.retry.timeout)
+        try:
+            async with asyncio.timeout(self.retry.timeout):
+                ws = await self._session_for_call().ws_connect(
+                    "ws" + url.removeprefix("http") + path,
+                    params=params,
+                    heartbeat=heartbeat,
+                    timeout=timeout,
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            if self._closed:
+                raise ClientClosed() from exc
+            if 400 <= exc.status < 500:
+                raise client_error(exc.status, None) from exc
+            self.fail_over()
+            raise RegistryUnavailable(f"{url} answered {exc.status} to the upgrade of {path}") from exc
+        except _CONNECTION_ERRORS as exc:
+            if self._closed:
+                raise ClientClosed() from exc
+            self.fail_over()
+            self._failures_in_a_row += 1
+            if self._failures_in_a_row >= self.reset_after:
+                await self._reset_session()
+            raise RegistryUnavailable(f"{url}: {_describe(exc)}") from exc
+        self._failures_in_a_row = 0
+        return ws
+
+    async def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` on the client's clock, or until the client is closed."""
+        sleeping = asyncio.ensure_future(self._clock.sleep(seconds))
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait({sleeping, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            closing.cancel()
 
     async def _send(
         self, method: str, url: str, body: bytes | None, params: Mapping[str, str] | None, budget: float

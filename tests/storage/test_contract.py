@@ -199,3 +199,13 @@ async def test_cooldown_is_stored_and_kept_over_re_registration(storage: Storage
     assert again.cooldown_until == until and (await storage.get(key)).cooldown_until == until
     assert (await storage.set_cooldown(key, None)).cooldown_until is None
     assert await storage.set_cooldown(InstanceKey("m", "10.0.0.1", 1), until) is None
+
+
+async def test_census_counts_what_a_sweep_would_act_on_without_acting(storage: Storage) -> None:
+    for port, beat in ((8001, T0), (8002, T0), (8003, T0 + timedelta(seconds=100))):
+        await storage.upsert(record(port=port, last_heartbeat=beat))
+    await storage.upsert(record(port=8004, check_healthy=False, last_heartbeat=T0))
+    await storage.upsert(record(port=8005, healthy=False, unhealthy_since=T0))
+    census = await storage.census(T0 + timedelta(seconds=50), T0 + timedelta(seconds=1))
+    assert census == (3, 2, 5, 1)
+    assert len(await storage.list(healthy_only=True)) == 4  # nothing was marked

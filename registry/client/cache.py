@@ -1,0 +1,164 @@
+"""``HealthyCache``: the available instances of a model, kept current by ``watch``.
+
+    async with client.healthy_cache("glm-4@llm") as cache:
+        await cache.wait_ready(timeout=10)
+        for instance in cache.instances():   # from memory: no call to the registry
+            ...
+
+A background task, started on entering and cancelled on leaving, consumes
+``client.watch`` and applies each event: a snapshot or resync replaces
+everything; deregistered and evicted remove the instance; any other change
+stores the instance as the event carries it, and cooldown / restored also
+mark / unmark it. ``instances()`` lists the healthy, enabled instances not
+cooling down.
+
+While the registry is away the cache keeps answering with what it last knew,
+and the watch reconnects by itself. Once the watch has failed for good
+(``InvalidRequest``, ``ClientClosed``) every method raises that error.
+
+The answer is recomputed after each event and swapped in whole, so
+``instances()`` may be called from any thread (``RegistryClient.healthy_cache``).
+
+A record carries no cooldown flag, so a snapshot clears the marks: an instance
+that was cooling down when the watch resynced counts as available again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from storage.model import InstanceKey, ModelInstance
+
+from ..events import Change
+from .watch import WatchEvent
+
+if TYPE_CHECKING:
+    from .aio import AsyncRegistryClient
+
+__all__ = ["HealthyCache"]
+
+log = logging.getLogger("registry.client.cache")
+
+_REMOVED = frozenset({Change.DEREGISTERED, Change.EVICTED})
+
+#: What ``wait_for`` waits on: a test of the instances ``instances()`` would list.
+Predicate = Callable[[list[ModelInstance]], bool]
+
+
+class HealthyCache:
+    def __init__(self, client: AsyncRegistryClient, model_name: str | None = None) -> None:
+        self.model_name = model_name
+        self._client = client
+        self._records: dict[InstanceKey, ModelInstance] = {}
+        self._cooling: set[InstanceKey] = set()
+        self._available: tuple[ModelInstance, ...] = ()
+        self._revision: int | None = None
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._error: Exception | None = None
+
+    # -- reading -------------------------------------------------------------
+
+    @property
+    def revision(self) -> int | None:
+        """The revision of the last event applied; ``None`` before the first snapshot."""
+        return self._revision
+
+    @property
+    def ready(self) -> bool:
+        return self._revision is not None
+
+    def instances(self, model_name: str | None = None) -> list[ModelInstance]:
+        """The healthy, enabled instances not cooling down (of ``model_name``), by key."""
+        if self._error is not None:
+            raise self._error
+        if model_name is not None and self.model_name not in (None, model_name):
+            raise ValueError(f"this cache follows {self.model_name!r} only, not {model_name!r}")
+        return self._view(model_name)
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait for the first snapshot; ``TimeoutError`` after ``timeout`` s."""
+        await self._wait(lambda: self.ready, timeout)
+
+    async def wait_for(self, predicate: Predicate, timeout: float) -> list[ModelInstance]:
+        """Wait until ``predicate(instances())`` holds (once ready); return those instances."""
+        await self._wait(lambda: self.ready and predicate(self._view()), timeout)
+        return self._view()
+
+    async def wait_changed(self, after_revision: int | None, timeout: float) -> int:
+        """Wait for an event past ``after_revision`` (``None``: any); return the new revision."""
+        await self._wait(
+            lambda: self.ready and (after_revision is None or self.revision > after_revision), timeout
+        )
+        assert self._revision is not None
+        return self._revision
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> HealthyCache:
+        if self._task is not None:
+            raise RuntimeError("this HealthyCache was already started; create a new one")
+        self._task = asyncio.create_task(self._run(), name="healthy-cache")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    # -- the work ------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            async with contextlib.aclosing(self._client.watch(self.model_name)) as events:
+                async for event in events:
+                    self._apply(event)
+                    async with self._changed:
+                        self._changed.notify_all()
+        except Exception as exc:  # raised to the readers, who would otherwise wait in vain
+            log.warning("the healthy cache stopped: %s", exc)
+            self._error = exc
+            async with self._changed:
+                self._changed.notify_all()
+
+    def _apply(self, event: WatchEvent) -> None:
+        if event.instances is not None:
+            self._records = {instance.key: instance for instance in event.instances}
+            self._cooling = set()
+        else:
+            assert event.instance is not None
+            key = event.instance.key
+            if event.type in _REMOVED:
+                self._records.pop(key, None)
+                self._cooling.discard(key)
+            else:
+                self._records[key] = event.instance
+                if event.type == Change.COOLDOWN:
+                    self._cooling.add(key)
+                elif event.type == Change.RESTORED:
+                    self._cooling.discard(key)
+        available = [
+            i for i in self._records.values() if i.healthy and i.enabled and i.key not in self._cooling
+        ]
+        self._available = tuple(sorted(available, key=lambda instance: instance.key))
+        self._revision = event.revision
+
+    def _view(self, model_name: str | None = None) -> list[ModelInstance]:
+        return [i for i in self._available if model_name is None or i.model_name == model_name]
+
+    async def _wait(self, condition: Callable[[], bool], timeout: float) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: self._error is not None or condition())
+        if self._error is not None:
+            raise self._error
