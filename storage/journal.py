@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 COLUMNS = (
     "model_name", "host", "port", "weight", "check_healthy", "healthy", "enabled", "prompt_template",
-    "last_heartbeat", "metadata", "registered_at", "unhealthy_since", "queue_length",
+    "last_heartbeat", "metadata", "registered_at", "unhealthy_since", "queue_length", "overrides",
+    "cooldown_until",
 )  # fmt: skip
 _UPSERT = (
     f"INSERT INTO instances ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
@@ -68,11 +69,15 @@ def _moment(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
 
 
+def _json(value: dict | None) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
 def row_of(r: ModelInstance) -> tuple:
     return (
         r.model_name, r.host, r.port, r.weight, r.check_healthy, r.healthy, r.enabled, r.prompt_template,
         _text(r.last_heartbeat), orjson.dumps(r.metadata).decode(), _text(r.registered_at),
-        _text(r.unhealthy_since), r.queue_length,
+        _text(r.unhealthy_since), r.queue_length, _json(r.overrides), _text(r.cooldown_until),
     )  # fmt: skip
 
 
@@ -87,6 +92,7 @@ def record_of(row: Any) -> ModelInstance:
     return ModelInstance(
         row[0], row[1], row[2], float(row[3]), bool(row[4]), bool(row[5]), bool(row[6]), row[7],
         _moment(row[8]), orjson.loads(row[9]), _moment(row[10]), _moment(row[11]), row[12],
+        None if row[13] is None else orjson.loads(row[13]), _moment(row[14]),
     )  # fmt: skip
 
 

@@ -191,3 +191,34 @@ def test_uvloop_serves_when_installed(tmp_path: Path) -> None:
     with ServerProcess("--storage", "memory://") as server:
         serving = server.messages("serving")
     assert serving[0]["loop"] == "uvloop"
+
+
+async def test_a_drain_survives_a_restart_and_the_workers_re_registration(tmp_path: Path) -> None:
+    storage = sqlite_url(tmp_path / "r.db")
+    worker = instance(1)
+    identity = {**worker, "port": str(worker["port"])}
+    with ServerProcess("--storage", storage) as server:
+        async with aiohttp.ClientSession(server.url) as http:
+            assert (await http.post(INSTANCES, json=worker)).status == 201
+            assert (await http.patch(INSTANCES, params=identity, json={"enabled": False})).status == 200
+        server.signal(signal.SIGTERM)
+        assert server.wait(timeout=20) == 0
+    with ServerProcess("--storage", storage) as server:
+        async with aiohttp.ClientSession(server.url) as http:
+            (stored,) = (await (await http.get(INSTANCES)).json())["instances"]
+            assert stored["enabled"] is False and stored["overrides"] == {"enabled": False}
+            assert (await http.post(INSTANCES, json={**worker, "enabled": True})).status == 200
+            select = await http.get("/api/v1/select", params={"model_name": worker["model_name"]})
+            assert select.status == 404
+
+
+async def test_sigterm_closes_watchers_at_once(tmp_path: Path) -> None:
+    with ServerProcess("--storage", "memory://", "--shutdown-timeout", "30") as server:
+        async with aiohttp.ClientSession(server.url) as http, http.ws_connect("/api/v1/watch") as ws:
+            assert (await ws.receive_json())["type"] == "snapshot"
+            started = time.monotonic()
+            server.signal(signal.SIGTERM)
+            message = await asyncio.wait_for(ws.receive(), 10)
+            assert message.type is aiohttp.WSMsgType.CLOSE and message.data == 1001
+            assert server.wait(timeout=10) == 0
+        assert time.monotonic() - started < 10  # not the 30 s shutdown timeout

@@ -88,3 +88,13 @@ async def test_a_beat_followed_by_a_transition_writes_the_transition(tmp_path: P
             query = "SELECT healthy, last_heartbeat, queue_length FROM instances"
             row = (await conn.exec_driver_sql(query)).one()
     assert row == (0, "2026-03-01 12:00:05.000000", 2)
+
+
+def test_the_journal_writes_every_column_of_the_schema_and_every_field() -> None:
+    from dataclasses import fields
+
+    from storage.journal import COLUMNS
+    from storage.model import ModelInstance
+    from storage.schema import instances
+
+    assert list(COLUMNS) == [c.name for c in instances.columns] == [f.name for f in fields(ModelInstance)]

@@ -107,3 +107,19 @@ async def test_a_database_from_the_first_release_is_upgraded_with_its_instances(
         (upgraded,) = await storage.list()
     assert upgraded == record(weight=2.0, metadata={"gpu": "a100"})
     assert upgraded.overrides is None and upgraded.cooldown_until is None
+
+
+async def test_every_field_survives_a_reopen(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "r.db")
+    full = record(
+        weight=0.5,
+        metadata={"zone": "b"},
+        overrides={"enabled": False, "metadata": {"zone": "b"}},
+        enabled=False,
+        cooldown_until=T0,
+        queue_length=3,
+    )
+    async with open_storage(url) as storage:
+        await storage.upsert(full)
+    async with open_storage(url) as storage:
+        assert await storage.list() == [full]
