@@ -61,6 +61,10 @@ class AsyncRegistryClient:
         return self._transport.retry
 
     @property
+    def clock(self) -> Clock:
+        return self._transport.clock
+
+    @property
     def closed(self) -> bool:
         return self._transport.closed
 
@@ -129,10 +133,11 @@ class AsyncRegistryClient:
         Raises ``InvalidRequest`` for bad parameters and ``ClientClosed`` once the client closes."""
         return watch(self._transport, model_name)
 
-    def healthy_cache(self, model_name: str | None = None) -> HealthyCache:
+    def healthy_cache(self, model_name: str | None = None, *, clock: Clock | None = None) -> HealthyCache:
         """The available instances of ``model_name`` (or all), in memory, kept current by
-        ``watch``: ``async with client.healthy_cache(name) as cache: cache.instances()``."""
-        return HealthyCache(self, model_name)
+        ``watch``: ``async with client.healthy_cache(name) as cache: cache.instances()``.
+        Cooldowns end by ``clock`` (the client's by default)."""
+        return HealthyCache(self, model_name, clock=clock)
 
     async def health(self) -> dict[str, Any]:
         return await self._transport.request("GET", "/health")

@@ -8,19 +8,24 @@
 A background task, started on entering and cancelled on leaving, consumes
 ``client.watch`` and applies each event: a snapshot or resync replaces
 everything; deregistered and evicted remove the instance; any other change
-stores the instance as the event carries it, and cooldown / restored also
-mark / unmark it. ``instances()`` lists the healthy, enabled instances not
-cooling down.
+(cooldown and restored included) stores the instance as the event carries it.
+``instances()`` lists the healthy, enabled instances not cooling down.
 
 While the registry is away the cache keeps answering with what it last knew,
 and the watch reconnects by itself. Once the watch has failed for good
 (``InvalidRequest``, ``ClientClosed``) every method raises that error.
 
-The answer is recomputed after each event and swapped in whole, so
-``instances()`` may be called from any thread (``RegistryClient.healthy_cache``).
+"Cooling down" is read from each record's ``cooldown_until``, against the
+client's clock, as the registry itself does: a ``cooldown`` event sets it and
+``restored`` clears it, a snapshot carries it, and a cooldown whose
+``restored`` never comes (its registry restarted meanwhile) still ends on
+time. So the client's clock must roughly agree with the registry's: one ahead
+by more than a cooldown's length (30 s by default) misses cooldowns.
 
-A record carries no cooldown flag, so a snapshot clears the marks: an instance
-that was cooling down when the watch resynced counts as available again.
+The healthy, enabled instances are recomputed after each event and swapped in
+whole, so ``instances()`` may be called from any thread
+(``RegistryClient.healthy_cache``). ``wait_for`` and ``wait_changed`` look
+again after each event (not as time passes).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from storage.model import InstanceKey, ModelInstance
 
+from ..clock import Clock
 from ..events import Change
 from .watch import WatchEvent
 
@@ -51,12 +57,14 @@ Predicate = Callable[[list[ModelInstance]], bool]
 
 
 class HealthyCache:
-    def __init__(self, client: AsyncRegistryClient, model_name: str | None = None) -> None:
+    def __init__(
+        self, client: AsyncRegistryClient, model_name: str | None = None, *, clock: Clock | None = None
+    ) -> None:
         self.model_name = model_name
         self._client = client
+        self._clock = clock or client.clock
         self._records: dict[InstanceKey, ModelInstance] = {}
-        self._cooling: set[InstanceKey] = set()
-        self._available: tuple[ModelInstance, ...] = ()
+        self._in_service: tuple[ModelInstance, ...] = ()  # healthy and enabled, by key
         self._revision: int | None = None
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -135,27 +143,24 @@ class HealthyCache:
     def _apply(self, event: WatchEvent) -> None:
         if event.instances is not None:
             self._records = {instance.key: instance for instance in event.instances}
-            self._cooling = set()
+        elif event.type in _REMOVED:
+            assert event.instance is not None
+            self._records.pop(event.instance.key, None)
         else:
             assert event.instance is not None
-            key = event.instance.key
-            if event.type in _REMOVED:
-                self._records.pop(key, None)
-                self._cooling.discard(key)
-            else:
-                self._records[key] = event.instance
-                if event.type == Change.COOLDOWN:
-                    self._cooling.add(key)
-                elif event.type == Change.RESTORED:
-                    self._cooling.discard(key)
-        available = [
-            i for i in self._records.values() if i.healthy and i.enabled and i.key not in self._cooling
-        ]
-        self._available = tuple(sorted(available, key=lambda instance: instance.key))
+            self._records[event.instance.key] = event.instance
+        in_service = [i for i in self._records.values() if i.healthy and i.enabled]
+        self._in_service = tuple(sorted(in_service, key=lambda instance: instance.key))
         self._revision = event.revision
 
     def _view(self, model_name: str | None = None) -> list[ModelInstance]:
-        return [i for i in self._available if model_name is None or i.model_name == model_name]
+        now = self._clock.now()
+        return [
+            i
+            for i in self._in_service
+            if (model_name is None or i.model_name == model_name)
+            and (i.cooldown_until is None or i.cooldown_until <= now)
+        ]
 
     async def _wait(self, condition: Callable[[], bool], timeout: float) -> None:
         async with asyncio.timeout(timeout), self._changed:

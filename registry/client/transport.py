@@ -76,7 +76,7 @@ class Transport:
         self.retry = retry
         self.reset_after = reset_after
         self.sessions_created = 0
-        self._clock = clock or SystemClock()
+        self.clock: Clock = clock or SystemClock()
         self._current = 0
         self._failures_in_a_row = 0
         self._session: aiohttp.ClientSession | None = None
@@ -128,7 +128,7 @@ class Transport:
         """Send one call; return the decoded JSON body of its 2xx answer."""
         if self._closed:
             raise ClientClosed()
-        clock = self._clock
+        clock = self.clock
         started = clock.monotonic()
         give_up_at = started + (deadline if deadline is not None else self.retry.deadline)
         body = None if json is None else orjson.dumps(json, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z)
@@ -219,7 +219,7 @@ class Transport:
 
     async def pause(self, seconds: float) -> None:
         """Wait ``seconds`` on the client's clock, or until the client is closed."""
-        sleeping = asyncio.ensure_future(self._clock.sleep(seconds))
+        sleeping = asyncio.ensure_future(self.clock.sleep(seconds))
         closing = asyncio.ensure_future(self._closing.wait())
         try:
             await asyncio.wait({sleeping, closing}, return_when=asyncio.FIRST_COMPLETED)

@@ -7,8 +7,10 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -25,7 +27,6 @@ from registry.client import (
     Retry,
     WatchEvent,
 )
-from registry.events import Change
 from registry.settings import Settings
 from tests.conftest import sqlite_url
 from tests.process import ServerProcess, free_port
@@ -269,27 +270,56 @@ async def test_the_cache_follows_registrations_health_and_deregistrations(app_se
                 cache.instances("other")
 
 
-async def test_the_cache_leaves_out_disabled_and_cooling_instances(app_server) -> None:
-    server = await app_server()
-    feed = app_of(server)[REGISTRY].feed
-    async with AsyncRegistryClient(url_of(server), retry=FAST) as client:
-        first, second = await client.register(worker(8001)), await client.register(worker(8002))
-        async with client.healthy_cache() as cache:
-            await cache.wait_ready(timeout=5)
-            # No endpoint makes these yet: published as the registry would.
-            steps = [
-                (Change.COOLDOWN, first, [8002]),
-                (Change.DISABLED, dataclasses.replace(second, enabled=False), []),
-                (Change.UPDATED, first, []),  # still cooling down
-                (Change.RESTORED, first, [8001]),
-                (Change.ENABLED, second, [8001, 8002]),
-                (Change.EVICTED, first, [8002]),
-            ]
-            for change, record, expected in steps:
-                revision = feed.publish(change, record).revision
-                assert await cache.wait_changed(revision - 1, timeout=5) == revision
-                assert ports(cache.instances()) == expected, change
-                assert ports(cache.instances("m")) == expected
+async def report(http: aiohttp.ClientSession, port: int, ok: bool) -> None:
+    """What a router tells the registry after a request to ``worker(port)``."""
+    body = {"model_name": "m", "host": "10.0.0.1", "port": port, "ok": ok}
+    async with http.post("/api/v1/reports", json=body) as answer:
+        assert answer.status == 200, await answer.text()
+
+
+async def set_enabled(http: aiohttp.ClientSession, port: int, enabled: bool) -> None:
+    params = {"model_name": "m", "host": "10.0.0.1", "port": str(port)}
+    async with http.patch("/api/v1/instances", params=params, json={"enabled": enabled}) as answer:
+        assert answer.status == 200, await answer.text()
+
+
+async def test_the_cache_leaves_out_cooling_and_disabled_instances(app_server, clock) -> None:
+    server = await app_server()  # three failures reported in a row: 30 s of cooldown
+    client = AsyncRegistryClient(url_of(server), retry=FAST)
+    http = aiohttp.ClientSession(url_of(server))
+    async with client, http, client.healthy_cache(clock=clock) as cache:
+        await client.register(worker(8001))
+        await client.register(worker(8002))
+        events = client.watch("m")
+        await next_event(events)
+        await cache.wait_for(lambda i: len(i) == 2, timeout=5)
+        for _ in range(3):
+            await report(http, 8001, ok=False)
+        assert ports(await cache.wait_for(lambda i: len(i) == 1, timeout=5)) == [8002]
+        # A cache started now learns of the cooldown from its snapshot.
+        async with client.healthy_cache(clock=clock) as late:
+            await late.wait_ready(timeout=5)
+            assert ports(late.instances()) == [8002]
+        # By a clock past its end, the cooldown is over even before "restored" comes.
+        later = ManualClock(clock.now() + timedelta(seconds=31))
+        async with client.healthy_cache(clock=later) as ahead:
+            await ahead.wait_ready(timeout=5)
+            assert ports(ahead.instances()) == [8001, 8002]
+        await report(http, 8001, ok=True)  # a success ends the cooldown at once
+        await cache.wait_for(lambda i: len(i) == 2, timeout=5)
+        await set_enabled(http, 8002, False)
+        assert ports(await cache.wait_for(lambda i: len(i) == 1, timeout=5)) == [8001]
+        await set_enabled(http, 8002, True)
+        await cache.wait_for(lambda i: len(i) == 2, timeout=5)
+        changes = [await next_event(events) for _ in range(4)]
+        await events.aclose()
+    assert [(e.type, e.instance.port) for e in changes] == [
+        ("cooldown", 8001),
+        ("restored", 8001),
+        ("disabled", 8002),
+        ("enabled", 8002),
+    ]
+    assert changes[0].instance.cooldown_until == clock.now() + timedelta(seconds=30)
 
 
 async def test_a_cache_whose_watch_fails_for_good_says_so(app_server) -> None:
