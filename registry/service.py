@@ -138,6 +138,8 @@ class Registry:
         self.failure_policy = failures or FailurePolicy()
         self._failures = FailureTracker()
         self._cooling: dict[InstanceKey, datetime] = {}  # cooldowns this process set, to end them
+        self._remote_reads: set[asyncio.Task[None]] = set()
+        storage.subscribe(self._remote_change)
         preservation = preservation or Preservation()
         self._expiry_guard, self._eviction_guard = Guard(preservation), Guard(preservation)
 
@@ -158,11 +160,12 @@ class Registry:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._checker is not None:
-            self._checker.cancel()
+        self.storage.subscribe(None)
+        for task in [*self._remote_reads, *([self._checker] if self._checker else [])]:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._checker
-            self._checker = None
+                await task
+        self._checker = None
 
     @property
     def grace_remaining(self) -> float:
@@ -214,7 +217,7 @@ class Registry:
             stored, created = await self.storage.upsert(record)
         if created:
             log.info("instance registered", extra=_fields(stored.key))
-        self.feed.publish(Change.REGISTERED if created else Change.UPDATED, stored)
+        self._publish(Change.REGISTERED if created else Change.UPDATED, stored)
         return stored, created
 
     async def heartbeat(
@@ -258,14 +261,40 @@ class Registry:
                 inserted = await self.storage.insert(record)
             if inserted is not None:
                 log.info("instance registered by its heartbeat", extra=_fields(key))
-                self.feed.publish(Change.REGISTERED, inserted)
+                self._publish(Change.REGISTERED, inserted)
                 return inserted
         raise StorageUnavailable(f"instance {key} kept changing under concurrent writes; retry")
+
+    # -- changes, here and from other replicas -----------------------------------
+
+    def _publish(self, change: Change, record: ModelInstance) -> None:
+        """Tell this process's watchers, and the other replicas'."""
+        self.feed.publish(change, record)
+        self.storage.announce(change.value, record)
+
+    def _remote_change(self, change: str, key: InstanceKey, record: ModelInstance | None) -> None:
+        """A change another replica made: its watchers here see it too."""
+        if record is not None:
+            self.feed.publish(Change(change), record)
+            return
+        task = asyncio.create_task(self._publish_remote(Change(change), key))
+        self._remote_reads.add(task)
+        task.add_done_callback(self._remote_reads.discard)
+
+    async def _publish_remote(self, change: Change, key: InstanceKey) -> None:
+        """A change whose record was too large to travel: read it here."""
+        try:
+            record = await self.storage.get(key)
+        except StorageUnavailable as exc:
+            log.warning("could not read a change another replica made: %s", exc)
+            return
+        gone = ModelInstance(key.model_name, key.host, key.port, healthy=False)
+        self.feed.publish(change, record or gone)
 
     def _beaten(self, record: ModelInstance, revived: bool) -> ModelInstance:
         if revived:
             log.info("instance healthy again: it beats", extra=_fields(record.key))
-            self.feed.publish(Change.HEALTHY, record)
+            self._publish(Change.HEALTHY, record)
         return record
 
     async def deregister(self, key: InstanceKey, *, purge: bool = False) -> ModelInstance:
@@ -280,7 +309,7 @@ class Registry:
         if record is None:
             raise InstanceNotFound(key)
         log.info("instance purged" if purge else "instance deregistered", extra=_fields(key))
-        self.feed.publish(Change.DEREGISTERED, record)
+        self._publish(Change.DEREGISTERED, record)
         return record
 
     async def patch(self, key: InstanceKey, changes: dict[str, Any]) -> ModelInstance:
@@ -296,7 +325,7 @@ class Registry:
         else:
             change = Change.UPDATED
         log.info("instance changed by an operator", extra={**_fields(key), "changes": changes})
-        self.feed.publish(change, record)
+        self._publish(change, record)
         return record
 
     async def report(self, report: Report | dict[str, Any]) -> tuple[ModelInstance, int]:
@@ -338,7 +367,7 @@ class Registry:
                         "last_status": report.status,
                     },
                 )
-                self.feed.publish(Change.COOLDOWN, record)
+                self._publish(Change.COOLDOWN, record)
         return record, failures
 
     async def _end_cooldown(self, key: InstanceKey, why: str) -> ModelInstance | None:
@@ -347,7 +376,7 @@ class Registry:
             record = await self.storage.set_cooldown(key, None)
         if record is not None:
             log.info("instance out of cooldown", extra={**_fields(key), "why": why})
-            self.feed.publish(Change.RESTORED, record)
+            self._publish(Change.RESTORED, record)
         return record
 
     def _fresh(self, instance: ModelInstance) -> ModelInstance:
@@ -445,7 +474,7 @@ class Registry:
                 "instance marked unhealthy: no heartbeat within the timeout",
                 extra={**_fields(record.key), "timeout_s": self.heartbeat_timeout},
             )
-            self.feed.publish(Change.UNHEALTHY, record)
+            self._publish(Change.UNHEALTHY, record)
         evicted: list[ModelInstance] = []
         if self.evict_after > 0 and not self._guarded(
             self._eviction_guard, "evicting", census.evictable, census.total, mono
@@ -457,7 +486,7 @@ class Registry:
                     "instance evicted: unhealthy for longer than evict-after",
                     extra={**_fields(record.key), "evict_after_s": self.evict_after},
                 )
-                self.feed.publish(Change.EVICTED, record)
+                self._publish(Change.EVICTED, record)
         restored = await self._end_cooldowns(now)
         self._failures.forget_older_than(mono - self.failure_policy.window)
         return CheckResult(

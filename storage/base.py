@@ -18,6 +18,7 @@ where there is one) and closes it; a closed backend cannot be reopened.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -141,6 +142,18 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def summarize(self) -> list[ModelSummary]:
         """Per-model counts, ordered by model name."""
+
+    # -- changes between processes ------------------------------------------
+
+    def announce(self, change: str, record: ModelInstance) -> None:  # noqa: B027 - optional
+        """Tell the other processes sharing this backend that ``record`` changed
+        (``change`` names how). Returns at once; delivery follows, in order,
+        at most once. A no-op for backends only one process uses."""
+
+    def subscribe(self, callback: Callable[[str, InstanceKey, ModelInstance | None], None] | None) -> None:  # noqa: B027
+        """Call ``callback(change, key, record)`` for every change another
+        process announces (``record`` is ``None`` when it was too large to
+        travel; read it by key). A no-op for backends only one process uses."""
 
     async def server_time(self) -> datetime | None:
         """The backend's own clock, for backends shared by several processes.

@@ -24,12 +24,13 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, true
+from sqlalchemy import func, text, true
 from sqlalchemy.dialects.postgresql import insert
 
 from .errors import StorageUnavailable
 from .index import clone
 from .model import Census, InstanceKey, ModelInstance
+from .notify import CHANNEL, Notifier, Remote
 from .options import PoolOptions
 from .schema import instances
 from .sql import SQLStorage
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 1.0
 _CHUNK = 1000
+_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 _excluded = insert(instances).excluded
 _FLUSH = insert(instances).on_conflict_do_update(
@@ -75,6 +77,8 @@ class PostgresStorage(SQLStorage):
         # they are answered (so they fail, 503, while the database is away), and
         # a crash still loses no more than ``flush_interval`` of them.
         self._degraded = False
+        self._notifier: Notifier | None = None
+        self._subscriber: Remote | None = None
 
     async def _open(self) -> None:
         await super()._open()
@@ -82,8 +86,39 @@ class PostgresStorage(SQLStorage):
         # at once rather than after a first, written, beat each.
         self._known = {record.key: record for record in await super().list()}
         self._flusher = asyncio.create_task(self._flush_forever(), name="postgres-heartbeats")
+        assert self._engine is not None
+        dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._notifier = Notifier(dsn, self._remote, self._notify)
+        self._notifier.start()
+        try:  # so that changes made right after the start reach this replica
+            await asyncio.wait_for(self._notifier.listening.wait(), self._pool.connect_timeout)
+        except TimeoutError:
+            log.warning("not yet listening for other replicas' changes; will keep trying")
+
+    def announce(self, change: str, record: ModelInstance) -> None:
+        if self._notifier is not None:
+            self._notifier.announce(change, record)
+
+    def subscribe(self, callback: Remote | None) -> None:
+        self._subscriber = callback
+
+    async def _notify(self, payloads: list[str]) -> None:
+        async with self._write("announce changes to the other replicas") as conn:
+            for payload in payloads:
+                await conn.execute(_NOTIFY, {"channel": CHANNEL, "payload": payload})
+
+    def _remote(self, change: str, key: InstanceKey, record: ModelInstance | None) -> None:
+        if change == "evicted":
+            self._known.pop(key, None)
+            self._pending.pop(key, None)
+        elif record is not None:
+            self._remember(record)
+        if self._subscriber is not None:
+            self._subscriber(change, key, record)
 
     async def _close(self) -> None:
+        if self._notifier is not None:
+            await self._notifier.stop()
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -132,7 +132,7 @@ def _client_examples() -> list[str]:
 
 
 def test_the_readme_client_examples_run(tmp_path: Path) -> None:
-    worker, controller = _client_examples()
+    worker, controller = _client_examples()[:2]  # the whole programs; later blocks are fragments
     with ServerProcess("--storage", "memory://") as server:
         for name, code in (("worker", worker), ("controller", controller)):
             script = tmp_path / f"{name}.py"

@@ -97,7 +97,8 @@ async def test_models_counts(client: TestClient) -> None:
         "models": [
             {"model_name": "glm-4@llm", "total": 1, "healthy": 0, "enabled": 1, "available": 0},
             {"model_name": LLAMA, "total": 2, "healthy": 2, "enabled": 1, "available": 1},
-        ]
+        ],
+        "self_preservation": {"active": False},
     }
 
 

@@ -138,7 +138,7 @@ async def test_unknown_route_404_and_wrong_method_405(client: TestClient, stored
     await assert_error(await client.get("/"), 404, "not_found")
     response = await client.put("/api/v1/instances", json=body())
     await assert_error(response, 405, "method_not_allowed")
-    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "POST", "DELETE"}
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "POST", "DELETE", "PATCH"}
     await assert_error(await client.post("/health"), 405, "method_not_allowed")
     await assert_unchanged(client, stored)
 

@@ -48,9 +48,14 @@ async def test_a_write_through_one_replica_is_read_through_the_other(pg_url: str
             listed = await (await http.get(b.url + INSTANCES)).json()
             assert [i["host"] for i in listed["instances"]] == ["10.1.0.1"]
             beat = await (await http.post(b.url + HEARTBEAT, json={**worker(1), "queue_length": 6})).json()
+
+            async def beat_seen_through_a() -> bool:  # written behind: within the flush interval
+                seen = await (await http.get(a.url + INSTANCES)).json()
+                return seen["instances"][0]["last_heartbeat"] == beat["last_heartbeat"]
+
+            assert await until(beat_seen_through_a, timeout=5) < 2.5
             seen = await (await http.get(a.url + INSTANCES)).json()
             assert seen["instances"][0]["queue_length"] == 6
-            assert seen["instances"][0]["last_heartbeat"] == beat["last_heartbeat"]
             health = await (await http.get(a.url + "/health")).json()
             assert health["clock"] == "database"
     finally:
@@ -263,3 +268,38 @@ async def test_kill_9_of_a_replica_loses_at_most_the_flush_interval_of_beats(pg_
         [stored] = await storage.list()
     acknowledged = datetime.fromisoformat(last["last_heartbeat"])
     assert timedelta(0) <= acknowledged - stored.last_heartbeat <= timedelta(seconds=0.5 + 0.2)
+
+
+async def test_a_change_through_one_replica_reaches_the_watchers_of_another_within_a_second(
+    pg_url: str,
+) -> None:
+    a, b = replica(pg_url), replica(pg_url)
+    try:
+        async with aiohttp.ClientSession() as http, http.ws_connect(b.url + "/api/v1/watch") as ws:
+            assert (await ws.receive_json())["type"] == "snapshot"
+            big = {**worker(2), "prompt_template": "x" * 9000}  # too large for one notification
+            changes = [
+                ("registered", lambda: http.post(a.url + INSTANCES, json=worker(1))),
+                ("registered", lambda: http.post(a.url + INSTANCES, json=big)),
+                (
+                    "disabled",
+                    lambda: http.patch(a.url + INSTANCES, params=_query(1), json={"enabled": False}),
+                ),
+                ("deregistered", lambda: http.delete(a.url + INSTANCES, params=_query(1))),
+            ]
+            last = 0
+            for change, make in changes:
+                started = time.monotonic()
+                assert (await make()).status < 300
+                event = await asyncio.wait_for(ws.receive_json(), 5)
+                assert time.monotonic() - started < 1.0, change
+                assert event["type"] == change and event["revision"] > last
+                last = event["revision"]
+            assert event["instance"]["host"] == "10.1.0.1" and event["instance"]["healthy"] is False
+    finally:
+        a.stop()
+        b.stop()
+
+
+def _query(i: int) -> dict:
+    return {k: str(v) for k, v in worker(i).items()}

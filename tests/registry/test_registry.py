@@ -188,12 +188,14 @@ async def test_background_checker_runs_every_interval(storage: Storage, clock: M
     assert clock.sleepers == 0  # leaving stopped the checker
 
 
-async def _until(condition, attempts: int = 1000) -> None:
-    for _ in range(attempts):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never became true")
+async def _until(condition, timeout: float = 10.0) -> None:
+    """Poll ``condition`` (the checker's storage writes may go through a thread)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout
+    while not condition():
+        if loop.time() > give_up:
+            raise AssertionError("condition never became true")
+        await asyncio.sleep(0.001)
 
 
 async def test_weighted_selection_follows_weights(storage: Storage, clock: ManualClock) -> None:
