@@ -1,5 +1,7 @@
 """Operator subcommands that talk to a running registry through the sync client:
-``list``, ``models``, ``register``, ``deregister``, ``heartbeat``, ``select``.
+``list``, ``models``, ``register``, ``deregister``, ``heartbeat``, ``select``,
+and the operator's ``drain``, ``undrain`` and ``set-weight``, which pin their
+change over the worker's re-registrations.
 
 Output is a readable table, or JSON with ``--json`` (for scripts). A registry
 that cannot be reached or refuses the request ends in one line on stderr and
@@ -24,7 +26,19 @@ from storage import InstanceKey, ModelInstance
 __all__ = ["COMMANDS", "add_client_commands", "run_client_command"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-COMMANDS = ("list", "models", "register", "deregister", "heartbeat", "select")
+COMMANDS = (
+    "list",
+    "models",
+    "register",
+    "deregister",
+    "heartbeat",
+    "select",
+    "drain",
+    "undrain",
+    "set-weight",
+)
+#: Commands that print one instance.
+_SINGLE = ("select", "register", "deregister", "heartbeat", "drain", "undrain", "set-weight")
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -84,9 +98,40 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         help="how to pick (default: weighted)",
     )
 
+    drain = commands.add_parser(
+        "drain", parents=[common], help="take an instance out of selection, even if it registers again"
+    )
+    _identity(drain)
+    undrain = commands.add_parser("undrain", parents=[common], help="put a drained instance back in service")
+    _identity(undrain)
+    weight = commands.add_parser(
+        "set-weight", parents=[common], help="pin an instance's selection weight over its registrations"
+    )
+    _identity(weight)
+    weight.add_argument("weight", type=_weight, help="the weight, or 'worker' to let the worker's own apply")
+
+
+def _weight(text: str) -> float | None:
+    if text == "worker":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
+    return value
+
 
 def _call(client: RegistryClient, args: argparse.Namespace) -> Any:
     command = args.command
+    if command in ("drain", "undrain", "set-weight"):
+        key = InstanceKey(args.model_name, args.host, args.port)
+        if command == "drain":
+            return [client.drain(key)]
+        if command == "undrain":
+            return [client.undrain(key)]
+        return [client.set_weight(key, args.weight)]
     if command == "list":
         return client.list_instances(args.model_name, args.healthy_only)
     if command == "models":
@@ -121,7 +166,7 @@ def run_client_command(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a malformed --url
         return _error(str(exc))
     if args.json:
-        single = args.command in ("select", "register", "deregister", "heartbeat")
+        single = args.command in _SINGLE
         sys.stdout.write(orjson.dumps(result[0] if single else result, option=orjson.OPT_UTC_Z).decode())
         sys.stdout.write("\n")
     elif args.command == "models":

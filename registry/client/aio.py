@@ -109,6 +109,43 @@ class AsyncRegistryClient:
         answer = await self._transport.request("DELETE", f"{_V1}/instances", params=params, deadline=deadline)
         return record_from(answer)
 
+    async def patch(self, instance: ModelInstance | InstanceKey, **changes: Any) -> ModelInstance:
+        """An operator's change, pinned over re-registrations: ``enabled``,
+        ``weight``, ``metadata`` (a dict of keys); ``None`` releases a pin."""
+        key = instance.key if isinstance(instance, ModelInstance) else instance
+        answer = await self._transport.request(
+            "PATCH", f"{_V1}/instances", params=key_params(key), json=changes
+        )
+        return record_from(answer)
+
+    async def drain(self, instance: ModelInstance | InstanceKey) -> ModelInstance:
+        """Take the instance out of selection until ``undrain``, whatever the worker registers."""
+        return await self.patch(instance, enabled=False)
+
+    async def undrain(self, instance: ModelInstance | InstanceKey) -> ModelInstance:
+        return await self.patch(instance, enabled=None)
+
+    async def set_weight(self, instance: ModelInstance | InstanceKey, weight: float | None) -> ModelInstance:
+        """Pin the selection weight (``None`` gives the choice back to the worker)."""
+        return await self.patch(instance, weight=weight)
+
+    async def report(
+        self,
+        instance: ModelInstance | InstanceKey,
+        ok: bool,
+        *,
+        error: str | None = None,
+        status: int | None = None,
+    ) -> ModelInstance:
+        """Tell the registry how a request to ``instance`` went (routers do
+        this): enough failures in a row put it in cooldown, a success ends it.
+        Returns the instance as the registry now sees it."""
+        key = instance.key if isinstance(instance, ModelInstance) else instance
+        body = {**key._asdict(), "ok": ok, "error": error, "status": status}
+        # Not retried: a report that did land would count twice.
+        answer = await self._transport.request("POST", f"{_V1}/reports", json=body, idempotent=False)
+        return record_from(answer["instance"])
+
     async def list_instances(
         self, model_name: str | None = None, healthy_only: bool = False
     ) -> list[ModelInstance]:

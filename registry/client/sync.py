@@ -97,6 +97,28 @@ class RegistryClient:
     def deregister(self, instance: ModelInstance | InstanceKey, *, purge: bool = False) -> ModelInstance:
         return self.run(self._aio.deregister(instance, purge=purge))
 
+    def patch(self, instance: ModelInstance | InstanceKey, **changes: Any) -> ModelInstance:
+        return self.run(self._aio.patch(instance, **changes))
+
+    def drain(self, instance: ModelInstance | InstanceKey) -> ModelInstance:
+        return self.run(self._aio.drain(instance))
+
+    def undrain(self, instance: ModelInstance | InstanceKey) -> ModelInstance:
+        return self.run(self._aio.undrain(instance))
+
+    def set_weight(self, instance: ModelInstance | InstanceKey, weight: float | None) -> ModelInstance:
+        return self.run(self._aio.set_weight(instance, weight))
+
+    def report(
+        self,
+        instance: ModelInstance | InstanceKey,
+        ok: bool,
+        *,
+        error: str | None = None,
+        status: int | None = None,
+    ) -> ModelInstance:
+        return self.run(self._aio.report(instance, ok, error=error, status=status))
+
     def list_instances(
         self, model_name: str | None = None, healthy_only: bool = False
     ) -> list[ModelInstance]:

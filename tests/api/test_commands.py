@@ -83,3 +83,24 @@ def test_bad_arguments_are_usage_errors(server: ServerProcess) -> None:
     assert result.returncode == 2 and "must be a JSON object" in result.stderr
     result = cli(server, "register", "m", "h", "0")
     assert result.returncode == 1 and "port" in result.stderr and "422" in result.stderr
+
+
+def test_drain_undrain_and_set_weight_pin_over_re_registration(server: ServerProcess) -> None:
+    identity = ("glm-4", "10.0.0.7", "8001")
+    assert cli(server, "register", *identity).returncode == 0
+    drained = orjson.loads(cli(server, "drain", *identity, "--json").stdout)
+    assert drained["enabled"] is False and drained["overrides"] == {"enabled": False}
+    assert cli(server, "register", *identity).returncode == 0  # the worker comes back
+    refused = cli(server, "select", "glm-4")
+    assert refused.returncode == 1 and "no_healthy_instance" in refused.stderr
+    weighted = orjson.loads(cli(server, "set-weight", *identity, "0.25", "--json").stdout)
+    assert weighted["weight"] == 0.25 and weighted["enabled"] is False
+    undrained = orjson.loads(cli(server, "undrain", *identity, "--json").stdout)
+    assert undrained["enabled"] is True and undrained["overrides"] == {"weight": 0.25}
+    assert orjson.loads(cli(server, "select", "glm-4", "--json").stdout)["weight"] == 0.25
+    released = orjson.loads(cli(server, "set-weight", *identity, "worker", "--json").stdout)
+    assert released["overrides"] is None
+    bad = cli(server, "set-weight", *identity, "-1")
+    assert bad.returncode == 2 and "at least 0" in bad.stderr
+    missing = cli(server, "drain", "glm-4", "10.0.0.7", "9999")
+    assert missing.returncode == 1 and "instance_not_found" in missing.stderr

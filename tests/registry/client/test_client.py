@@ -57,6 +57,33 @@ async def test_every_call_round_trips_as_records(server: ServerProcess) -> None:
         assert invalid.value.status == 422 and invalid.value.field == "port"
 
 
+async def test_operator_changes_and_router_reports_round_trip(server: ServerProcess) -> None:
+    async with AsyncRegistryClient(server.url) as client:
+        stored = await client.register(
+            ModelInstance(LLAMA, "10.0.0.5", 8001, metadata={"failure_cooldown": 60})
+        )
+        assert not (await client.drain(stored)).enabled
+        assert (await client.set_weight(stored.key, 3.0)).weight == 3.0
+        patched = await client.patch(stored, metadata={"zone": "b"})
+        assert patched.metadata == {"failure_cooldown": 60, "zone": "b"} and not patched.enabled
+        assert (await client.undrain(stored)).enabled
+        for _ in range(3):
+            reported = await client.report(stored, False, error="CUDA error", status=500)
+        assert reported.cooldown_until is not None
+        assert (reported.cooldown_until - reported.last_heartbeat).total_seconds() > 50
+        assert (await client.report(stored.key, True)).cooldown_until is None
+        with pytest.raises(InstanceNotFound):
+            await client.report(InstanceKey(LLAMA, "10.0.0.5", 1), False)
+
+
+async def test_reports_are_not_retried_after_a_500(scripted, clock) -> None:
+    fake, server = await scripted((500, {"error": "internal_error", "detail": "oops"}, {}))
+    async with AsyncRegistryClient(str(server.make_url("/")), retry=fast(), clock=clock) as client:
+        with pytest.raises(RegistryUnavailable):
+            await client.report(InstanceKey("m", "h", 1), False)
+    assert len(fake.requests) == 1  # it may have been counted: a retry would count it twice
+
+
 async def test_503_twice_then_200_succeeds(scripted, clock) -> None:
     fake, server = await scripted(UNAVAILABLE, UNAVAILABLE, OK)
     async with AsyncRegistryClient(str(server.make_url("/")), retry=fast(), clock=clock) as client:
