@@ -29,24 +29,8 @@ __all__ = ["main"]
 
 log = logging.getLogger("model-registry")
 
-_SERVE_FLAGS = (
-    "host",
-    "port",
-    "storage",
-    "heartbeat_interval",
-    "heartbeat_timeout",
-    "evict_after",
-    "shutdown_timeout",
-    "flush_interval",
-    "request_timeout",
-    "db_pool_size",
-    "db_max_overflow",
-    "db_pool_timeout",
-    "db_connect_timeout",
-    "db_statement_timeout",
-    "log_level",
-    "log_format",
-)
+#: Every setting is a flag of ``serve``.
+_SERVE_FLAGS = tuple(Settings.model_fields)
 
 
 def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:

@@ -149,3 +149,14 @@ def test_the_readme_client_examples_run(tmp_path: Path) -> None:
     [instance] = orjson.loads(listing.stdout)
     assert instance["model_name"] == "glm-4@llm" and instance["healthy"] is False
     assert instance["metadata"] == {"gpu": "a100"}
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    from registry.settings import Settings
+
+    text = (ROOT / "README.md").read_text()
+    for name in Settings.model_fields:
+        flag, variable = "--" + name.replace("_", "-"), "REGISTRY_" + name.upper()
+        assert f"| `{flag}` | `{variable}` |" in text, (
+            f"{flag} is missing from the README's configuration table"
+        )

@@ -171,7 +171,7 @@ async def guarded(storage: Storage, clock: ManualClock) -> AsyncIterator[Registr
 
 
 async def test_most_of_the_fleet_silent_at_once_is_held_back_then_marked_after_max_protection(
-    guarded: Registry, clock: ManualClock
+    guarded: Registry, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     for port in range(8001, 8011):
         await guarded.register(body(port))
@@ -179,6 +179,8 @@ async def test_most_of_the_fleet_silent_at_once_is_held_back_then_marked_after_m
     await guarded.heartbeat(body(8001))  # nine of ten fall silent at once
     held = await guarded.check_once()
     assert held.expired == [] and held.held_expiry == 9
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("self-preservation: holding back marking unhealthy" in m for m in warnings)
     health = await guarded.health()
     assert health["self_preservation"]["active"] and health["self_preservation"]["expiry"]["held"] == 9
     assert len(await guarded.instances(M, healthy_only=True)) == 10
@@ -189,6 +191,7 @@ async def test_most_of_the_fleet_silent_at_once_is_held_back_then_marked_after_m
     await guarded.heartbeat(body(8001))
     marked = await guarded.check_once()
     assert len(marked.expired) == 9 and not guarded.self_preservation["active"]
+    assert any("protection time is over" in r.getMessage() for r in caplog.records)
 
 
 async def test_self_preservation_releases_when_the_fleet_beats_again(
