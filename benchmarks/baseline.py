@@ -32,6 +32,8 @@ def instance(i: int) -> dict:
         "registered_at": now,
         "unhealthy_since": None,
         "queue_length": 0,
+        "overrides": None,
+        "cooldown_until": None,
     }
 
 
