@@ -423,7 +423,7 @@ class Registry:
         await self.feed.wait(after, model_name, timeout)
 
     async def models(self) -> list[ModelSummary]:
-        return await self.storage.summarize()
+        return await self.storage.summarize(self._clock.now())
 
     async def select(self, model_name: str, strategy: str = DEFAULT_STRATEGY) -> ModelInstance:
         """One healthy, enabled instance of the model with a weight above 0,

@@ -140,8 +140,9 @@ class Storage(abc.ABC):
         by key."""
 
     @abc.abstractmethod
-    async def summarize(self) -> list[ModelSummary]:
-        """Per-model counts, ordered by model name."""
+    async def summarize(self, now: datetime | None = None) -> list[ModelSummary]:
+        """Per-model counts, ordered by model name. With ``now``, ``available``
+        leaves out instances in a cooldown at that moment."""
 
     # -- changes between processes ------------------------------------------
 

@@ -50,6 +50,10 @@ def clone(record: ModelInstance) -> ModelInstance:
 _new = object.__new__
 
 
+def _cooling(record: ModelInstance, now: datetime) -> bool:
+    return record.cooldown_until is not None and record.cooldown_until > now
+
+
 def _bucket(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.timestamp())
 
@@ -256,7 +260,7 @@ class InstanceIndex:
         # to return records in key order.
         return [clone(r) for r in map(records.__getitem__, sorted(records)) if r.healthy or not healthy_only]
 
-    def summarize(self) -> list[ModelSummary]:
+    def summarize(self, now: datetime | None = None) -> list[ModelSummary]:
         summaries = []
         for name in sorted(self._by_model):
             records = self._by_model[name].values()
@@ -264,7 +268,7 @@ class InstanceIndex:
             for r in records:
                 healthy += r.healthy
                 enabled += r.enabled
-                available += r.healthy and r.enabled
+                available += r.healthy and r.enabled and (now is None or not _cooling(r, now))
             summaries.append(ModelSummary(name, len(records), healthy, enabled, available))
         return summaries
 
@@ -280,8 +284,8 @@ class IndexReads:
     async def list(self, model_name: str | None = None, healthy_only: bool = False) -> list[ModelInstance]:
         return self._index.list(model_name, healthy_only)
 
-    async def summarize(self) -> list[ModelSummary]:
-        return self._index.summarize()
+    async def summarize(self, now: datetime | None = None) -> list[ModelSummary]:
+        return self._index.summarize(now)
 
     async def census(self, expire_cutoff: datetime, evict_cutoff: datetime) -> Census:
         return self._index.census(expire_cutoff, evict_cutoff)

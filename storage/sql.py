@@ -312,18 +312,22 @@ class SQLStorage(Storage):
         async with self._read("list instances") as conn:
             return [_record(row) for row in await conn.execute(statement)]
 
-    async def summarize(self) -> list[ModelSummary]:
+    async def summarize(self, now: datetime | None = None) -> list[ModelSummary]:
         def count(condition):
             return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
         healthy, enabled = _t.c.healthy == true(), _t.c.enabled == true()
+        if now is not None:  # available: not in a cooldown either
+            enabled_now = enabled & (_t.c.cooldown_until.is_(None) | (_t.c.cooldown_until <= now))
+        else:
+            enabled_now = enabled
         statement = (
             select(
                 _t.c.model_name,
                 func.count(),
                 count(healthy),
                 count(enabled),
-                count(healthy & enabled),
+                count(healthy & enabled_now),
             )
             .group_by(_t.c.model_name)
             .order_by(_t.c.model_name)

@@ -134,6 +134,11 @@ async def test_summarize_counts_per_model(storage: Storage) -> None:
         ModelSummary("a", total=3, healthy=2, enabled=2, available=1),
         ModelSummary("b", total=1, healthy=1, enabled=1, available=1),
     ]
+    await storage.set_cooldown(InstanceKey("b", "10.0.0.1", 1), T0 + timedelta(seconds=30))
+    during = await storage.summarize(T0)
+    assert during[1] == ModelSummary("b", total=1, healthy=1, enabled=1, available=0)
+    after = await storage.summarize(T0 + timedelta(seconds=30))
+    assert after[1].available == 1
 
 
 async def test_returned_records_are_copies(storage: Storage) -> None:
