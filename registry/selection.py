@@ -82,7 +82,7 @@ class Selector:
         unknown strategy or candidates of more than one model. Never changes
         the candidates.
         """
-        name = parse_strategy(strategy)
+        name = strategy if strategy in STRATEGIES else parse_strategy(strategy)
         model = _model_of(candidates)
         eligible = _eligible(candidates)
         if name == "round_robin":
@@ -123,8 +123,16 @@ def _model_of(candidates: Sequence[ModelInstance]) -> str | None:
 
 
 def _eligible(candidates: Sequence[ModelInstance]) -> list[ModelInstance]:
-    """The instances a strategy may pick, in key order (so a seed replays the same picks)."""
-    return sorted((c for c in candidates if c.enabled and c.healthy and c.weight > 0), key=attrgetter("key"))
+    """The instances a strategy may pick, in key order (so a seed replays the same picks).
+
+    Candidates are of one model, so (host, port) orders them; storage lists
+    them in that order already, which makes the sort one cheap pass."""
+    eligible = [c for c in candidates if c.enabled and c.healthy and c.weight > 0]
+    eligible.sort(key=_address)
+    return eligible
+
+
+_address = attrgetter("host", "port")
 
 
 def _scaled_weights(instances: Sequence[ModelInstance]) -> list[float]:
