@@ -402,15 +402,8 @@ class Registry:
         return self._not_cooling(found) if healthy_only else found
 
     def _not_cooling(self, records: list[ModelInstance]) -> list[ModelInstance]:
-        now = None
-        kept = []
-        for record in records:
-            if record.cooldown_until is not None:
-                now = now or self._clock.now()
-                if record.cooldown_until > now:
-                    continue
-            kept.append(record)
-        return kept
+        now = self._clock.now()
+        return [r for r in records if r.cooldown_until is None or r.cooldown_until <= now]
 
     @property
     def revision(self) -> int:

@@ -9,7 +9,10 @@ and once it returns, the change is durable to the degree the backend promises
 (``durable`` below).
 
 Every method may raise ``StorageUnavailable``; nothing else is expected. Records
-returned are copies: mutating them changes nothing stored.
+returned are snapshots: later changes to the stored record do not show in them.
+They may be shared (with the backend, and with other callers), so they must not
+be changed; derive a changed copy with ``dataclasses.replace``. Records passed
+in are copied: the caller may go on changing its own.
 
 Lifecycle: ``async with backend:`` opens it (creating or upgrading the schema
 where there is one) and closes it; a closed backend cannot be reopened.

@@ -9,8 +9,11 @@
 - the unhealthy records (eviction): a dict, usually small.
 
 Operations are plain synchronous methods: on one event loop each is atomic.
-The index owns its records and mutates them in place; whatever leaves it is a
-copy (``clone``).
+
+Records are copy-on-write: the index never changes a record it holds; a change
+stores a new record in its place. So a read hands out the stored records
+themselves, no copying, and what it handed out stays as it was (a snapshot).
+Whatever comes in is copied (``clone``), since its caller still holds it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,14 @@ def clone(record: ModelInstance) -> ModelInstance:
 _new = object.__new__
 
 
+def _copy(record: ModelInstance) -> ModelInstance:
+    """A shallow copy, to change in place of ``record`` (whose mutable fields are never
+    changed in place either, so sharing them is safe)."""
+    copy = _new(ModelInstance)
+    copy.__dict__.update(record.__dict__)
+    return copy
+
+
 def _cooling(record: ModelInstance, now: datetime) -> bool:
     return record.cooldown_until is not None and record.cooldown_until > now
 
@@ -81,6 +92,8 @@ class InstanceIndex:
         self._by_model: dict[str, dict[InstanceKey, ModelInstance]] = {}
         self._wheel: dict[int, dict[InstanceKey, None]] = {}
         self._unhealthy: dict[InstanceKey, ModelInstance] = {}
+        # Models whose records are not in key order since a registration (see ``list``).
+        self._unsorted: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -106,9 +119,22 @@ class InstanceIndex:
             self._unhealthy[record.key] = record
 
     def _store(self, record: ModelInstance) -> None:
-        self.records[record.key] = record
-        self._by_model.setdefault(record.model_name, {})[record.key] = record
+        key = record.key
+        self.records[key] = record
+        model = self._by_model.get(record.model_name)
+        if model is None:
+            self._by_model[record.model_name] = {key: record}
+        else:
+            if key not in model and key < next(reversed(model)):
+                self._unsorted.add(record.model_name)  # sorted again by the next listing
+            model[key] = record
         self._link(record)
+
+    def _put(self, record: ModelInstance) -> None:
+        """Store ``record`` in place of the one with its key (the links are the caller's)."""
+        key = record.key
+        self.records[key] = record
+        self._by_model[record.model_name][key] = record
 
     def _remove(self, record: ModelInstance) -> None:
         self._unlink(record)
@@ -117,6 +143,7 @@ class InstanceIndex:
         del model[record.key]
         if not model:
             del self._by_model[record.model_name]
+            self._unsorted.discard(record.model_name)
 
     # -- the contract's primitives, synchronously ----------------------------
 
@@ -131,29 +158,41 @@ class InstanceIndex:
         if previous is not None:
             stored.registered_at, stored.cooldown_until = previous.registered_at, previous.cooldown_until
             apply_overrides(stored, previous.overrides)
-            self._remove(previous)
-        self._store(stored)
-        return clone(stored), previous is None
+            self._unlink(previous)
+            self._put(stored)
+            self._link(stored)
+        else:
+            self._store(stored)
+        return stored, previous is None
 
     def override(self, key: InstanceKey, changes: dict) -> ModelInstance | None:
         record = self.records.get(key)
         if record is None:
             return None
-        apply_operator_changes(record, changes)  # no field the secondary indexes use
-        return clone(record)
+        changed = _copy(record)
+        apply_operator_changes(changed, changes)  # no field the secondary indexes use
+        self._put(changed)
+        if not changed.healthy:
+            self._unhealthy[key] = changed
+        return changed
 
     def set_cooldown(self, key: InstanceKey, until: datetime | None) -> ModelInstance | None:
         record = self.records.get(key)
         if record is None:
             return None
-        record.cooldown_until = until
-        return clone(record)
+        changed = _copy(record)
+        changed.cooldown_until = until
+        self._put(changed)
+        if not changed.healthy:
+            self._unhealthy[key] = changed
+        return changed
 
     def insert(self, record: ModelInstance) -> ModelInstance | None:
         if record.key in self.records:
             return None
-        self._store(clone(record))
-        return clone(record)
+        stored = clone(record)
+        self._store(stored)
+        return stored
 
     def touch(
         self, key: InstanceKey, now: datetime, queue_length: int | None
@@ -162,35 +201,43 @@ class InstanceIndex:
         record = self.records.get(key)
         if record is None:
             return None
+        beaten = _new(ModelInstance)
+        fields = beaten.__dict__
+        fields.update(record.__dict__)
+        if queue_length is not None:
+            fields["queue_length"] = queue_length
         revived = not record.healthy
         if revived or not record.check_healthy or record.last_heartbeat is None:
             self._unlink(record)
-            record.last_heartbeat, record.healthy, record.unhealthy_since = now, True, None
-            self._link(record)
-        else:  # the common case: healthy and beating; move buckets only if the second changed
-            old, new = int(record.last_heartbeat.timestamp()), int(now.timestamp())  # type: ignore[union-attr]
-            record.last_heartbeat = now
-            if old != new:
-                wheel = self._wheel
-                wheel[old].pop(key)  # a healthy, checked record is always in its bucket
-                bucket = wheel.get(new)
-                if bucket is None:
-                    wheel[new] = bucket = {}
-                bucket[key] = None
-        if queue_length is not None:
-            record.queue_length = queue_length
-        return clone(record), revived
+            fields["last_heartbeat"], fields["healthy"], fields["unhealthy_since"] = now, True, None
+            self._put(beaten)
+            self._link(beaten)
+            return beaten, revived
+        # The common case: healthy and beating; move buckets only if the second changed.
+        fields["last_heartbeat"] = now
+        self._put(beaten)
+        old, new = int(record.last_heartbeat.timestamp()), int(now.timestamp())
+        if old != new:
+            wheel = self._wheel
+            wheel[old].pop(key)  # a healthy, checked record is always in its bucket
+            bucket = wheel.get(new)
+            if bucket is None:
+                wheel[new] = bucket = {}
+            bucket[key] = None
+        return beaten, False
 
     def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
         record = self.records.get(key)
         if record is None:
             return None
         self._unlink(record)
+        marked = _copy(record)
         if record.healthy or record.unhealthy_since is None:
-            record.unhealthy_since = now
-        record.healthy = False
-        self._link(record)
-        return clone(record)
+            marked.unhealthy_since = now
+        marked.healthy = False
+        self._put(marked)
+        self._link(marked)
+        return marked
 
     def delete(self, key: InstanceKey) -> ModelInstance | None:
         record = self.records.get(key)
@@ -214,10 +261,11 @@ class InstanceIndex:
                 if record.last_heartbeat >= cutoff:  # type: ignore[operator]
                     continue  # the cutoff's own second: later in that second
                 del bucket[key]
-                record.healthy = False
-                record.unhealthy_since = now
-                self._unhealthy[key] = record
-                expired.append(clone(record))
+                marked = _copy(record)
+                marked.healthy, marked.unhealthy_since = False, now
+                self._put(marked)
+                self._unhealthy[key] = marked
+                expired.append(marked)
                 if limit is not None and len(expired) >= limit:
                     return expired
             if not bucket:
@@ -251,14 +299,19 @@ class InstanceIndex:
     # -- reads -------------------------------------------------------------
 
     def get(self, key: InstanceKey) -> ModelInstance | None:
-        record = self.records.get(key)
-        return None if record is None else clone(record)
+        return self.records.get(key)
 
     def list(self, model_name: str | None = None, healthy_only: bool = False) -> list[ModelInstance]:
-        records = self.records if model_name is None else self._by_model.get(model_name, {})
-        # Keys are tuples, so sorting them needs no key function: the cheap way
-        # to return records in key order.
-        return [clone(r) for r in map(records.__getitem__, sorted(records)) if r.healthy or not healthy_only]
+        if model_name is None:  # every record: sort the keys (tuples sort without a key function)
+            records = map(self.records.__getitem__, sorted(self.records))
+        else:  # one model's records, kept in key order once sorted
+            if model_name in self._unsorted:
+                self._unsorted.discard(model_name)
+                self._by_model[model_name] = dict(sorted(self._by_model[model_name].items()))
+            records = self._by_model.get(model_name, {}).values()
+        if healthy_only:
+            return [r for r in records if r.healthy]
+        return list(records)
 
     def summarize(self, now: datetime | None = None) -> list[ModelSummary]:
         summaries = []

@@ -199,7 +199,8 @@ class PostgresStorage(SQLStorage):
         return self._remember(await super().set_cooldown(key, until))
 
     async def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
-        self._pending.pop(key, None)
+        if key in self._pending:  # its last beat (time, load) is written first, not lost
+            await self.flush()
         return self._remember(await super().mark_unhealthy(key, now))
 
     async def delete(self, key: InstanceKey) -> ModelInstance | None:

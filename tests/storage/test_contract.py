@@ -141,12 +141,27 @@ async def test_summarize_counts_per_model(storage: Storage) -> None:
     assert after[1].available == 1
 
 
-async def test_returned_records_are_copies(storage: Storage) -> None:
-    stored, _ = await storage.upsert(record(metadata={"k": ["v"]}))
-    stored.metadata["k"].append("mutated")
-    stored.weight = 99.0
-    fetched = await storage.get(stored.key)
+async def test_records_passed_in_are_copied(storage: Storage) -> None:
+    mine = record(metadata={"k": ["v"]})
+    await storage.upsert(mine)
+    mine.metadata["k"].append("changed by its caller")
+    mine.weight = 99.0
+    fetched = await storage.get(mine.key)
     assert fetched.metadata == {"k": ["v"]} and fetched.weight == 1.0
+
+
+async def test_returned_records_are_snapshots(storage: Storage) -> None:
+    stored, _ = await storage.upsert(record(queue_length=1))
+    listed = await storage.list(healthy_only=True)
+    later = T0 + timedelta(seconds=5)
+    await storage.touch(stored.key, later, 7)
+    await storage.override(stored.key, {"enabled": False, "metadata": {"zone": "b"}})
+    await storage.set_cooldown(stored.key, later)
+    await storage.mark_unhealthy(stored.key, later)
+    for before in (stored, listed[0]):
+        assert before == record(queue_length=1)  # as it was when it was returned
+    now = await storage.get(stored.key)
+    assert not now.healthy and not now.enabled and now.queue_length == 7 and now.metadata == {"zone": "b"}
 
 
 async def test_concurrent_upserts_of_one_key_leave_one_record(storage: Storage) -> None:
