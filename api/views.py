@@ -73,8 +73,10 @@ async def report(request: web.Request) -> web.Response:
 async def _long_poll(request: web.Request, model_name: str | None) -> None:
     """With ``?index=N``, wait (up to ``wait``, default 5 min, or --max-wait)
     until something after revision N changes, as Consul's blocking queries do."""
-    max_wait = request.app[SETTINGS].max_wait
     index = revision_param(request, "index")
+    if index is None and "wait" not in request.query:
+        return  # the common case: a plain read
+    max_wait = request.app[SETTINGS].max_wait
     wait = duration_param(request, "wait", limit=max_wait)
     if index is None:
         if wait is not None:
