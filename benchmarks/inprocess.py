@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import gc
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -128,11 +129,14 @@ async def sweep_lag(count: int = 100_000, seconds: float = 8.0) -> dict:
 def restart_time(workdir: Path, count: int = 100_000) -> dict:
     storage = f"sqlite+aiosqlite:///{workdir / 'restart.db'}"
     asyncio.run(bulk_insert(storage, count))
-    server = registry(storage)
-    try:
-        ready = server.wait_ready(timeout=120)
-    finally:
-        server.stop()
+    runs = []
+    for _ in range(3):  # the median of three starts on the same file
+        server = registry(storage)
+        try:
+            runs.append(server.wait_ready(timeout=120))
+        finally:
+            server.stop()
+    ready = statistics.median(runs)
     # Python's own start (imports) is part of it; measured alone for reference.
     started = time.monotonic()
     subprocess.run([sys.executable, "-c", "import api.app"], cwd=ROOT, check=True)
@@ -140,6 +144,7 @@ def restart_time(workdir: Path, count: int = 100_000) -> dict:
     return {
         "scenario": "restart/sqlite/100000",
         "ready_s": round(ready, 2),
+        "runs_s": [round(r, 2) for r in runs],
         "python_start_s": round(imports, 2),
         "target": 3,
         "met": ready <= 3,

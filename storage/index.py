@@ -149,8 +149,17 @@ class InstanceIndex:
 
     def load(self, records: Iterable[ModelInstance]) -> None:
         """Fill an empty index (at start-up, from a database)."""
+        by_key, by_model, link = self.records, self._by_model, self._link
         for record in records:
-            self._store(record)
+            key = record.key
+            by_key[key] = record
+            model = by_model.get(record.model_name)
+            if model is None:
+                by_model[record.model_name] = {key: record}
+            else:
+                model[key] = record
+            link(record)
+        self._unsorted.update(by_model)  # each is sorted when it is first listed
 
     def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
         previous = self.records.get(record.key)
