@@ -96,9 +96,14 @@ class _Session:
                 raise  # the client went away
             await self._overflowed()
         except Closed:
-            await self._close(
-                WSCloseCode.GOING_AWAY, f"registry shutting down; reconnect with since={self.last}"
-            )
+            if self.watcher.missed:
+                await self._close(
+                    WSCloseCode.TRY_AGAIN_LATER, "changes may have been missed; reconnect to resync"
+                )
+            else:
+                await self._close(
+                    WSCloseCode.GOING_AWAY, f"registry shutting down; reconnect with since={self.last}"
+                )
         except ConnectionResetError:
             pass  # the client went away mid-write
 

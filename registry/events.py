@@ -69,6 +69,7 @@ class Watcher:
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     overflowed: bool = False
     closed: bool = False
+    missed: bool = False  # closed because changes may have been missed (``Feed.gap``)
     #: Called once when the watcher overflows (to stop a sender stuck writing).
     on_overflow: Callable[[], object] | None = None
 
@@ -181,6 +182,19 @@ class Feed:
                 await asyncio.wait_for(self._tick.wait(), remaining)
             except TimeoutError:
                 return
+
+    def gap(self) -> None:
+        """Changes may have been missed (another replica's, while its
+        notifications could not be heard): no history before now can be
+        trusted. Resumes from before now get a resync, watchers are cut off
+        to reconnect (``Watcher.missed``), long-polls answer."""
+        self.revision += 1
+        self._history.clear()
+        for watcher in self._watchers:
+            watcher.missed = True
+            watcher.close()
+        self._tick.set()
+        self._tick = asyncio.Event()
 
     def close(self) -> None:
         """Wake every watcher and long-poller for the last time (shutdown)."""

@@ -272,8 +272,12 @@ class Registry:
         self.feed.publish(change, record)
         self.storage.announce(change.value, record)
 
-    def _remote_change(self, change: str, key: InstanceKey, record: ModelInstance | None) -> None:
+    def _remote_change(self, change: str, key: InstanceKey | None, record: ModelInstance | None) -> None:
         """A change another replica made: its watchers here see it too."""
+        if key is None:  # changes may have been missed: watchers start over
+            log.warning("changes made through other replicas may have been missed; watchers resync")
+            self.feed.gap()
+            return
         if record is not None:
             self.feed.publish(Change(change), record)
             return

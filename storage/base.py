@@ -154,10 +154,13 @@ class Storage(abc.ABC):
         (``change`` names how). Returns at once; delivery follows, in order,
         at most once. A no-op for backends only one process uses."""
 
-    def subscribe(self, callback: Callable[[str, InstanceKey, ModelInstance | None], None] | None) -> None:  # noqa: B027
+    def subscribe(  # noqa: B027 - optional
+        self, callback: Callable[[str, InstanceKey | None, ModelInstance | None], None] | None
+    ) -> None:
         """Call ``callback(change, key, record)`` for every change another
         process announces (``record`` is ``None`` when it was too large to
-        travel; read it by key). A no-op for backends only one process uses."""
+        travel; read it by key), and ``callback("resync", None, None)`` when
+        some may have been missed. A no-op for backends only one process uses."""
 
     async def server_time(self) -> datetime | None:
         """The backend's own clock, for backends shared by several processes.

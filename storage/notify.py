@@ -7,9 +7,10 @@ changed records themselves when they fit in a notification (PostgreSQL allows
 some 8,000 bytes); a record too large for one travels by key, and the receiver
 reads it from the database.
 
-Delivery is at most once: a listener that loses its connection reconnects, but
-what was announced meanwhile is not replayed (watchers that need every event
-resume with ``since`` and get a resync).
+Delivery is at most once: a listener that loses its connection reconnects, and
+what was announced meanwhile is not replayed. It says so instead: once it
+listens again it hands ``on_remote`` the change ``"resync"`` (no key, no
+record), and the registry sends its watchers to a fresh snapshot.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import orjson
 
 from .model import InstanceKey, ModelInstance
 
-__all__ = ["CHANNEL", "Notifier", "Remote"]
+__all__ = ["CHANNEL", "RESYNC", "Notifier", "Remote"]
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,10 @@ _MAX_PAYLOAD = 7900  # bytes; PostgreSQL's limit is 8000
 _DATETIMES = ("last_heartbeat", "registered_at", "unhealthy_since", "cooldown_until")
 _RECONNECT_DELAY = 1.0
 
-#: What a listener is handed: the change, the record's key, and the record when it came along.
-Remote = Callable[[str, InstanceKey, ModelInstance | None], None]
+#: What a listener is handed: the change, the record's key, and the record when it came
+#: along; or ``("resync", None, None)`` when changes may have been missed.
+Remote = Callable[[str, InstanceKey | None, ModelInstance | None], None]
+RESYNC = "resync"
 
 
 def _encode(change: str, record: ModelInstance) -> dict[str, Any]:
@@ -131,6 +134,7 @@ class Notifier:
     # -- listening ---------------------------------------------------------------
 
     async def _listen_forever(self) -> None:
+        listened = False
         while True:
             try:
                 conn = await asyncpg.connect(self._dsn)
@@ -143,6 +147,9 @@ class Notifier:
             try:
                 await conn.add_listener(CHANNEL, self._received)
                 self.listening.set()
+                if listened:  # what the others announced while we were away is lost
+                    self._on_remote(RESYNC, None, None)
+                listened = True
                 await lost.wait()
                 log.warning("lost the connection that listens for other replicas' changes; reconnecting")
             finally:

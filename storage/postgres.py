@@ -107,8 +107,10 @@ class PostgresStorage(SQLStorage):
             for payload in payloads:
                 await conn.execute(_NOTIFY, {"channel": CHANNEL, "payload": payload})
 
-    def _remote(self, change: str, key: InstanceKey, record: ModelInstance | None) -> None:
-        if change == "evicted":
+    def _remote(self, change: str, key: InstanceKey | None, record: ModelInstance | None) -> None:
+        if key is None:
+            pass  # a resync: nothing of ours to update
+        elif change == "evicted":
             self._known.pop(key, None)
             self._pending.pop(key, None)
         elif record is not None:

@@ -303,3 +303,33 @@ async def test_a_change_through_one_replica_reaches_the_watchers_of_another_with
 
 def _query(i: int) -> dict:
     return {k: str(v) for k, v in worker(i).items()}
+
+
+async def test_watchers_resync_when_a_replica_may_have_missed_changes(
+    pg_url: str, postgres: PostgresCluster
+) -> None:
+    b = replica(pg_url)
+    try:
+        async with aiohttp.ClientSession() as http, http.ws_connect(b.url + "/api/v1/watch") as ws:
+            snapshot = await ws.receive_json()
+            # The connection b listens on is cut (a database restart, a network blip).
+            conn = await asyncpg.connect(postgres.url(driver="postgresql"))
+            try:
+                killed = await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+                )
+            finally:
+                await conn.close()
+            assert killed == 1
+            message = await asyncio.wait_for(ws.receive(), 15)
+            assert message.type is aiohttp.WSMsgType.CLOSE and message.data == 1013
+            assert "missed" in message.extra
+        params = {"since": str(snapshot["revision"])}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(b.url + "/api/v1/watch", params=params) as ws,
+        ):
+            assert (await ws.receive_json())["type"] == "resync"
+        assert b.messages("changes made through other replicas may have been missed; watchers resync")
+    finally:
+        b.stop()

@@ -106,3 +106,17 @@ async def test_wait_times_out_without_a_change() -> None:
     started = loop.time()
     await feed.wait(0, None, timeout=0.05)
     assert loop.time() - started >= 0.05
+
+
+async def test_a_gap_sends_watchers_and_resumes_to_a_fresh_snapshot() -> None:
+    feed = Feed(start=0)
+    feed.publish(Change.REGISTERED, instance())
+    with feed.watch() as watcher:
+        feed.gap()
+        assert watcher.missed
+        with pytest.raises(Closed):
+            await watcher.next()
+    assert feed.since(1) is None and feed.since(0) is None  # resync
+    await asyncio.wait_for(feed.wait(1, None, timeout=60), 1)  # long-polls answer
+    feed.publish(Change.REGISTERED, instance(port=8001))
+    assert [e.revision for e in feed.since(feed.revision - 1)] == [feed.revision]
