@@ -71,11 +71,11 @@ def guard(handler: Handler, lifecycle: Lifecycle, *, while_draining: bool = Fals
                     "the registry is shutting down; retry against another replica or after restart",
                     headers={"Retry-After": "1", "Connection": "close"},
                 )
-            lifecycle.started()
+            lifecycle.in_flight += 1
             try:
                 return await handler(request)
             finally:
-                lifecycle.finished()
+                lifecycle.in_flight -= 1
         except Exception as exc:
             return failure_response(request, exc)
 

@@ -243,7 +243,8 @@ class Registry:
                     self._outage_at = self._clock.monotonic()
                     raise
                 if touched is not None:
-                    return self._beaten(*touched)
+                    record, revived = touched
+                    return self._beaten(record, revived) if revived else record
             unknown, queue_length = heartbeat_from(instance)
         else:
             unknown = instance_from(instance)

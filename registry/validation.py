@@ -133,8 +133,11 @@ def known_key(body: dict[str, Any]) -> InstanceKey | None:
     """
     model_name, host, port = body.get("model_name"), body.get("host"), body.get("port")
     if type(model_name) is str and type(host) is str and type(port) is int:
-        return InstanceKey(model_name, host, port)
+        return _new_key(InstanceKey, (model_name, host, port))  # NamedTuple's __new__, without its frame
     return None
+
+
+_new_key = tuple.__new__
 
 
 def is_queue_length(value: Any) -> bool:

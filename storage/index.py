@@ -224,7 +224,8 @@ class InstanceIndex:
             return beaten, revived
         # The common case: healthy and beating; move buckets only if the second changed.
         fields["last_heartbeat"] = now
-        self._put(beaten)
+        self.records[key] = beaten
+        self._by_model[record.model_name][key] = beaten
         old, new = int(record.last_heartbeat.timestamp()), int(now.timestamp())
         if old != new:
             wheel = self._wheel
