@@ -160,3 +160,20 @@ def test_every_setting_is_documented_in_the_readme() -> None:
         assert f"| `{flag}` | `{variable}` |" in text, (
             f"{flag} is missing from the README's configuration table"
         )
+
+
+def test_the_load_balancer_passes_watches_and_long_polls(compose: dict) -> None:
+    from registry.settings import Settings
+
+    source = compose["services"]["lb"]["volumes"][0].split(":")[0]
+    conf = (ROOT / source).read_text()
+    watch = conf[conf.index("location = /api/v1/watch") :]
+    assert "proxy_set_header Upgrade $http_upgrade" in watch and 'Connection "upgrade"' in watch
+    lists = conf[conf.index("location ~ ^/api/v1/(instances|models)$") :]
+    timeout = int(re.search(r"proxy_read_timeout (\d+)s;", lists).group(1))
+    assert timeout > Settings.model_fields["max_wait"].default  # a long-poll answers before nginx gives up
+    reports = conf[conf.index("location = /api/v1/reports") :].split("}")[0]
+    assert (
+        "non_idempotent" not in reports
+        and "timeout" not in reports.split("proxy_next_upstream ")[1].split(";")[0]
+    )
