@@ -62,6 +62,8 @@ def _text(moment: datetime | None) -> str | None:
     """SQLAlchemy's SQLite DATETIME format, in UTC, so both read the same rows."""
     if moment is None:
         return None
+    if moment.tzinfo is timezone.utc:  # always, from the registry: one call, no conversions
+        return moment.isoformat(" ", "microseconds")[:26]  # without "+00:00"
     return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 

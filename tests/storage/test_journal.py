@@ -98,3 +98,14 @@ def test_the_journal_writes_every_column_of_the_schema_and_every_field() -> None
     from storage.schema import instances
 
     assert list(COLUMNS) == [c.name for c in instances.columns] == [f.name for f in fields(ModelInstance)]
+
+
+def test_timestamps_are_written_in_sqlalchemys_format_whatever_their_zone() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from storage.journal import _moment, _text
+
+    utc = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    assert _text(utc) == "2026-01-02 03:04:05.000000" and _moment(_text(utc)) == utc
+    shifted = datetime(2026, 1, 2, 5, 4, 5, 7, tzinfo=timezone(timedelta(hours=2)))
+    assert _text(shifted) == "2026-01-02 03:04:05.000007" and _moment(_text(shifted)) == shifted
