@@ -18,8 +18,9 @@ class Lifecycle:
     """Draining state and the requests in flight.
 
     ``draining`` is set by the server on SIGTERM/SIGINT and read by ``/health``
-    and by the middleware that turns new requests away; the same middleware
-    counts the requests it lets through, so the server can wait for them.
+    and by the per-route guard (``api.errors.guard``) that turns new requests
+    away; the same guard counts the requests it lets through, so the server
+    can wait for them.
     """
 
     draining: bool = False
