@@ -79,14 +79,12 @@ async def _long_poll(request: web.Request, model_name: str | None) -> None:
     max_wait = request.app[SETTINGS].max_wait
     wait = duration_param(request, "wait", limit=max_wait)
     if index is None:
-        if wait is not None:
-            raise ApiError(
-                422,
-                "invalid_input",
-                "wait: only means something with index=N (the X-Registry-Index of your last answer)",
-                field="wait",
-            )
-        return
+        raise ApiError(
+            422,
+            "invalid_input",
+            "wait: only means something with index=N (the X-Registry-Index of your last answer)",
+            field="wait",
+        )
     await request.app[REGISTRY].wait_for_change(index, model_name, max_wait if wait is None else wait)
 
 

@@ -120,10 +120,13 @@ class Feed:
         self._history.append(event)
         for watcher in self._watchers:
             watcher.offer(event)
-        # Wake the long-pollers: they look at the history themselves.
+        self._wake_pollers()
+        return event
+
+    def _wake_pollers(self) -> None:
+        """Wake the long-pollers: they look at the history themselves."""
         self._tick.set()
         self._tick = asyncio.Event()
-        return event
 
     # -- resuming ------------------------------------------------------------
 
@@ -193,8 +196,7 @@ class Feed:
         for watcher in self._watchers:
             watcher.missed = True
             watcher.close()
-        self._tick.set()
-        self._tick = asyncio.Event()
+        self._wake_pollers()
 
     def close(self) -> None:
         """Wake every watcher and long-poller for the last time (shutdown)."""

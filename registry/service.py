@@ -347,7 +347,7 @@ class Registry:
         if record is None:
             raise InstanceNotFound(key)
         now = self._clock.now()
-        cooling = record.cooldown_until is not None and record.cooldown_until > now
+        cooling = record.in_cooldown(now)
         if report.ok:
             self._failures.succeeded(key)
             if cooling:
@@ -408,7 +408,7 @@ class Registry:
 
     def _not_cooling(self, records: list[ModelInstance]) -> list[ModelInstance]:
         now = self._clock.now()
-        return [r for r in records if r.cooldown_until is None or r.cooldown_until <= now]
+        return [r for r in records if not r.in_cooldown(now)]
 
     @property
     def revision(self) -> int:

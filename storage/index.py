@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from dataclasses import fields
 from datetime import datetime
 
 import orjson
@@ -29,8 +28,6 @@ from .model import Census, InstanceKey, ModelInstance, ModelSummary, apply_overr
 from .model import override as apply_operator_changes
 
 __all__ = ["IndexReads", "InstanceIndex", "clone", "expire_in_slices"]
-
-_FIELDS = tuple(f.name for f in fields(ModelInstance))
 
 
 def clone(record: ModelInstance) -> ModelInstance:
@@ -59,10 +56,6 @@ def _copy(record: ModelInstance) -> ModelInstance:
     copy = _new(ModelInstance)
     copy.__dict__.update(record.__dict__)
     return copy
-
-
-def _cooling(record: ModelInstance, now: datetime) -> bool:
-    return record.cooldown_until is not None and record.cooldown_until > now
 
 
 def _bucket(moment: datetime | None) -> int | None:
@@ -136,6 +129,12 @@ class InstanceIndex:
         self.records[key] = record
         self._by_model[record.model_name][key] = record
 
+    def _swap(self, old: ModelInstance, new: ModelInstance) -> None:
+        """Store ``new`` in place of ``old``, wherever its state puts it."""
+        self._unlink(old)
+        self._put(new)
+        self._link(new)
+
     def _remove(self, record: ModelInstance) -> None:
         self._unlink(record)
         del self.records[record.key]
@@ -167,9 +166,7 @@ class InstanceIndex:
         if previous is not None:
             stored.registered_at, stored.cooldown_until = previous.registered_at, previous.cooldown_until
             apply_overrides(stored, previous.overrides)
-            self._unlink(previous)
-            self._put(stored)
-            self._link(stored)
+            self._swap(previous, stored)
         else:
             self._store(stored)
         return stored, previous is None
@@ -179,10 +176,8 @@ class InstanceIndex:
         if record is None:
             return None
         changed = _copy(record)
-        apply_operator_changes(changed, changes)  # no field the secondary indexes use
-        self._put(changed)
-        if not changed.healthy:
-            self._unhealthy[key] = changed
+        apply_operator_changes(changed, changes)
+        self._swap(record, changed)
         return changed
 
     def set_cooldown(self, key: InstanceKey, until: datetime | None) -> ModelInstance | None:
@@ -191,9 +186,7 @@ class InstanceIndex:
             return None
         changed = _copy(record)
         changed.cooldown_until = until
-        self._put(changed)
-        if not changed.healthy:
-            self._unhealthy[key] = changed
+        self._swap(record, changed)
         return changed
 
     def insert(self, record: ModelInstance) -> ModelInstance | None:
@@ -210,17 +203,14 @@ class InstanceIndex:
         record = self.records.get(key)
         if record is None:
             return None
-        beaten = _new(ModelInstance)
+        beaten = _copy(record)
         fields = beaten.__dict__
-        fields.update(record.__dict__)
         if queue_length is not None:
             fields["queue_length"] = queue_length
         revived = not record.healthy
         if revived or not record.check_healthy or record.last_heartbeat is None:
-            self._unlink(record)
             fields["last_heartbeat"], fields["healthy"], fields["unhealthy_since"] = now, True, None
-            self._put(beaten)
-            self._link(beaten)
+            self._swap(record, beaten)
             return beaten, revived
         # The common case: healthy and beating; move buckets only if the second changed.
         fields["last_heartbeat"] = now
@@ -240,13 +230,11 @@ class InstanceIndex:
         record = self.records.get(key)
         if record is None:
             return None
-        self._unlink(record)
         marked = _copy(record)
         if record.healthy or record.unhealthy_since is None:
             marked.unhealthy_since = now
         marked.healthy = False
-        self._put(marked)
-        self._link(marked)
+        self._swap(record, marked)
         return marked
 
     def delete(self, key: InstanceKey) -> ModelInstance | None:
@@ -331,7 +319,7 @@ class InstanceIndex:
             for r in records:
                 healthy += r.healthy
                 enabled += r.enabled
-                available += r.healthy and r.enabled and (now is None or not _cooling(r, now))
+                available += r.healthy and r.enabled and (now is None or not r.in_cooldown(now))
             summaries.append(ModelSummary(name, len(records), healthy, enabled, available))
         return summaries
 

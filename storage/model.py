@@ -145,6 +145,10 @@ class ModelInstance:
     def key(self) -> InstanceKey:
         return InstanceKey(self.model_name, self.host, self.port)
 
+    def in_cooldown(self, now: datetime) -> bool:
+        """Whether routers' failure reports keep it out of selection at ``now``."""
+        return self.cooldown_until is not None and self.cooldown_until > now
+
 
 SERVER_MANAGED_FIELDS = frozenset(
     {

@@ -108,9 +108,7 @@ class PostgresStorage(SQLStorage):
                 await conn.execute(_NOTIFY, {"channel": CHANNEL, "payload": payload})
 
     def _remote(self, change: str, key: InstanceKey | None, record: ModelInstance | None) -> None:
-        if key is None:
-            pass  # a resync: nothing of ours to update
-        elif change == "evicted":
+        if key is not None and change == "evicted":
             self._known.pop(key, None)
             self._pending.pop(key, None)
         elif record is not None:

@@ -158,8 +158,7 @@ class HealthyCache:
         return [
             i
             for i in self._in_service
-            if (model_name is None or i.model_name == model_name)
-            and (i.cooldown_until is None or i.cooldown_until <= now)
+            if (model_name is None or i.model_name == model_name) and not i.in_cooldown(now)
         ]
 
     async def _wait(self, condition: Callable[[], bool], timeout: float) -> None:
