@@ -45,8 +45,11 @@ def create_app(
                 rng=rng,
             ) as registry,
         ):
-            app[REGISTRY] = registry
-            yield
+            app[REGISTRY] = lifecycle.registry = registry
+            try:
+                yield
+            finally:
+                lifecycle.registry = None
 
     app.cleanup_ctx.append(registry_context)
     return app

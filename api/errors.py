@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from registry import InstanceNotFound, InvalidInstance, NoHealthyInstance, StorageUnavailable
+from registry import InstanceNotFound, InvalidInstance, NoHealthyInstance, Registry, StorageUnavailable
 
 from .keys import Lifecycle
 from .problem import ApiError
@@ -22,6 +22,8 @@ __all__ = ["error_response", "failure_response", "guard", "unrouted"]
 log = logging.getLogger("api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: A view: called with the request and the running registry.
+View = Callable[[web.Request, Registry], Awaitable[web.StreamResponse]]
 
 
 # aiohttp's own refusals, by status: our code, and a detail when aiohttp's text is not one.
@@ -52,10 +54,11 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Re
     return error_response(exc.status, code, detail or exc.text or exc.reason, headers=headers)
 
 
-def guard(handler: Handler, lifecycle: Lifecycle, *, while_draining: bool = False) -> Handler:
-    """``handler`` wrapped in the API's policy: turn requests away while
-    draining (unless ``while_draining``), count those in flight (so shutdown
-    can wait for them), and map every failure to its answer.
+def guard(view: View, lifecycle: Lifecycle, *, while_draining: bool = False) -> Handler:
+    """``view`` as an aiohttp handler, wrapped in the API's policy: turn
+    requests away while draining (unless ``while_draining``), count those in
+    flight (so shutdown can wait for them), hand the view the running
+    registry, and map every failure to its answer.
 
     A wrapper per route rather than an aiohttp middleware: aiohttp builds a
     chain of partials for every request that passes through middlewares,
@@ -73,14 +76,14 @@ def guard(handler: Handler, lifecycle: Lifecycle, *, while_draining: bool = Fals
                 )
             lifecycle.in_flight += 1
             try:
-                return await handler(request)
+                return await view(request, lifecycle.registry)  # type: ignore[arg-type]
             finally:
                 lifecycle.in_flight -= 1
         except Exception as exc:
             return failure_response(request, exc)
 
-    guarded.__name__ = guarded.__qualname__ = handler.__name__
-    guarded.__doc__ = handler.__doc__
+    guarded.__name__ = guarded.__qualname__ = view.__name__
+    guarded.__doc__ = view.__doc__
     return guarded
 
 

@@ -15,14 +15,16 @@ __all__ = ["LIFECYCLE", "REGISTRY", "SETTINGS", "Lifecycle"]
 
 @dataclass(slots=True)
 class Lifecycle:
-    """Draining state and the requests in flight.
+    """The running registry, draining state and the requests in flight.
 
-    ``draining`` is set by the server on SIGTERM/SIGINT and read by ``/health``
-    and by the per-route guard (``api.errors.guard``) that turns new requests
-    away; the same guard counts the requests it lets through, so the server
-    can wait for them.
+    ``registry`` is set once storage is open and the registry started; the
+    per-route guard (``api.errors.guard``) hands it to each view. ``draining``
+    is set by the server on SIGTERM/SIGINT and read by ``/health`` and by the
+    guard, which turns new requests away; the guard also counts the requests
+    it lets through, so the server can wait for them.
     """
 
+    registry: Registry | None = None
     draining: bool = False
     in_flight: int = 0
 

@@ -48,11 +48,11 @@ async def read_object(request: web.Request) -> dict[str, Any]:
             f"the body must be JSON sent with Content-Type: application/json, not {request.content_type!r}",
         )
     body = await request.read()
-    if not body or body.isspace():
-        raise ApiError(400, "malformed_json", "the request body is empty; send a JSON object")
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if not body or body.isspace():
+            raise ApiError(400, "malformed_json", "the request body is empty; send a JSON object") from None
         raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean"}.get(type(data), "a number")

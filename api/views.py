@@ -1,12 +1,17 @@
-"""Request handlers: parse, call one registry method, serialise."""
+"""Request handlers: parse, call one registry method, serialise.
+
+Each view is called as ``view(request, registry)`` by its route's guard
+(``api.errors.guard``), which holds the running registry.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from registry import Registry
 from registry.validation import key_from
 
-from .keys import LIFECYCLE, REGISTRY, SETTINGS
+from .keys import LIFECYCLE, SETTINGS
 from .params import duration_param, model_name_param, query_flag, revision_param, strategy_param
 from .problem import ApiError
 from .responses import json_response, read_object
@@ -24,58 +29,61 @@ __all__ = [
 ]
 
 
-async def register(request: web.Request) -> web.Response:
-    instance, created = await request.app[REGISTRY].register(await read_object(request))
+async def register(request: web.Request, registry: Registry) -> web.Response:
+    instance, created = await registry.register(await read_object(request))
     return json_response(instance, status=201 if created else 200)
 
 
-async def heartbeat(request: web.Request) -> web.Response:
-    return json_response(await request.app[REGISTRY].heartbeat(await read_object(request)))
+async def heartbeat(request: web.Request, registry: Registry) -> web.Response:
+    return json_response(await registry.heartbeat(await read_object(request)))
 
 
-async def deregister(request: web.Request) -> web.Response:
+async def deregister(request: web.Request, registry: Registry) -> web.Response:
     key, purge = key_from(request.query), query_flag(request, "purge")
-    return json_response(await request.app[REGISTRY].deregister(key, purge=purge))
+    return json_response(await registry.deregister(key, purge=purge))
 
 
 #: The response header that carries the registry's revision (for ``?index=``).
 INDEX_HEADER = "X-Registry-Index"
 
 
-async def list_instances(request: web.Request) -> web.Response:
+async def list_instances(request: web.Request, registry: Registry) -> web.Response:
     model_name = model_name_param(request, required=False)
     healthy_only = query_flag(request, "healthy_only")
-    registry = request.app[REGISTRY]
-    await _long_poll(request, model_name)
+    if _is_long_poll(request):
+        await _long_poll(request, registry, model_name)
     revision = registry.revision  # read first: a change during the read is then not missed
     found = await registry.instances(model_name, healthy_only)
     return json_response({"instances": found, "count": len(found)}, headers={INDEX_HEADER: str(revision)})
 
 
-async def models(request: web.Request) -> web.Response:
-    registry = request.app[REGISTRY]
-    await _long_poll(request, None)
+async def models(request: web.Request, registry: Registry) -> web.Response:
+    if _is_long_poll(request):
+        await _long_poll(request, registry, None)
     revision = registry.revision
     answer = {"models": await registry.models(), "self_preservation": registry.self_preservation}
     return json_response(answer, headers={INDEX_HEADER: str(revision)})
 
 
-async def patch(request: web.Request) -> web.Response:
+async def patch(request: web.Request, registry: Registry) -> web.Response:
     key = key_from(request.query)
-    return json_response(await request.app[REGISTRY].patch(key, await read_object(request)))
+    return json_response(await registry.patch(key, await read_object(request)))
 
 
-async def report(request: web.Request) -> web.Response:
-    instance, failures = await request.app[REGISTRY].report(await read_object(request))
+async def report(request: web.Request, registry: Registry) -> web.Response:
+    instance, failures = await registry.report(await read_object(request))
     return json_response({"instance": instance, "failures": failures})
 
 
-async def _long_poll(request: web.Request, model_name: str | None) -> None:
+def _is_long_poll(request: web.Request) -> bool:
+    query = request.query
+    return "index" in query or "wait" in query
+
+
+async def _long_poll(request: web.Request, registry: Registry, model_name: str | None) -> None:
     """With ``?index=N``, wait (up to ``wait``, default 5 min, or --max-wait)
     until something after revision N changes, as Consul's blocking queries do."""
     index = revision_param(request, "index")
-    if index is None and "wait" not in request.query:
-        return  # the common case: a plain read
     max_wait = request.app[SETTINGS].max_wait
     wait = duration_param(request, "wait", limit=max_wait)
     if index is None:
@@ -85,16 +93,16 @@ async def _long_poll(request: web.Request, model_name: str | None) -> None:
             "wait: only means something with index=N (the X-Registry-Index of your last answer)",
             field="wait",
         )
-    await request.app[REGISTRY].wait_for_change(index, model_name, max_wait if wait is None else wait)
+    await registry.wait_for_change(index, model_name, max_wait if wait is None else wait)
 
 
-async def select(request: web.Request) -> web.Response:
+async def select(request: web.Request, registry: Registry) -> web.Response:
     model_name = model_name_param(request, required=True)
     strategy = strategy_param(request)
-    return json_response(await request.app[REGISTRY].select(model_name, strategy))
+    return json_response(await registry.select(model_name, strategy))
 
 
-async def health(request: web.Request) -> web.Response:
+async def health(request: web.Request, registry: Registry) -> web.Response:
     if request.app[LIFECYCLE].draining:
         raise ApiError(503, "shutting_down", "the registry is shutting down", headers={"Retry-After": "1"})
-    return json_response({"status": "ok", **await request.app[REGISTRY].health()})
+    return json_response({"status": "ok", **await registry.health()})

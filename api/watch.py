@@ -27,7 +27,7 @@ from aiohttp import WSCloseCode, web
 from registry import Registry
 from registry.events import Closed, Event, Overflow, Watcher
 
-from .keys import REGISTRY, SETTINGS
+from .keys import SETTINGS
 from .params import model_name_param, revision_param
 from .problem import ApiError
 from .responses import dumps
@@ -42,7 +42,7 @@ _MAX_REASON = 123
 _CLOSE_TIMEOUT = 2.0
 
 
-async def watch(request: web.Request) -> web.StreamResponse:
+async def watch(request: web.Request, registry: Registry) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     ws = web.WebSocketResponse(heartbeat=settings.watch_ping_interval, timeout=_CLOSE_TIMEOUT)
     if not ws.can_prepare(request).ok:
@@ -59,7 +59,6 @@ async def watch(request: web.Request) -> web.StreamResponse:
     except ApiError as exc:
         await _close(ws, WSCloseCode.POLICY_VIOLATION, exc.detail)
         return ws
-    registry = request.app[REGISTRY]
     with registry.feed.watch(model_name, settings.watch_queue) as watcher:
         session = _Session(ws, registry, watcher)
         sender = asyncio.create_task(session.run(since))

@@ -28,10 +28,9 @@ from .reports import FailurePolicy, FailureTracker
 from .selection import DEFAULT_STRATEGY, Selector
 from .validation import (
     Report,
+    beat_of,
     heartbeat_from,
     instance_from,
-    is_queue_length,
-    known_key,
     override_from,
     report_from,
 )
@@ -235,8 +234,9 @@ class Registry:
             # The hot path: a known instance, named exactly as it was stored,
             # needs no validation beyond types: its identity passed it when it
             # was registered.
-            key, queue_length = known_key(instance), instance.get("queue_length")
-            if key is not None and (queue_length is None or is_queue_length(queue_length)):
+            beat = beat_of(instance)
+            if beat is not None:
+                key, queue_length = beat
                 try:
                     touched = await self.storage.touch(key, self._clock.now(), queue_length)
                 except StorageUnavailable:
@@ -403,12 +403,9 @@ class Registry:
     ) -> list[ModelInstance]:
         """Instances of one model (or all); ``healthy_only`` leaves out the
         unhealthy and those in a failure cooldown."""
-        found = await self.storage.list(model_name, healthy_only)
-        return self._not_cooling(found) if healthy_only else found
-
-    def _not_cooling(self, records: list[ModelInstance]) -> list[ModelInstance]:
-        now = self._clock.now()
-        return [r for r in records if not r.in_cooldown(now)]
+        if healthy_only:
+            return await self.storage.list(model_name, True, self._clock.now())
+        return await self.storage.list(model_name)
 
     @property
     def revision(self) -> int:

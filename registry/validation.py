@@ -7,6 +7,7 @@ through here before the registry stores it.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -29,9 +30,8 @@ from .errors import InvalidInstance
 __all__ = [
     "heartbeat_from",
     "instance_from",
-    "is_queue_length",
     "key_from",
-    "known_key",
+    "beat_of",
     "override_from",
     "problems_of",
     "report_from",
@@ -125,23 +125,27 @@ def heartbeat_from(body: dict[str, Any]) -> tuple[ModelInstance, int | None]:
     return instance, queue_length
 
 
-def known_key(body: dict[str, Any]) -> InstanceKey | None:
-    """The identity in ``body`` if its parts have the right types (not checked further).
+def beat_of(body: dict[str, Any]) -> tuple[InstanceKey, int | None] | None:
+    """The identity and load in a heartbeat body if they have the right types
+    (not checked further); ``None`` sends the body through full validation.
 
-    Only for looking up an instance that already exists: a key that matches a
+    Only for beating an instance that already exists: a key that matches a
     stored one exactly is valid, because the stored one was validated.
     """
-    model_name, host, port = body.get("model_name"), body.get("host"), body.get("port")
+    try:
+        identity = _identity(body)
+    except KeyError:
+        return None
+    model_name, host, port = identity
     if type(model_name) is str and type(host) is str and type(port) is int:
-        return _new_key(InstanceKey, (model_name, host, port))  # NamedTuple's __new__, without its frame
+        load = body.get("queue_length")
+        if load is None or (type(load) is int and load >= 0):
+            return _new_key(InstanceKey, identity), load  # NamedTuple's __new__, without its frame
     return None
 
 
+_identity = operator.itemgetter("model_name", "host", "port")
 _new_key = tuple.__new__
-
-
-def is_queue_length(value: Any) -> bool:
-    return type(value) is int and value >= 0
 
 
 def key_from(query: Mapping[str, str]) -> InstanceKey:

@@ -138,9 +138,12 @@ class Storage(abc.ABC):
         """The record stored under ``key``, or ``None``."""
 
     @abc.abstractmethod
-    async def list(self, model_name: str | None = None, healthy_only: bool = False) -> list[ModelInstance]:
+    async def list(
+        self, model_name: str | None = None, healthy_only: bool = False, now: datetime | None = None
+    ) -> list[ModelInstance]:
         """Records of one model (or all), optionally only healthy ones, ordered
-        by key."""
+        by key. With ``now``, ``healthy_only`` also leaves out instances in a
+        cooldown at that moment."""
 
     @abc.abstractmethod
     async def summarize(self, now: datetime | None = None) -> list[ModelSummary]:

@@ -6,7 +6,10 @@
 - by heartbeat age (the checker): a timing wheel of one-second buckets holding
   the records that can expire (healthy and ``check_healthy``), so a sweep
   visits only the buckets older than the cutoff, not every record;
-- the unhealthy records (eviction): a dict, usually small.
+- the unhealthy records (eviction): a dict, usually small;
+- each model's serving records (healthy, not in a cooldown), the answer to
+  most reads: built by the first read after a change to the model, then
+  handed out until the next change.
 
 Operations are plain synchronous methods: on one event loop each is atomic.
 
@@ -87,6 +90,8 @@ class InstanceIndex:
         self._unhealthy: dict[InstanceKey, ModelInstance] = {}
         # Models whose records are not in key order since a registration (see ``list``).
         self._unsorted: set[str] = set()
+        # model -> its serving records, in key order; dropped by any change to the model.
+        self._serving: dict[str, list[ModelInstance]] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -114,6 +119,7 @@ class InstanceIndex:
     def _store(self, record: ModelInstance) -> None:
         key = record.key
         self.records[key] = record
+        self._serving.pop(record.model_name, None)
         model = self._by_model.get(record.model_name)
         if model is None:
             self._by_model[record.model_name] = {key: record}
@@ -128,6 +134,7 @@ class InstanceIndex:
         key = record.key
         self.records[key] = record
         self._by_model[record.model_name][key] = record
+        self._serving.pop(record.model_name, None)
 
     def _swap(self, old: ModelInstance, new: ModelInstance) -> None:
         """Store ``new`` in place of ``old``, wherever its state puts it."""
@@ -138,6 +145,7 @@ class InstanceIndex:
     def _remove(self, record: ModelInstance) -> None:
         self._unlink(record)
         del self.records[record.key]
+        self._serving.pop(record.model_name, None)
         model = self._by_model[record.model_name]
         del model[record.key]
         if not model:
@@ -159,6 +167,7 @@ class InstanceIndex:
                 model[key] = record
             link(record)
         self._unsorted.update(by_model)  # each is sorted when it is first listed
+        self._serving.clear()
 
     def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
         previous = self.records.get(record.key)
@@ -203,8 +212,9 @@ class InstanceIndex:
         record = self.records.get(key)
         if record is None:
             return None
-        beaten = _copy(record)
+        beaten = _new(ModelInstance)  # _copy(record), without its frame: the hottest path
         fields = beaten.__dict__
+        fields.update(record.__dict__)
         if queue_length is not None:
             fields["queue_length"] = queue_length
         revived = not record.healthy
@@ -216,6 +226,7 @@ class InstanceIndex:
         fields["last_heartbeat"] = now
         self.records[key] = beaten
         self._by_model[record.model_name][key] = beaten
+        self._serving.pop(record.model_name, None)
         old, new = int(record.last_heartbeat.timestamp()), int(now.timestamp())
         if old != new:
             wheel = self._wheel
@@ -299,17 +310,38 @@ class InstanceIndex:
     def get(self, key: InstanceKey) -> ModelInstance | None:
         return self.records.get(key)
 
-    def list(self, model_name: str | None = None, healthy_only: bool = False) -> list[ModelInstance]:
+    def list(
+        self, model_name: str | None = None, healthy_only: bool = False, now: datetime | None = None
+    ) -> list[ModelInstance]:
         if model_name is None:  # every record: sort the keys (tuples sort without a key function)
             records = map(self.records.__getitem__, sorted(self.records))
-        else:  # one model's records, kept in key order once sorted
-            if model_name in self._unsorted:
-                self._unsorted.discard(model_name)
-                self._by_model[model_name] = dict(sorted(self._by_model[model_name].items()))
-            records = self._by_model.get(model_name, {}).values()
+        else:
+            if healthy_only and now is not None:
+                serving = self._serving.get(model_name)
+                return list(serving if serving is not None else self._serve(model_name, now))
+            records = self._model(model_name)
         if healthy_only:
-            return [r for r in records if r.healthy]
+            if now is None:
+                return [r for r in records if r.healthy]
+            return [r for r in records if r.healthy and not r.in_cooldown(now)]
         return list(records)
+
+    def _model(self, model_name: str) -> Iterable[ModelInstance]:
+        """One model's records, in key order (sorted again after a registration)."""
+        if model_name in self._unsorted:
+            self._unsorted.discard(model_name)
+            self._by_model[model_name] = dict(sorted(self._by_model[model_name].items()))
+        return self._by_model.get(model_name, {}).values()
+
+    def _serve(self, model_name: str, now: datetime) -> list[ModelInstance]:
+        """The model's serving records at ``now``, kept for the next reads unless
+        a cooldown makes the answer depend on the time."""
+        healthy = [r for r in self._model(model_name) if r.healthy]
+        if any(r.cooldown_until is not None for r in healthy):
+            return [r for r in healthy if not r.in_cooldown(now)]
+        if model_name in self._by_model:  # never for a name nobody registered
+            self._serving[model_name] = healthy
+        return healthy
 
     def summarize(self, now: datetime | None = None) -> list[ModelSummary]:
         summaries = []
@@ -332,8 +364,10 @@ class IndexReads:
     async def get(self, key: InstanceKey) -> ModelInstance | None:
         return self._index.get(key)
 
-    async def list(self, model_name: str | None = None, healthy_only: bool = False) -> list[ModelInstance]:
-        return self._index.list(model_name, healthy_only)
+    async def list(
+        self, model_name: str | None = None, healthy_only: bool = False, now: datetime | None = None
+    ) -> list[ModelInstance]:
+        return self._index.list(model_name, healthy_only, now)
 
     async def summarize(self, now: datetime | None = None) -> list[ModelSummary]:
         return self._index.summarize(now)

@@ -32,6 +32,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql import ColumnElement
 
 from . import migrations
 from .base import Storage
@@ -49,6 +50,12 @@ _t = instances
 _KEY_COLUMNS = ("model_name", "host", "port")
 #: What a re-registration leaves as it is (the pins are applied over the rest).
 _KEPT_ON_UPSERT = frozenset({*_KEY_COLUMNS, "registered_at", "cooldown_until"})
+
+
+def _not_cooling(now: datetime) -> ColumnElement[bool]:
+    """Not in a cooldown at ``now`` (``ModelInstance.in_cooldown`` in SQL)."""
+    return _t.c.cooldown_until.is_(None) | (_t.c.cooldown_until <= now)
+
 
 # Advisory lock keys (any 64-bit numbers, fixed for the life of the schema).
 _MIGRATION_LOCK = 0x6D6F64656C0001  # "model" + 1
@@ -303,12 +310,16 @@ class SQLStorage(Storage):
             row = (await conn.execute(select(_t).where(_where_key(key)))).first()
         return None if row is None else _record(row)
 
-    async def list(self, model_name: str | None = None, healthy_only: bool = False) -> list[ModelInstance]:
+    async def list(
+        self, model_name: str | None = None, healthy_only: bool = False, now: datetime | None = None
+    ) -> list[ModelInstance]:
         statement = select(_t).order_by(*(_t.c[k] for k in _KEY_COLUMNS))
         if model_name is not None:
             statement = statement.where(_t.c.model_name == model_name)
         if healthy_only:
             statement = statement.where(_t.c.healthy == true())
+            if now is not None:
+                statement = statement.where(_not_cooling(now))
         async with self._read("list instances") as conn:
             return [_record(row) for row in await conn.execute(statement)]
 
@@ -317,10 +328,8 @@ class SQLStorage(Storage):
             return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
         healthy, enabled = _t.c.healthy == true(), _t.c.enabled == true()
-        if now is not None:  # available: not in a cooldown either
-            enabled_now = enabled & (_t.c.cooldown_until.is_(None) | (_t.c.cooldown_until <= now))
-        else:
-            enabled_now = enabled
+        # available: not in a cooldown either, at ``now``
+        enabled_now = enabled if now is None else enabled & _not_cooling(now)
         statement = (
             select(
                 _t.c.model_name,

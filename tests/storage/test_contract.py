@@ -125,6 +125,61 @@ async def test_list_filters_and_orders_by_key(storage: Storage) -> None:
     assert await storage.list("nope") == []
 
 
+async def test_serving_list_leaves_out_cooldowns_at_the_moment_asked(storage: Storage) -> None:
+    for port in (1, 2, 3):
+        await storage.upsert(record("a", port=port))
+    await storage.upsert(record("b", port=1))
+    key = InstanceKey("a", "10.0.0.1", 2)
+    until = T0 + timedelta(seconds=30)
+    assert [r.port for r in await storage.list("a", healthy_only=True, now=T0)] == [1, 2, 3]
+    await storage.set_cooldown(key, until)
+    assert [r.port for r in await storage.list("a", healthy_only=True, now=T0)] == [1, 3]
+    assert [r.port for r in await storage.list("a", healthy_only=True, now=until)] == [1, 2, 3]
+    # Without a moment, no cooldown is judged.
+    assert [r.port for r in await storage.list("a", healthy_only=True)] == [1, 2, 3]
+    assert [(r.model_name, r.port) for r in await storage.list(healthy_only=True, now=T0)] == [
+        ("a", 1),
+        ("a", 3),
+        ("b", 1),
+    ]
+    assert await storage.list("nope", healthy_only=True, now=T0) == []
+
+
+async def test_serving_list_follows_every_change(storage: Storage) -> None:
+    """Read after each kind of change: an answer kept from before (the index
+    keeps one per model) must never outlive the change."""
+
+    async def serving() -> list[tuple[int, int | None, datetime | None]]:
+        flush = getattr(storage, "flush", None)  # a backend that writes beats behind reads them later
+        if flush is not None:
+            await flush()
+        return [(r.port, r.queue_length, r.last_heartbeat) for r in await storage.list("a", True, T0)]
+
+    await storage.upsert(record("a", port=1))
+    assert await serving() == [(1, None, T0)]
+    await storage.insert(record("a", port=0))
+    assert await serving() == [(0, None, T0), (1, None, T0)]
+    later = T0 + timedelta(seconds=1)
+    await storage.touch(InstanceKey("a", "10.0.0.1", 1), later, 5)
+    assert await serving() == [(0, None, T0), (1, 5, later)]
+    await storage.upsert(record("b", port=1))  # another model's change keeps this one's answer right
+    await storage.mark_unhealthy(InstanceKey("a", "10.0.0.1", 0), later)
+    assert await serving() == [(1, 5, later)]
+    await storage.touch(InstanceKey("a", "10.0.0.1", 0), later, None)  # revived
+    assert await serving() == [(0, None, later), (1, 5, later)]
+    await storage.override(InstanceKey("a", "10.0.0.1", 1), {"weight": 3.0})
+    assert [r.weight for r in await storage.list("a", True, T0)] == [1.0, 3.0]
+    assert len(await storage.expire(T0 + timedelta(seconds=2), later)) == 3  # b as well
+    assert await serving() == []
+    await storage.upsert(record("a", port=7))
+    await storage.delete(InstanceKey("a", "10.0.0.1", 7))
+    assert await serving() == []
+    await storage.upsert(record("a", port=8))
+    mine = await storage.list("a", True, T0)
+    mine.clear()  # the caller's list: changing it changes nothing stored
+    assert len(await storage.list("a", True, T0)) == 1
+
+
 async def test_summarize_counts_per_model(storage: Storage) -> None:
     await storage.upsert(record("a", port=1))
     await storage.upsert(record("a", port=2, enabled=False))
