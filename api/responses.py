@@ -47,7 +47,15 @@ async def read_object(request: web.Request) -> dict[str, Any]:
             "unsupported_media_type",
             f"the body must be JSON sent with Content-Type: application/json, not {request.content_type!r}",
         )
-    body = await request.read()
+    content = request.content
+    if content.is_eof():
+        # The whole body is here already (a small one arrives with its
+        # headers): take it at once rather than through read()'s loop.
+        body = content.read_nowait()
+        if len(body) > MAX_BODY_BYTES:
+            raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, len(body))
+    else:
+        body = await request.read()
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 
+import orjson
 from aiohttp.test_utils import TestClient
 
 from registry import ManualClock
@@ -189,3 +190,26 @@ async def test_select_strategies_over_http(client: TestClient) -> None:
     assert bad.status == 422
     problem = await bad.json()
     assert problem["field"] == "strategy" and "round_robin" in problem["detail"]
+
+
+async def test_a_body_that_arrives_in_pieces_is_read_whole(client: TestClient) -> None:
+    """A small body usually arrives with its headers and is taken at once; one
+    that is still on its way is read to its end (a slow client's)."""
+    payload = orjson.dumps(body(weight=4))
+    head = (
+        f"POST /api/v1/instances HTTP/1.1\r\nHost: registry\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(head + payload[:10])
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the handler starts with part of the body; either way it must read all
+        writer.write(payload[10:])
+        await writer.drain()
+        answer = await reader.read()
+    finally:
+        writer.close()
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 201 Created"
+    assert orjson.loads(rest.partition(b"\r\n\r\n")[2])["weight"] == 4.0
