@@ -50,9 +50,10 @@ _UPSERT = (
     + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[3:])
 )
 _DELETE = "DELETE FROM instances WHERE model_name = ? AND host = ? AND port = ?"
-# A key whose only change since its last write is heartbeats needs only these.
+# A key whose only change since its last write is heartbeats needs only these:
+# a beat that changes health (a revival) is urgent, and so is written whole.
 _BEAT = (
-    "UPDATE instances SET last_heartbeat = ?, queue_length = ?, healthy = ?, unhealthy_since = ? "
+    "UPDATE instances SET last_heartbeat = ?, queue_length = ? "
     "WHERE model_name = ? AND host = ? AND port = ?"
 )
 _CHUNK = 1000  # rows per statement: bounds how long the event loop spends building one
@@ -84,10 +85,7 @@ def row_of(r: ModelInstance) -> tuple:
 
 
 def beat_of(r: ModelInstance) -> tuple:
-    return (
-        _text(r.last_heartbeat), r.queue_length, r.healthy, _text(r.unhealthy_since),
-        r.model_name, r.host, r.port,
-    )  # fmt: skip
+    return _text(r.last_heartbeat), r.queue_length, r.model_name, r.host, r.port
 
 
 def record_of(row: Any) -> ModelInstance:

@@ -90,6 +90,22 @@ async def test_a_beat_followed_by_a_transition_writes_the_transition(tmp_path: P
     assert row == (0, "2026-03-01 12:00:05.000000", 2)
 
 
+async def test_a_revival_is_written_whole_at_once_and_later_beats_only_their_columns(
+    tmp_path: Path,
+) -> None:
+    query = "SELECT healthy, unhealthy_since, last_heartbeat, queue_length FROM instances"
+    async with open_storage(sqlite_url(tmp_path / "r.db"), flush_interval=60) as storage:
+        await storage.upsert(record())
+        await storage.mark_unhealthy(record().key, T0 + timedelta(seconds=1))
+        await storage.touch(record().key, T0 + timedelta(seconds=2), 1)  # revived: durable now
+        async with storage._engine.connect() as conn:
+            assert (await conn.exec_driver_sql(query)).one() == (1, None, "2026-03-01 12:00:02.000000", 1)
+        await storage.touch(record().key, T0 + timedelta(seconds=3), 5)  # a plain beat: behind
+        await storage._journal._write_pending()
+        async with storage._engine.connect() as conn:
+            assert (await conn.exec_driver_sql(query)).one() == (1, None, "2026-03-01 12:00:03.000000", 5)
+
+
 def test_the_journal_writes_every_column_of_the_schema_and_every_field() -> None:
     from dataclasses import fields
 
