@@ -53,8 +53,7 @@ _DELETE = "DELETE FROM instances WHERE model_name = ? AND host = ? AND port = ?"
 # A key whose only change since its last write is heartbeats needs only these:
 # a beat that changes health (a revival) is urgent, and so is written whole.
 _BEAT = (
-    "UPDATE instances SET last_heartbeat = ?, queue_length = ? "
-    "WHERE model_name = ? AND host = ? AND port = ?"
+    "UPDATE instances SET last_heartbeat = ?, queue_length = ? WHERE model_name = ? AND host = ? AND port = ?"
 )
 _CHUNK = 1000  # rows per statement: bounds how long the event loop spends building one
 
