@@ -53,9 +53,11 @@ def clone(record: ModelInstance) -> ModelInstance:
 
 _new = object.__new__
 
-#: Values that many records repeat, one object each (see ``_compact``).
-_SHARED: dict[tuple[type, object], object] = {}
-_MAX_SHARED = 4096
+#: Values that many records repeat, one object each (see ``_compact``), by type:
+#: ``1 == 1.0``, but a weight must stay a float.
+_PORTS: dict[int, int] = {}
+_WEIGHTS: dict[float, float] = {}
+_MAX_SHARED = 4096  # per table: a fleet repeats a handful, a stranger gets no more
 
 
 def _compact(record: ModelInstance) -> ModelInstance:
@@ -65,19 +67,25 @@ def _compact(record: ModelInstance) -> ModelInstance:
     A fleet repeats a handful of ports and weights, and every instance of a
     model its name; sharing them saves memory, and a read or a beat of a
     record then finds most of its values already in the CPU's cache instead
-    of one cold object each. Types are part of the key: ``1 == 1.0``, but a
-    weight must stay a float.
+    of one cold object each.
     """
     fields = record.__dict__
-    fields["model_name"] = sys.intern(record.model_name)
-    for name in ("port", "weight"):
-        value = fields[name]
-        shared = _SHARED.get((type(value), value))
-        if shared is not None:
-            fields[name] = shared
-        elif len(_SHARED) < _MAX_SHARED:
-            _SHARED[(type(value), value)] = value
+    fields["model_name"] = sys.intern(fields["model_name"])
+    port, weight = fields["port"], fields["weight"]
+    if type(port) is int:
+        fields["port"] = _share(_PORTS, port)
+    if type(weight) is float:
+        fields["weight"] = _share(_WEIGHTS, weight)
     return record
+
+
+def _share(table: dict, value: object) -> object:
+    shared = table.get(value)
+    if shared is None:
+        if len(table) < _MAX_SHARED:
+            table[value] = value
+        return value
+    return shared
 
 
 def _copy(record: ModelInstance) -> ModelInstance:

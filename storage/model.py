@@ -87,6 +87,9 @@ Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata)]
 QueueLength = Annotated[int, Strict(), Field(ge=0)]
 
 
+_new_tuple = tuple.__new__
+
+
 class InstanceKey(NamedTuple):
     """Identity of an instance: one worker process serving one model."""
 
@@ -143,7 +146,8 @@ class ModelInstance:
 
     @property
     def key(self) -> InstanceKey:
-        return InstanceKey(self.model_name, self.host, self.port)
+        # tuple.__new__: the NamedTuple without its Python-level __new__ (a hot path)
+        return _new_tuple(InstanceKey, (self.model_name, self.host, self.port))
 
     def in_cooldown(self, now: datetime) -> bool:
         """Whether routers' failure reports keep it out of selection at ``now``."""
