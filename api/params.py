@@ -12,8 +12,10 @@ from .problem import ApiError
 
 __all__ = ["duration_param", "model_name_param", "query_flag", "revision_param", "strategy_param"]
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+_FLAGS = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
 
 
 def query_flag(request: web.Request, name: str) -> bool:
@@ -21,12 +23,12 @@ def query_flag(request: web.Request, name: str) -> bool:
     raw = request.query.get(name)
     if raw is None:
         return False
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ApiError(422, "invalid_input", f"{name}: must be true or false, got {raw!r}", field=name)
+    value = _FLAGS.get(raw)  # as clients spell it; else tidied up below
+    if value is None:
+        value = _FLAGS.get(raw.strip().lower())
+        if value is None:
+            raise ApiError(422, "invalid_input", f"{name}: must be true or false, got {raw!r}", field=name)
+    return value
 
 
 def model_name_param(request: web.Request, *, required: bool) -> str | None:
