@@ -28,7 +28,7 @@ from datetime import datetime
 
 import orjson
 
-from .model import Census, InstanceKey, ModelInstance, ModelSummary, apply_overrides
+from .model import NO_METADATA, Census, InstanceKey, ModelInstance, ModelSummary, apply_overrides
 from .model import override as apply_operator_changes
 
 __all__ = ["IndexReads", "InstanceIndex", "clone", "expire_in_slices"]
@@ -44,8 +44,6 @@ def clone(record: ModelInstance) -> ModelInstance:
     copy.__dict__.update(record.__dict__)
     if record.metadata:
         copy.metadata = orjson.loads(orjson.dumps(record.metadata))
-    else:
-        copy.metadata = {}
     if record.overrides:
         copy.overrides = orjson.loads(orjson.dumps(record.overrides))
     return _compact(copy)
@@ -62,7 +60,7 @@ _MAX_SHARED = 4096  # per table: a fleet repeats a handful, a stranger gets no m
 
 def _compact(record: ModelInstance) -> ModelInstance:
     """``record`` with its model name, port and weight replaced by one shared
-    object per value (they are immutable).
+    object per value (they are immutable), and empty metadata by ``NO_METADATA``.
 
     A fleet repeats a handful of ports and weights, and every instance of a
     model its name; sharing them saves memory, and a read or a beat of a
@@ -71,6 +69,8 @@ def _compact(record: ModelInstance) -> ModelInstance:
     """
     fields = record.__dict__
     fields["model_name"] = sys.intern(fields["model_name"])
+    if not fields["metadata"]:
+        fields["metadata"] = NO_METADATA
     port, weight = fields["port"], fields["weight"]
     if type(port) is int:
         fields["port"] = _share(_PORTS, port)

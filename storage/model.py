@@ -22,6 +22,7 @@ import orjson
 from pydantic import AfterValidator, ConfigDict, Field, Strict
 
 __all__ = [
+    "NO_METADATA",
     "Census",
     "InstanceKey",
     "ModelInstance",
@@ -88,6 +89,25 @@ QueueLength = Annotated[int, Strict(), Field(ge=0)]
 
 
 _new_tuple = tuple.__new__
+
+
+class _NoMetadata(dict):
+    """Empty metadata that refuses changes: one object that every stored record
+    without metadata shares, so a change meant for one record must fail loudly
+    rather than reach them all. Equal to ``{}``; serialised as ``{}``."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            "a stored record's metadata is read-only: derive a changed copy with "
+            "dataclasses.replace(record, metadata={...})"
+        )
+
+    __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
+    update = setdefault = pop = popitem = clear = _refuse  # type: ignore[assignment]
+
+
+#: The metadata of every stored record that has none (see ``_NoMetadata``).
+NO_METADATA: dict[str, Any] = _NoMetadata()
 
 
 class InstanceKey(NamedTuple):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime, timedelta, timezone
 
+import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -129,3 +131,17 @@ def test_expire_can_be_done_in_slices() -> None:
     later = T0 + timedelta(minutes=5)
     slices = [index.expire(later, later, limit=10) for _ in range(4)]
     assert [len(s) for s in slices] == [10, 10, 5, 0]
+
+
+def test_records_without_metadata_share_one_that_refuses_changes() -> None:
+    index = InstanceIndex()
+    first = index.insert(ModelInstance("m", "10.0.0.1", 8000, metadata={}))
+    second = index.insert(ModelInstance("m", "10.0.0.2", 8000))
+    assert first.metadata is second.metadata == {}
+    assert orjson.dumps(first.metadata) == b"{}"
+    with pytest.raises(TypeError, match="read-only"):
+        first.metadata["zone"] = "a"  # would have reached every record
+    assert second.metadata == {}
+    assert dataclasses.replace(first, metadata={"zone": "a"}).metadata == {"zone": "a"}
+    kept = index.insert(ModelInstance("m", "10.0.0.3", 8000, metadata={"zone": "b"}))
+    assert kept.metadata == {"zone": "b"} and kept.metadata is not first.metadata
