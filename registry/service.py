@@ -28,9 +28,9 @@ from .reports import FailurePolicy, FailureTracker
 from .selection import DEFAULT_STRATEGY, Selector
 from .validation import (
     Report,
-    beat_of,
     heartbeat_from,
     instance_from,
+    known_beat,
     override_from,
     report_from,
 )
@@ -234,7 +234,7 @@ class Registry:
             # The hot path: a known instance, named exactly as it was stored,
             # needs no validation beyond types: its identity passed it when it
             # was registered.
-            beat = beat_of(instance)
+            beat = known_beat(instance)
             if beat is not None:
                 key, queue_length = beat
                 try:

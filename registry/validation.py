@@ -31,7 +31,7 @@ __all__ = [
     "heartbeat_from",
     "instance_from",
     "key_from",
-    "beat_of",
+    "known_beat",
     "override_from",
     "problems_of",
     "report_from",
@@ -125,7 +125,7 @@ def heartbeat_from(body: dict[str, Any]) -> tuple[ModelInstance, int | None]:
     return instance, queue_length
 
 
-def beat_of(body: dict[str, Any]) -> tuple[InstanceKey, int | None] | None:
+def known_beat(body: dict[str, Any]) -> tuple[InstanceKey, int | None] | None:
     """The identity and load in a heartbeat body if they have the right types
     (not checked further); ``None`` sends the body through full validation.
 

@@ -203,7 +203,6 @@ class InstanceIndex:
                 model[key] = record
             link(record)
         self._unsorted.update(by_model)  # each is sorted when it is first listed
-        self._serving.clear()
 
     def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
         previous = self.records.get(record.key)
@@ -259,6 +258,7 @@ class InstanceIndex:
             self._swap(record, beaten)
             return beaten, revived
         # The common case: healthy and beating; move buckets only if the second changed.
+        # (What follows is _put and the wheel's part of _swap, without their frames.)
         fields["last_heartbeat"] = now
         self.records[key] = beaten
         self._by_model[record.model_name][key] = beaten
