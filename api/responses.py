@@ -9,7 +9,7 @@ from aiohttp import web
 
 from .problem import ApiError
 
-__all__ = ["MAX_BODY_BYTES", "dumps", "json_response", "read_object"]
+__all__ = ["MAX_BODY_BYTES", "dumps", "json_body_response", "json_response", "read_object"]
 
 #: Larger bodies are refused with 413 before they are parsed.
 MAX_BODY_BYTES = 64 * 1024
@@ -29,6 +29,13 @@ def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | Non
         headers=headers,
         content_type="application/json",
     )
+
+
+def json_body_response(
+    body: bytes, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """An answer whose JSON is already written (see ``dumps``)."""
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
 
 
 def _is_json(content_type: str) -> bool:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from registry import Registry
+from registry import ModelInstance, Registry, Snapshot
 from registry.validation import key_from
 
 from .keys import LIFECYCLE, SETTINGS
 from .params import duration_param, model_name_param, query_flag, revision_param, strategy_param
 from .problem import ApiError
-from .responses import json_response, read_object
+from .responses import dumps, json_body_response, json_response, read_object
 
 __all__ = [
     "deregister",
@@ -54,7 +54,19 @@ async def list_instances(request: web.Request, registry: Registry) -> web.Respon
         await _long_poll(request, registry, model_name)
     revision = registry.revision  # read first: a change during the read is then not missed
     found = await registry.instances(model_name, healthy_only)
-    return json_response({"instances": found, "count": len(found)}, headers={INDEX_HEADER: str(revision)})
+    return json_body_response(_listing(found), headers={INDEX_HEADER: str(revision)})
+
+
+def _listing(found: list[ModelInstance]) -> bytes:
+    """A listing's JSON. A snapshot's is written by its first reader and kept
+    on it for the others: a model's instances are read far more often than
+    they change, and rendering them is most of what a read costs."""
+    if type(found) is Snapshot:
+        body = found.memo
+        if body is None:
+            found.memo = body = dumps({"instances": found, "count": len(found)})
+        return body  # type: ignore[no-any-return]
+    return dumps({"instances": found, "count": len(found)})
 
 
 async def models(request: web.Request, registry: Registry) -> web.Response:

@@ -8,7 +8,7 @@ async with open_storage("sqlite+aiosqlite:///registry.db") as storage:
         await registry.register_instance(ModelInstance("glm-4@llm", "10.0.0.5", 8001))
 """
 
-from storage import InstanceKey, ModelInstance, ModelSummary, StorageUnavailable
+from storage import InstanceKey, ModelInstance, ModelSummary, Snapshot, StorageUnavailable
 
 from .clock import Clock, ManualClock, SystemClock
 from .errors import InstanceNotFound, InvalidInstance, NoHealthyInstance, RegistryError
@@ -26,6 +26,7 @@ __all__ = [
     "NoHealthyInstance",
     "Registry",
     "RegistryError",
+    "Snapshot",
     "StorageUnavailable",
     "SystemClock",
 ]

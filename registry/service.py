@@ -402,7 +402,8 @@ class Registry:
         self, model_name: str | None = None, healthy_only: bool = False
     ) -> list[ModelInstance]:
         """Instances of one model (or all); ``healthy_only`` leaves out the
-        unhealthy and those in a failure cooldown."""
+        unhealthy and those in a failure cooldown. The answer may be a shared,
+        read-only ``Snapshot``."""
         if healthy_only:
             return await self.storage.list(model_name, True, self._clock.now())
         return await self.storage.list(model_name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .base import Storage
 from .errors import InvalidStorageURL, StorageError, StorageUnavailable
-from .model import InstanceKey, ModelInstance, ModelSummary
+from .model import InstanceKey, ModelInstance, ModelSummary, Snapshot
 from .options import PoolOptions
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "ModelSummary",
     "PoolOptions",
     "SCHEMES",
+    "Snapshot",
     "Storage",
     "StorageError",
     "StorageUnavailable",

@@ -143,7 +143,8 @@ class Storage(abc.ABC):
     ) -> list[ModelInstance]:
         """Records of one model (or all), optionally only healthy ones, ordered
         by key. With ``now``, ``healthy_only`` also leaves out instances in a
-        cooldown at that moment."""
+        cooldown at that moment. The answer may be a read-only ``Snapshot``
+        shared with other readers (a backend's cached answer)."""
 
     @abc.abstractmethod
     async def summarize(self, now: datetime | None = None) -> list[ModelSummary]:

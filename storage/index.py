@@ -9,7 +9,8 @@
 - the unhealthy records (eviction): a dict, usually small;
 - each model's serving records (healthy, not in a cooldown), the answer to
   most reads: built by the first read after a change to the model, then
-  handed out until the next change.
+  handed out, itself, as a read-only ``Snapshot`` until the next change (so a
+  reader may keep what it derives from it on the snapshot).
 
 Operations are plain synchronous methods: on one event loop each is atomic.
 
@@ -28,7 +29,7 @@ from datetime import datetime
 
 import orjson
 
-from .model import NO_METADATA, Census, InstanceKey, ModelInstance, ModelSummary, apply_overrides
+from .model import NO_METADATA, Census, InstanceKey, ModelInstance, ModelSummary, Snapshot, apply_overrides
 from .model import override as apply_operator_changes
 
 __all__ = ["IndexReads", "InstanceIndex", "clone", "expire_in_slices"]
@@ -126,7 +127,7 @@ class InstanceIndex:
         # Models whose records are not in key order since a registration (see ``list``).
         self._unsorted: set[str] = set()
         # model -> its serving records, in key order; dropped by any change to the model.
-        self._serving: dict[str, list[ModelInstance]] = {}
+        self._serving: dict[str, Snapshot] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -354,7 +355,7 @@ class InstanceIndex:
         else:
             if healthy_only and now is not None:
                 serving = self._serving.get(model_name)
-                return list(serving if serving is not None else self._serve(model_name, now))
+                return serving if serving is not None else self._serve(model_name, now)
             records = self._model(model_name)
         if healthy_only:
             if now is None:
@@ -375,9 +376,10 @@ class InstanceIndex:
         healthy = [r for r in self._model(model_name) if r.healthy]
         if any(r.cooldown_until is not None for r in healthy):
             return [r for r in healthy if not r.in_cooldown(now)]
-        if model_name in self._by_model:  # never for a name nobody registered
-            self._serving[model_name] = healthy
-        return healthy
+        if model_name not in self._by_model:  # never kept for a name nobody registered
+            return healthy
+        self._serving[model_name] = serving = Snapshot(healthy)
+        return serving
 
     def summarize(self, now: datetime | None = None) -> list[ModelSummary]:
         summaries = []

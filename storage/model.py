@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, NamedTuple
@@ -29,6 +30,7 @@ __all__ = [
     "ModelSummary",
     "OVERRIDABLE_FIELDS",
     "SERVER_MANAGED_FIELDS",
+    "Snapshot",
     "apply_overrides",
     "merge_overrides",
     "normalize_host",
@@ -108,6 +110,29 @@ class _NoMetadata(dict):
 
 #: The metadata of every stored record that has none (see ``_NoMetadata``).
 NO_METADATA: dict[str, Any] = _NoMetadata()
+
+
+class Snapshot(list):  # type: ignore[type-arg]
+    """A read that is handed out again, unchanged, until what it shows changes
+    (a model's serving instances, kept by the index).
+
+    Read-only, since every caller gets the same object; with one slot,
+    ``memo``, where a reader keeps what it derived from it (the API keeps the
+    JSON it wrote, so that it writes each answer once per change, not once
+    per read). A change makes a new snapshot, so a memo is never stale.
+    """
+
+    __slots__ = ("memo",)
+
+    def __init__(self, records: Iterable[ModelInstance] = ()) -> None:
+        super().__init__(records)
+        self.memo: Any = None
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a snapshot is shared and read-only: change a copy, list(snapshot)")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse  # type: ignore[assignment]
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse  # type: ignore[assignment]
 
 
 class InstanceKey(NamedTuple):

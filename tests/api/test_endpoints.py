@@ -8,6 +8,7 @@ import re
 import orjson
 from aiohttp.test_utils import TestClient
 
+from api.keys import REGISTRY
 from registry import ManualClock
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -213,3 +214,34 @@ async def test_a_body_that_arrives_in_pieces_is_read_whole(client: TestClient) -
     status, _, rest = answer.partition(b"\r\n")
     assert status == b"HTTP/1.1 201 Created"
     assert orjson.loads(rest.partition(b"\r\n\r\n")[2])["weight"] == 4.0
+
+
+async def test_a_model_listing_read_again_shows_every_change_since(
+    client: TestClient, clock: ManualClock
+) -> None:
+    """A model's healthy listing is written once per change and kept (the
+    same bytes for every reader until then); no change may be missed."""
+
+    async def listing() -> list[tuple[int, int | None, str]]:
+        flush = getattr(client.app[REGISTRY].storage, "flush", None)
+        if flush is not None:  # PostgreSQL: readers see beats once written behind
+            await flush()
+        params = {"model_name": LLAMA, "healthy_only": "true"}
+        answer = await (await client.get("/api/v1/instances", params=params)).json()
+        assert answer["count"] == len(answer["instances"])
+        return [(i["port"], i["queue_length"], i["last_heartbeat"]) for i in answer["instances"]]
+
+    registered = await (await client.post("/api/v1/instances", json=body(port=1))).json()
+    t0 = registered["last_heartbeat"]
+    assert await listing() == await listing() == [(1, None, t0)]
+    clock.advance(1)
+    beat = await (await client.post("/api/v1/heartbeat", json=body(port=1, queue_length=4))).json()
+    assert await listing() == [(1, 4, beat["last_heartbeat"])] and beat["last_heartbeat"] > t0
+    await client.post("/api/v1/instances", json=body(port=2))
+    assert [port for port, _, _ in await listing()] == [1, 2]
+    await client.patch("/api/v1/instances", params=query(port=2), json={"enabled": False})
+    assert [port for port, _, _ in await listing()] == [1, 2]  # disabled: still healthy, still listed
+    await client.delete("/api/v1/instances", params=query(port=1))
+    assert [port for port, _, _ in await listing()] == [2]
+    await client.post("/api/v1/instances", json=body(name="another-model", port=1))
+    assert [port for port, _, _ in await listing()] == [2]

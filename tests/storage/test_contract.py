@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from storage import InstanceKey, ModelInstance, ModelSummary, Storage, open_storage
+from storage import InstanceKey, ModelInstance, ModelSummary, Snapshot, Storage, open_storage
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -176,7 +176,11 @@ async def test_serving_list_follows_every_change(storage: Storage) -> None:
     assert await serving() == []
     await storage.upsert(record("a", port=8))
     mine = await storage.list("a", True, T0)
-    mine.clear()  # the caller's list: changing it changes nothing stored
+    if isinstance(mine, Snapshot):  # shared with every reader: it refuses changes
+        with pytest.raises(TypeError, match="read-only"):
+            mine.clear()
+    else:  # the caller's own list: changing it changes nothing stored
+        mine.clear()
     assert len(await storage.list("a", True, T0)) == 1
 
 

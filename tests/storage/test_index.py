@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage import InstanceKey, ModelInstance
+from storage import InstanceKey, ModelInstance, Snapshot
 from storage.index import InstanceIndex
 
 T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
@@ -145,3 +145,45 @@ def test_records_without_metadata_share_one_that_refuses_changes() -> None:
     assert dataclasses.replace(first, metadata={"zone": "a"}).metadata == {"zone": "a"}
     kept = index.insert(ModelInstance("m", "10.0.0.3", 8000, metadata={"zone": "b"}))
     assert kept.metadata == {"zone": "b"} and kept.metadata is not first.metadata
+
+
+def test_serving_snapshot_is_shared_until_the_model_changes() -> None:
+    index = InstanceIndex()
+    for port in (1, 2):
+        index.insert(ModelInstance("m", "h", port, healthy=True, last_heartbeat=T0, registered_at=T0))
+    index.insert(ModelInstance("other", "h", 1, healthy=True, last_heartbeat=T0, registered_at=T0))
+    first = index.list("m", True, T0)
+    assert isinstance(first, Snapshot) and first.memo is None and [r.port for r in first] == [1, 2]
+    first.memo = b"kept by a reader"
+    assert index.list("m", True, T0) is first  # read again: the same answer, memo and all
+    index.touch(InstanceKey("other", "h", 1), T0 + timedelta(seconds=1), 3)
+    assert index.list("m", True, T0) is first  # another model's beat changes nothing here
+    index.touch(InstanceKey("m", "h", 2), T0 + timedelta(seconds=1), 3)
+    after = index.list("m", True, T0)
+    assert after is not first and after.memo is None and after[1].queue_length == 3
+    assert first[1].queue_length is None  # what was handed out stays as it was
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s: s.append(None),
+        lambda s: s.extend([]),
+        lambda s: s.insert(0, None),
+        lambda s: s.pop(),
+        lambda s: s.remove(s[0]),
+        lambda s: s.clear(),
+        lambda s: s.sort(),
+        lambda s: s.reverse(),
+        lambda s: s.__setitem__(0, None),
+        lambda s: s.__delitem__(0),
+        lambda s: s.__iadd__([]),
+        lambda s: s.__imul__(2),
+    ],
+)
+def test_a_snapshot_refuses_every_change(change) -> None:
+    snapshot = Snapshot([ModelInstance("m", "h", 1)])
+    with pytest.raises(TypeError, match="shared and read-only"):
+        change(snapshot)
+    assert len(snapshot) == 1 and snapshot == [ModelInstance("m", "h", 1)]
+    assert orjson.loads(orjson.dumps(snapshot))[0]["port"] == 1  # serialised as the list it is
