@@ -64,7 +64,10 @@ def _listing(found: list[ModelInstance]) -> bytes:
     if type(found) is Snapshot:
         body = found.memo
         if body is None:
-            found.memo = body = dumps({"instances": found, "count": len(found)})
+            # Kept as an exact-size copy: orjson grows its output by reallocating,
+            # and the allocator's leftovers made each kept listing cost 2.4 times
+            # its size in resident memory (benchmarks: memory/100000).
+            found.memo = body = bytes(memoryview(dumps({"instances": found, "count": len(found)})))
         return body  # type: ignore[no-any-return]
     return dumps({"instances": found, "count": len(found)})
 
