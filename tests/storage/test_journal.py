@@ -125,3 +125,25 @@ def test_timestamps_are_written_in_sqlalchemys_format_whatever_their_zone() -> N
     assert _text(utc) == "2026-01-02 03:04:05.000000" and _moment(_text(utc)) == utc
     shifted = datetime(2026, 1, 2, 5, 4, 5, 7, tzinfo=timezone(timedelta(hours=2)))
     assert _text(shifted) == "2026-01-02 03:04:05.000007" and _moment(_text(shifted)) == shifted
+
+
+def test_beat_rows_write_each_timestamp_as_a_whole_one_would_be_written() -> None:
+    """Beat rows format a second once and append the microseconds: the text must
+    be exactly ``_text``'s, across seconds, days, whole seconds and other zones."""
+    import dataclasses
+    from datetime import datetime, timedelta, timezone
+
+    from storage.journal import _text, beat_rows
+
+    base = datetime(2026, 12, 31, 23, 59, 59, 999_998, tzinfo=timezone.utc)
+    moments = [base + timedelta(microseconds=n) for n in (0, 1, 2, 3, 1_000_002)]
+    moments += [datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=-5))), None]
+    records = {}
+    for port, moment in enumerate(moments, start=1):
+        r = dataclasses.replace(record(port=port), last_heartbeat=moment, queue_length=port)
+        records[r.key] = r
+    gone = dataclasses.replace(record(port=99)).key  # deleted since it was beaten: no row
+    rows = beat_rows(records, [*records, gone])
+    assert [row[0] for row in rows] == [_text(m) for m in moments]
+    assert rows[0][0] == "2026-12-31 23:59:59.999998" and rows[2][0] == "2027-01-01 00:00:00.000000"
+    assert [row[1:] for row in rows] == [(r.queue_length, *r.key) for r in records.values()]
