@@ -87,6 +87,9 @@ def _count(which: str, scenario: str, instances: int, workdir: Path) -> dict[str
         "requests": requests,
         "instructions": counts["Ir"] / requests,
         "ll_misses": (counts.get("DLmr", 0) + counts.get("DLmw", 0)) / requests,
+        # First-level misses: of code (the path's length in distinct lines) and of data.
+        "i1_misses": counts.get("I1mr", 0) / requests,
+        "d1_misses": (counts.get("D1mr", 0) + counts.get("D1mw", 0)) / requests,
     }
 
 
@@ -107,7 +110,9 @@ def main() -> None:
         f"{args.scenario}/{args.instances}: instructions per request: baseline {base['instructions']:,.0f}, "
         f"registry {reg['instructions']:,.0f}, ratio {base['instructions'] / reg['instructions']:.3f}; "
         f"last-level cache misses per request: baseline {base['ll_misses']:.1f}, "
-        f"registry {reg['ll_misses']:.1f}\n"
+        f"registry {reg['ll_misses']:.1f}; first-level misses per request, code: baseline "
+        f"{base['i1_misses']:.0f}, registry {reg['i1_misses']:.0f}; data: baseline {base['d1_misses']:.0f}, "
+        f"registry {reg['d1_misses']:.0f}\n"
     )
 
 
