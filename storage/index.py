@@ -138,9 +138,12 @@ class InstanceIndex:
         """Take ``record`` out of the wheel and the unhealthy set (before changing it)."""
         if record.healthy:
             if record.check_healthy:
-                bucket = self._wheel.get(_bucket(record.last_heartbeat))  # type: ignore[arg-type]
+                second = _bucket(record.last_heartbeat)
+                bucket = self._wheel.get(second)  # type: ignore[arg-type]
                 if bucket is not None:
                     bucket.pop(record.key, None)
+                    if not bucket:  # an emptied dict keeps its table: let it go
+                        del self._wheel[second]  # type: ignore[arg-type]
         else:
             self._unhealthy.pop(record.key, None)
 
@@ -267,7 +270,13 @@ class InstanceIndex:
         old, new = int(record.last_heartbeat.timestamp()), int(now.timestamp())
         if old != new:
             wheel = self._wheel
-            wheel[old].pop(key)  # a healthy, checked record is always in its bucket
+            bucket = wheel[old]  # a healthy, checked record is always in its bucket
+            del bucket[key]
+            if not bucket:
+                # Gone as soon as it is empty: a dict keeps the table it grew to
+                # (a second's beats: thousands of entries), and beats empty one
+                # bucket a second, long before the sweep reaches its second.
+                del wheel[old]
             bucket = wheel.get(new)
             if bucket is None:
                 wheel[new] = bucket = {}

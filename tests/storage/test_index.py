@@ -187,3 +187,23 @@ def test_a_snapshot_refuses_every_change(change) -> None:
         change(snapshot)
     assert len(snapshot) == 1 and snapshot == [ModelInstance("m", "h", 1)]
     assert orjson.loads(orjson.dumps(snapshot))[0]["port"] == 1  # serialised as the list it is
+
+
+def test_a_bucket_goes_as_soon_as_it_is_empty() -> None:
+    """Beats move records out of a second's bucket long before the sweep reaches
+    that second, and an emptied dict keeps the table it grew to (thousands of
+    entries for a busy second): an empty bucket must not wait for the sweep."""
+    index = InstanceIndex()
+    keys = [InstanceKey("m", "h", port) for port in range(1, 101)]
+    for key in keys:
+        index.insert(ModelInstance(*key, healthy=True, last_heartbeat=T0, registered_at=T0))
+    for second in range(1, 50):
+        for key in keys:
+            index.touch(key, T0 + timedelta(seconds=second), None)
+    last = int((T0 + timedelta(seconds=49)).timestamp())
+    assert list(index._wheel) == [last]
+    for key in keys[:99]:
+        index.mark_unhealthy(key, T0 + timedelta(seconds=50))
+    assert list(index._wheel) == [last] and len(index._wheel[last]) == 1
+    index.delete(keys[99])  # the last one out of a bucket takes the bucket with it
+    assert index._wheel == {}
