@@ -42,7 +42,7 @@ def clone(record: ModelInstance) -> ModelInstance:
     and several times faster than ``copy.deepcopy``.
     """
     copy = _new(ModelInstance)
-    copy.__dict__.update(record.__dict__)
+    copy.__dict__.update(record.__dict__)  # into a fresh, key-sharing dict, whatever the caller's is
     if record.metadata:
         copy.metadata = orjson.loads(orjson.dumps(record.metadata))
     if record.overrides:
@@ -93,7 +93,7 @@ def _copy(record: ModelInstance) -> ModelInstance:
     """A shallow copy, to change in place of ``record`` (whose mutable fields are never
     changed in place either, so sharing them is safe)."""
     copy = _new(ModelInstance)
-    copy.__dict__.update(record.__dict__)
+    copy.__dict__ = record.__dict__.copy()  # a split dict's copy: its values, keys shared
     return copy
 
 
@@ -252,8 +252,7 @@ class InstanceIndex:
         if record is None:
             return None
         beaten = _new(ModelInstance)  # _copy(record), without its frame: the hottest path
-        fields = beaten.__dict__
-        fields.update(record.__dict__)
+        beaten.__dict__ = fields = record.__dict__.copy()
         if queue_length is not None:
             fields["queue_length"] = queue_length
         revived = not record.healthy
