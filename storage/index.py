@@ -1,8 +1,9 @@
 """``InstanceIndex``: every record in memory, indexed for the hot paths.
 
 - by key (heartbeats, registrations): a dict;
-- by model (listing and selecting one model's instances): a dict of dicts, so
-  a read touches only that model's records, never the whole fleet;
+- by model (listing and selecting one model's instances): each model's keys,
+  so a read touches only that model's records, never the whole fleet, and a
+  beat (which changes no membership) touches no per-model structure;
 - by heartbeat age (the checker): a timing wheel of one-second buckets holding
   the records that can expire (healthy and ``check_healthy``), so a sweep
   visits only the buckets older than the cutoff, not every record;
@@ -121,7 +122,9 @@ async def expire_in_slices(index: InstanceIndex, cutoff: datetime, now: datetime
 class InstanceIndex:
     def __init__(self) -> None:
         self.records: dict[InstanceKey, ModelInstance] = {}
-        self._by_model: dict[str, dict[InstanceKey, ModelInstance]] = {}
+        # model -> its keys (a dict as an ordered set): membership changes only
+        # when an instance comes or goes, so a beat never touches it.
+        self._by_model: dict[str, dict[InstanceKey, None]] = {}
         self._wheel: dict[int, dict[InstanceKey, None]] = {}
         self._unhealthy: dict[InstanceKey, ModelInstance] = {}
         # Models whose records are not in key order since a registration (see ``list``).
@@ -161,18 +164,16 @@ class InstanceIndex:
         self._serving.pop(record.model_name, None)
         model = self._by_model.get(record.model_name)
         if model is None:
-            self._by_model[record.model_name] = {key: record}
-        else:
-            if key not in model and key < next(reversed(model)):
+            self._by_model[record.model_name] = {key: None}
+        elif key not in model:
+            if key < next(reversed(model)):
                 self._unsorted.add(record.model_name)  # sorted again by the next listing
-            model[key] = record
+            model[key] = None
         self._link(record)
 
     def _put(self, record: ModelInstance) -> None:
         """Store ``record`` in place of the one with its key (the links are the caller's)."""
-        key = record.key
-        self.records[key] = record
-        self._by_model[record.model_name][key] = record
+        self.records[record.key] = record
         self._serving.pop(record.model_name, None)
 
     def _swap(self, old: ModelInstance, new: ModelInstance) -> None:
@@ -202,9 +203,9 @@ class InstanceIndex:
             by_key[key] = record
             model = by_model.get(record.model_name)
             if model is None:
-                by_model[record.model_name] = {key: record}
+                by_model[record.model_name] = {key: None}
             else:
-                model[key] = record
+                model[key] = None
             link(record)
         self._unsorted.update(by_model)  # each is sorted when it is first listed
 
@@ -264,7 +265,6 @@ class InstanceIndex:
         # (What follows is _put and the wheel's part of _swap, without their frames.)
         fields["last_heartbeat"] = now
         self.records[key] = beaten
-        self._by_model[record.model_name][key] = beaten
         self._serving.pop(record.model_name, None)
         old, new = int(record.last_heartbeat.timestamp()), int(now.timestamp())
         if old != new:
@@ -375,8 +375,8 @@ class InstanceIndex:
         """One model's records, in key order (sorted again after a registration)."""
         if model_name in self._unsorted:
             self._unsorted.discard(model_name)
-            self._by_model[model_name] = dict(sorted(self._by_model[model_name].items()))
-        return self._by_model.get(model_name, {}).values()
+            self._by_model[model_name] = dict.fromkeys(sorted(self._by_model[model_name]))
+        return map(self.records.__getitem__, self._by_model.get(model_name, ()))
 
     def _serve(self, model_name: str, now: datetime) -> list[ModelInstance]:
         """The model's serving records at ``now``, kept for the next reads unless
@@ -392,13 +392,13 @@ class InstanceIndex:
     def summarize(self, now: datetime | None = None) -> list[ModelSummary]:
         summaries = []
         for name in sorted(self._by_model):
-            records = self._by_model[name].values()
+            keys = self._by_model[name]
             healthy = enabled = available = 0
-            for r in records:
+            for r in map(self.records.__getitem__, keys):
                 healthy += r.healthy
                 enabled += r.enabled
                 available += r.healthy and r.enabled and (now is None or not r.in_cooldown(now))
-            summaries.append(ModelSummary(name, len(records), healthy, enabled, available))
+            summaries.append(ModelSummary(name, len(keys), healthy, enabled, available))
         return summaries
 
 
