@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ from storage.migrations import alembic_config
 from storage.schema import POSTGRESQL_ONLY_INDEXES, metadata
 from tests.conftest import sqlite_url
 from tests.storage.test_contract import T0, record
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_migrations_create_the_declared_schema_and_are_idempotent(tmp_path: Path) -> None:
@@ -119,3 +123,30 @@ async def test_every_field_survives_a_reopen(tmp_path: Path) -> None:
         await storage.upsert(full)
     async with open_storage(url) as storage:
         assert await storage.list() == [full]
+
+
+def test_head_names_the_newest_migration() -> None:
+    from alembic.script import ScriptDirectory
+
+    from storage.migrations import HEAD
+
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD
+
+
+def test_an_up_to_date_file_opens_without_loading_alembic(tmp_path: Path) -> None:
+    """A restart on a current schema only reads its revision: Alembic's import
+    and scripts cost about half a second of every start."""
+    url = sqlite_url(tmp_path / "r.db")
+    script = (
+        "import asyncio, sys\n"
+        "from storage import open_storage\n"
+        "async def main():\n"
+        f"    async with open_storage({url!r}) as storage:\n"
+        "        return len(await storage.list())\n"
+        "print(asyncio.run(main()), 'alembic' in sys.modules)\n"
+    )
+    run = lambda: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert run() == ["0", "True"]  # a new file: migrated by Alembic
+    assert run() == ["0", "False"]  # the same file again: nothing to do, nothing loaded
