@@ -52,7 +52,6 @@ def clone(record: ModelInstance) -> ModelInstance:
 
 
 _new = object.__new__
-_new_key = tuple.__new__  # InstanceKey without its Python-level __new__
 
 #: Values that many records repeat, one object each (see ``_compact``), by type:
 #: ``1 == 1.0``, but a weight must stay a float.
@@ -197,26 +196,17 @@ class InstanceIndex:
 
     def load(self, records: Iterable[ModelInstance]) -> None:
         """Fill an empty index (at start-up, from a database)."""
-        by_key, by_model, wheel, unhealthy = self.records, self._by_model, self._wheel, self._unhealthy
+        by_key, by_model, link = self.records, self._by_model, self._link
         for record in records:
-            fields = _compact(record).__dict__
-            name = fields["model_name"]
-            key = _new_key(InstanceKey, (name, fields["host"], fields["port"]))
+            record = _compact(record)
+            key = record.key
             by_key[key] = record
-            model = by_model.get(name)
+            model = by_model.get(record.model_name)
             if model is None:
-                by_model[name] = {key: None}
+                by_model[record.model_name] = {key: None}
             else:
                 model[key] = None
-            # _link, inlined: 100,000 records at start-up
-            if not fields["healthy"]:
-                unhealthy[key] = record
-            elif fields["check_healthy"] and (beat := fields["last_heartbeat"]) is not None:
-                second = int(beat.timestamp())
-                bucket = wheel.get(second)
-                if bucket is None:
-                    wheel[second] = bucket = {}
-                bucket[key] = None
+            link(record)
         self._unsorted.update(by_model)  # each is sorted when it is first listed
 
     def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:

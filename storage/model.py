@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, NamedTuple
@@ -93,17 +93,24 @@ QueueLength = Annotated[int, Strict(), Field(ge=0)]
 _new_tuple = tuple.__new__
 
 
+def _refusal(message: str) -> Callable[..., Any]:
+    """A method that refuses the change it stands for, with ``message`` (the fix)."""
+
+    def refuse(self: object, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(message)
+
+    return refuse
+
+
 class _NoMetadata(dict):
     """Empty metadata that refuses changes: one object that every stored record
     without metadata shares, so a change meant for one record must fail loudly
     rather than reach them all. Equal to ``{}``; serialised as ``{}``."""
 
-    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(
-            "a stored record's metadata is read-only: derive a changed copy with "
-            "dataclasses.replace(record, metadata={...})"
-        )
-
+    _refuse = _refusal(
+        "a stored record's metadata is read-only: derive a changed copy with "
+        "dataclasses.replace(record, metadata={...})"
+    )
     __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
     update = setdefault = pop = popitem = clear = _refuse  # type: ignore[assignment]
 
@@ -128,8 +135,7 @@ class Snapshot(list):  # type: ignore[type-arg]
         super().__init__(records)
         self.memo: Any = None
 
-    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError("a snapshot is shared and read-only: change a copy, list(snapshot)")
+    _refuse = _refusal("a snapshot is shared and read-only: change a copy, list(snapshot)")
 
     __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse  # type: ignore[assignment]
     append = extend = insert = pop = remove = clear = sort = reverse = _refuse  # type: ignore[assignment]
