@@ -6,7 +6,11 @@
   beat (which changes no membership) touches no per-model structure;
 - by heartbeat age (the checker): a timing wheel of one-second buckets holding
   the records that can expire (healthy and ``check_healthy``), so a sweep
-  visits only the buckets older than the cutoff, not every record;
+  visits only the buckets older than the cutoff, not every record. The wheel
+  is lazy: a beat leaves its record where it was filed, and the sweep's census
+  files it again where its last beat puts it (see ``settle``). So a beat, the
+  hottest path, does no wheel work, and each record is filed about once per
+  heartbeat timeout instead of once per beat;
 - the unhealthy records (eviction): a dict, usually small;
 - each model's serving records (healthy, not in a cooldown), the answer to
   most reads: built by the first read after a change to the model, then
@@ -26,14 +30,14 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timezone
 
 import orjson
 
 from .model import NO_METADATA, Census, InstanceKey, ModelInstance, ModelSummary, Snapshot, apply_overrides
 from .model import override as apply_operator_changes
 
-__all__ = ["IndexReads", "InstanceIndex", "clone", "expire_in_slices"]
+__all__ = ["IndexReads", "InstanceIndex", "clone", "expire_in_slices", "settle_in_slices"]
 
 
 def clone(record: ModelInstance) -> ModelInstance:
@@ -102,8 +106,23 @@ def _bucket(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.timestamp())
 
 
+def _expirable(record: ModelInstance) -> bool:
+    """Whether the checker watches ``record``: healthy, checked, and heard from."""
+    return record.healthy and record.check_healthy and record.last_heartbeat is not None
+
+
+#: Before every timestamp: where nothing is settled yet.
+_DAWN = datetime.min.replace(tzinfo=timezone.utc)
+
+
 #: Records a sweep marks before it lets other work run.
 SWEEP_SLICE = 1000
+
+
+async def settle_in_slices(index: InstanceIndex, cutoff: datetime) -> None:
+    """``index.settle`` in slices, yielding to the event loop between them."""
+    while not index.settle(cutoff, limit=SWEEP_SLICE):
+        await asyncio.sleep(0)
 
 
 async def expire_in_slices(index: InstanceIndex, cutoff: datetime, now: datetime) -> list[ModelInstance]:
@@ -125,7 +144,14 @@ class InstanceIndex:
         # model -> its keys (a dict as an ordered set): membership changes only
         # when an instance comes or goes, so a beat never touches it.
         self._by_model: dict[str, dict[InstanceKey, None]] = {}
+        # second -> the keys filed there (a dict as an ordered set). Each expirable
+        # record is filed in at least one bucket at or before the second of its
+        # last beat; up to ``_settled`` (the census's last cutoff, in seconds), in
+        # exactly the one of its last beat, and nothing else is (see ``settle``).
         self._wheel: dict[int, dict[InstanceKey, None]] = {}
+        self._settled: int | None = None
+        self._settled_before = _DAWN  # the start of the second after ``_settled``
+        self._expirable = 0  # how many records the checker watches
         self._unhealthy: dict[InstanceKey, ModelInstance] = {}
         # Models whose records are not in key order since a registration (see ``list``).
         self._unsorted: set[str] = set()
@@ -138,15 +164,16 @@ class InstanceIndex:
     # -- keeping the secondary indexes right ---------------------------------
 
     def _unlink(self, record: ModelInstance) -> None:
-        """Take ``record`` out of the wheel and the unhealthy set (before changing it)."""
+        """Take ``record`` out of the wheel's count and the unhealthy set (before changing it)."""
         if record.healthy:
-            if record.check_healthy:
-                second = _bucket(record.last_heartbeat)
-                bucket = self._wheel.get(second)  # type: ignore[arg-type]
-                if bucket is not None:
-                    bucket.pop(record.key, None)
-                    if not bucket:  # an emptied dict keeps its table: let it go
-                        del self._wheel[second]  # type: ignore[arg-type]
+            heard = record.last_heartbeat
+            if record.check_healthy and heard is not None:
+                self._expirable -= 1
+                if heard < self._settled_before:  # filed exactly there: take it out now
+                    self._unfile(record.key, heard)
+                # Otherwise its entry stays behind, to be dropped by the next walk
+                # over its bucket (``settle``, ``expire``): it may be filed earlier
+                # than its last beat, and finding where would cost more than the walk.
         else:
             self._unhealthy.pop(record.key, None)
 
@@ -154,9 +181,19 @@ class InstanceIndex:
         """Put ``record`` where its current state says (after changing it)."""
         if record.healthy:
             if record.check_healthy and record.last_heartbeat is not None:
+                self._expirable += 1
                 self._wheel.setdefault(_bucket(record.last_heartbeat), {})[record.key] = None  # type: ignore[index]
         else:
             self._unhealthy[record.key] = record
+
+    def _unfile(self, key: InstanceKey, heard: datetime) -> None:
+        """Take ``key`` out of the bucket of ``heard``, if it is there."""
+        second = _bucket(heard)
+        bucket = self._wheel.get(second)  # type: ignore[arg-type]
+        if bucket is not None:
+            bucket.pop(key, None)
+            if not bucket:  # an emptied dict keeps its table: let it go
+                del self._wheel[second]  # type: ignore[arg-type]
 
     def _store(self, record: ModelInstance) -> None:
         key = record.key
@@ -245,42 +282,47 @@ class InstanceIndex:
         self._store(stored)
         return stored
 
+    def beat(self, key: InstanceKey, now: datetime, queue_length: int | None) -> ModelInstance | None:
+        """``touch`` for a record that is healthy and has beaten before, the common
+        case: returns the new record. ``None`` for any other (nothing changed):
+        unknown, unhealthy, or never heard from; ``touch`` deals with those."""
+        record = self.records.get(key)
+        if record is None or not record.healthy:
+            return None
+        heard = record.last_heartbeat
+        if heard is None:
+            return None
+        beaten = _new(ModelInstance)  # _copy(record), without its frame: the hottest path
+        beaten.__dict__ = fields = record.__dict__.copy()
+        fields["last_heartbeat"] = now
+        if queue_length is not None:
+            fields["queue_length"] = queue_length
+        self.records[key] = beaten
+        self._serving.pop(fields["model_name"], None)
+        if (heard < self._settled_before or now < heard) and record.check_healthy:
+            # Filed exactly (it was silent at the last census), or the clock went
+            # back: file it at this beat now, so the wheel stays as ``settle`` says.
+            self._unfile(key, heard)
+            self._wheel.setdefault(_bucket(now), {})[key] = None  # type: ignore[index]
+        # Otherwise it stays filed where it was, before this beat: see ``settle``.
+        return beaten
+
     def touch(
         self, key: InstanceKey, now: datetime, queue_length: int | None
     ) -> tuple[ModelInstance, bool] | None:
         """Returns the record and whether it turned healthy, or None."""
+        beaten = self.beat(key, now, queue_length)
+        if beaten is not None:
+            return beaten, False
         record = self.records.get(key)
         if record is None:
             return None
-        beaten = _new(ModelInstance)  # _copy(record), without its frame: the hottest path
-        beaten.__dict__ = fields = record.__dict__.copy()
+        beaten = _copy(record)
+        beaten.last_heartbeat, beaten.healthy, beaten.unhealthy_since = now, True, None
         if queue_length is not None:
-            fields["queue_length"] = queue_length
-        revived = not record.healthy
-        if revived or not record.check_healthy or record.last_heartbeat is None:
-            fields["last_heartbeat"], fields["healthy"], fields["unhealthy_since"] = now, True, None
-            self._swap(record, beaten)
-            return beaten, revived
-        # The common case: healthy and beating; move buckets only if the second changed.
-        # (What follows is _put and the wheel's part of _swap, without their frames.)
-        fields["last_heartbeat"] = now
-        self.records[key] = beaten
-        self._serving.pop(record.model_name, None)
-        old, new = int(record.last_heartbeat.timestamp()), int(now.timestamp())
-        if old != new:
-            wheel = self._wheel
-            bucket = wheel[old]  # a healthy, checked record is always in its bucket
-            del bucket[key]
-            if not bucket:
-                # Gone as soon as it is empty: a dict keeps the table it grew to
-                # (a second's beats: thousands of entries), and beats empty one
-                # bucket a second, long before the sweep reaches its second.
-                del wheel[old]
-            bucket = wheel.get(new)
-            if bucket is None:
-                wheel[new] = bucket = {}
-            bucket[key] = None
-        return beaten, False
+            beaten.queue_length = queue_length
+        self._swap(record, beaten)
+        return beaten, not record.healthy
 
     def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
         record = self.records.get(key)
@@ -300,45 +342,94 @@ class InstanceIndex:
         self._remove(record)
         return record
 
+    def settle(self, cutoff: datetime, limit: int | None = None) -> bool:
+        """File every record in the buckets up to ``cutoff``'s second where its last
+        beat puts it, and drop what was left behind. Then, up to that second,
+        each bucket holds exactly the records last heard in it, which is what
+        ``census`` counts, and stays so: from then on a beat, or any change, of
+        a record filed there moves it at once (see ``beat``, ``_unlink``).
+
+        Walks only the buckets not settled by an earlier call; in a steady
+        fleet that is each record about once per heartbeat timeout. ``limit``
+        bounds the work of one call (whole buckets, so it may go over); returns
+        whether it is done, so a caller can yield between calls.
+        """
+        last = _bucket(cutoff)
+        settled, wheel, records = self._settled, self._wheel, self.records
+        walked = 0
+        for second in sorted(s for s in wheel if s <= last and (settled is None or s > settled)):  # type: ignore[operator]
+            bucket = wheel[second]
+            walked += len(bucket)
+            for key in list(bucket):
+                record = records.get(key)
+                if record is None or not _expirable(record):
+                    del bucket[key]  # left behind by a change
+                    continue
+                heard = _bucket(record.last_heartbeat)
+                if heard != second:  # beaten since it was filed
+                    del bucket[key]
+                    wheel.setdefault(heard, {})[key] = None  # type: ignore[index]
+            if not bucket:
+                del wheel[second]
+            if limit is not None and walked >= limit and second < last:  # type: ignore[operator]
+                self._settle_to(second)
+                return False
+        self._settle_to(last)  # type: ignore[arg-type]
+        return True
+
+    def _settle_to(self, second: int) -> None:
+        if self._settled is None or second > self._settled:
+            self._settled = second
+            self._settled_before = datetime.fromtimestamp(second + 1, timezone.utc)
+
     def expire(self, cutoff: datetime, now: datetime, limit: int | None = None) -> list[ModelInstance]:
         """Mark unhealthy the expirable records last heard before ``cutoff``.
 
-        Visits only the wheel's buckets up to the cutoff's second. ``limit``
+        Visits only the wheel's buckets up to the cutoff's second, filing again
+        (as ``settle`` does) what it finds there that beat since. ``limit``
         bounds the work of one call, so a caller can yield between calls.
         """
         last = _bucket(cutoff)
+        wheel, records = self._wheel, self.records
         expired: list[ModelInstance] = []
-        for second in sorted(b for b in self._wheel if b <= last):  # type: ignore[operator]
-            bucket = self._wheel[second]
+        for second in sorted(b for b in wheel if b <= last):  # type: ignore[operator]
+            bucket = wheel[second]
             for key in list(bucket):
-                record = self.records[key]
-                if record.last_heartbeat >= cutoff:  # type: ignore[operator]
-                    continue  # the cutoff's own second: later in that second
+                record = records.get(key)
+                if record is None or not _expirable(record):
+                    del bucket[key]  # left behind by a change
+                    continue
+                heard = record.last_heartbeat
+                if heard >= cutoff:  # type: ignore[operator]
+                    filed = _bucket(heard)
+                    if filed != second:  # beaten since it was filed
+                        del bucket[key]
+                        wheel.setdefault(filed, {})[key] = None  # type: ignore[index]
+                    continue  # (or the cutoff's own second: later in that second)
                 del bucket[key]
                 marked = _copy(record)
                 marked.healthy, marked.unhealthy_since = False, now
                 self._put(marked)
                 self._unhealthy[key] = marked
+                self._expirable -= 1
                 expired.append(marked)
                 if limit is not None and len(expired) >= limit:
                     return expired
             if not bucket:
-                del self._wheel[second]
+                del wheel[second]
         return expired
 
     def census(self, expire_cutoff: datetime, evict_cutoff: datetime) -> Census:
+        self.settle(expire_cutoff)  # (nothing to do after settle_in_slices)
         last = _bucket(expire_cutoff)
-        checked = silent = 0
-        for second, bucket in self._wheel.items():  # one entry per second of beats: few
-            checked += len(bucket)
-            if second <= last:  # type: ignore[operator]
-                silent += len(bucket)
+        # Settled: the buckets up to the cutoff hold each silent record once.
+        silent = sum(len(b) for second, b in self._wheel.items() if second <= last)  # type: ignore[operator]
         evictable = sum(
             1
             for r in self._unhealthy.values()
             if r.unhealthy_since is not None and r.unhealthy_since < evict_cutoff
         )
-        return Census(checked, silent, len(self.records), evictable)
+        return Census(self._expirable, silent, len(self.records), evictable)
 
     def evict(self, cutoff: datetime) -> list[ModelInstance]:
         doomed = [
@@ -419,4 +510,5 @@ class IndexReads:
         return self._index.summarize(now)
 
     async def census(self, expire_cutoff: datetime, evict_cutoff: datetime) -> Census:
+        await settle_in_slices(self._index, expire_cutoff)
         return self._index.census(expire_cutoff, evict_cutoff)

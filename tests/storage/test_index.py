@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from storage import InstanceKey, ModelInstance, Snapshot
 from storage.index import InstanceIndex
+from storage.model import Census
 
 T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
 KEYS = [InstanceKey(m, "h", p) for m in ("a", "b") for p in (1, 2, 3)]
@@ -59,6 +60,16 @@ class Naive:
                 out.append(self.records[key])
         return out
 
+    def census(self, expire_cutoff, evict_cutoff):
+        watched = [r for r in self.records.values() if r.healthy and r.check_healthy and r.last_heartbeat]
+        last = int(expire_cutoff.timestamp())  # counted by the second, as the wheel does
+        return Census(
+            len(watched),
+            sum(int(r.last_heartbeat.timestamp()) <= last for r in watched),
+            len(self.records),
+            sum(not r.healthy and r.unhealthy_since < evict_cutoff for r in self.records.values()),
+        )
+
     def evict(self, cutoff):
         doomed = [k for k, r in sorted(self.records.items()) if not r.healthy and r.unhealthy_since < cutoff]
         return [self.records.pop(k) for k in doomed]
@@ -73,7 +84,7 @@ class Naive:
 
 operations = st.lists(
     st.tuples(
-        st.sampled_from(["upsert", "touch", "mark", "delete", "expire", "evict", "tick"]),
+        st.sampled_from(["upsert", "touch", "mark", "delete", "expire", "census", "evict", "tick", "back"]),
         st.sampled_from(KEYS),
         st.integers(0, 90),
         st.booleans(),
@@ -89,6 +100,8 @@ def test_index_agrees_with_the_naive_model(ops) -> None:
     for op, key, seconds, flag in ops:
         if op == "tick":
             now += timedelta(seconds=seconds, microseconds=seconds * 777)
+        elif op == "back":  # the wall clock stepped back
+            now -= timedelta(seconds=seconds // 10, microseconds=seconds * 333)
         elif op == "upsert":
             record = ModelInstance(
                 *key, check_healthy=flag, healthy=True, last_heartbeat=now, registered_at=now, weight=seconds
@@ -105,6 +118,9 @@ def test_index_agrees_with_the_naive_model(ops) -> None:
         elif op == "expire":
             cutoff = now - timedelta(seconds=seconds)
             assert sorted(index.expire(cutoff, now), key=lambda r: r.key) == naive.expire(cutoff, now)
+        elif op == "census":
+            expire_cutoff, evict_cutoff = now - timedelta(seconds=seconds), now - timedelta(seconds=90 - seconds)
+            assert index.census(expire_cutoff, evict_cutoff) == naive.census(expire_cutoff, evict_cutoff)
         elif op == "evict":
             cutoff = now - timedelta(seconds=seconds)
             assert sorted(index.evict(cutoff), key=lambda r: r.key) == naive.evict(cutoff)
@@ -189,21 +205,67 @@ def test_a_snapshot_refuses_every_change(change) -> None:
     assert orjson.loads(orjson.dumps(snapshot))[0]["port"] == 1  # serialised as the list it is
 
 
-def test_a_bucket_goes_as_soon_as_it_is_empty() -> None:
-    """Beats move records out of a second's bucket long before the sweep reaches
-    that second, and an emptied dict keeps the table it grew to (thousands of
-    entries for a busy second): an empty bucket must not wait for the sweep."""
+def _fleet(count: int) -> tuple[InstanceIndex, list[InstanceKey]]:
     index = InstanceIndex()
-    keys = [InstanceKey("m", "h", port) for port in range(1, 101)]
+    keys = [InstanceKey("m", "h", port) for port in range(1, count + 1)]
     for key in keys:
         index.insert(ModelInstance(*key, healthy=True, last_heartbeat=T0, registered_at=T0))
+    return index, keys
+
+
+def _at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+FIRST = int(T0.timestamp())  # T0's bucket
+
+
+def test_beats_leave_the_wheel_to_the_census() -> None:
+    """A beat does no wheel work: its record stays filed where it was, and the
+    census files it again where its last beat puts it (once per heartbeat
+    timeout, rather than once per beat)."""
+    index, keys = _fleet(100)
     for second in range(1, 50):
         for key in keys:
-            index.touch(key, T0 + timedelta(seconds=second), None)
-    last = int((T0 + timedelta(seconds=49)).timestamp())
-    assert list(index._wheel) == [last]
+            index.touch(key, _at(second), None)
+    assert list(index._wheel) == [FIRST]
+    assert index.census(_at(10), T0) == Census(checked=100, silent=0, total=100, evictable=0)
+    assert list(index._wheel) == [FIRST + 49] and len(index._wheel[FIRST + 49]) == 100
+
+
+def test_what_a_change_leaves_in_the_wheel_goes_with_the_next_census() -> None:
+    index, keys = _fleet(10)
+    for key in keys:
+        index.touch(key, _at(5), None)
+    for key in keys[:4]:
+        index.delete(key)
+    for key in keys[4:6]:
+        index.mark_unhealthy(key, _at(6))
+    assert len(index._wheel[FIRST]) == 10  # left behind, not looked for
+    assert index.census(_at(1), _at(1)) == Census(checked=4, silent=0, total=6, evictable=0)
+    assert index._wheel == {FIRST + 5: dict.fromkeys(keys[6:])}
+
+
+def test_past_the_cutoff_the_wheel_is_exact_and_an_emptied_bucket_goes() -> None:
+    """After a census, each bucket up to its cutoff holds exactly the records last
+    heard in it, so a beat or a change there moves the record at once; and a
+    bucket emptied so goes at once (an emptied dict keeps the table it grew to)."""
+    index, keys = _fleet(100)
+    assert index.census(_at(60), T0).silent == 100  # all silent: held, say, by self-preservation
     for key in keys[:99]:
-        index.mark_unhealthy(key, T0 + timedelta(seconds=50))
-    assert list(index._wheel) == [last] and len(index._wheel[last]) == 1
-    index.delete(keys[99])  # the last one out of a bucket takes the bucket with it
-    assert index._wheel == {}
+        index.touch(key, _at(61), None)  # they come back
+    assert index._wheel == {FIRST: {keys[99]: None}, FIRST + 61: dict.fromkeys(keys[:99])}
+    assert index.census(_at(60), T0).silent == 1
+    index.delete(keys[99])
+    assert list(index._wheel) == [FIRST + 61]
+    assert index.census(_at(60), T0) == Census(checked=99, silent=0, total=99, evictable=0)
+
+
+def test_settle_can_be_done_in_slices() -> None:
+    index = InstanceIndex()
+    for n in range(25):
+        index.insert(ModelInstance("m", "h", n + 1, healthy=True, last_heartbeat=_at(n), registered_at=T0))
+        index.touch(InstanceKey("m", "h", n + 1), _at(100), None)
+    steps = [index.settle(_at(50), limit=10) for _ in range(3)]
+    assert steps == [False, False, True]
+    assert list(index._wheel) == [FIRST + 100]
