@@ -14,7 +14,7 @@ from registry.validation import key_from
 from .keys import LIFECYCLE, SETTINGS
 from .params import duration_param, model_name_param, query_flag, revision_param, strategy_param
 from .problem import ApiError
-from .responses import dumps, json_body_response, json_response, read_object
+from .responses import dumps, json_body_response, json_response, read_object, read_object_now
 
 __all__ = [
     "deregister",
@@ -35,7 +35,14 @@ async def register(request: web.Request, registry: Registry) -> web.Response:
 
 
 async def heartbeat(request: web.Request, registry: Registry) -> web.Response:
-    return json_response(await registry.heartbeat(await read_object(request)))
+    # The hottest path: most beats are read and recorded without awaiting anything.
+    body = read_object_now(request)
+    if body is None:
+        body = await read_object(request)
+    record = registry.beat(body)
+    if record is None:
+        record = await registry.heartbeat(body)
+    return json_response(record)
 
 
 async def deregister(request: web.Request, registry: Registry) -> web.Response:

@@ -103,6 +103,18 @@ class Storage(abc.ABC):
         unhealthy before), or ``None`` when the key is unknown.
         """
 
+    def beat(self, key: InstanceKey, now: datetime, queue_length: int | None) -> ModelInstance | None:
+        """``touch`` at once, without waiting, when the backend can: for the
+        common heartbeat, of a known instance that is healthy (so that the beat
+        changes no state). Returns the updated record.
+
+        ``None`` means "not this way": the instance is unknown or unhealthy, or
+        the backend would have to wait for something (a database). Nothing has
+        changed then; the caller goes on with ``touch``. A synchronous method,
+        so that the hottest path costs no coroutine; the default never can.
+        """
+        return None
+
     @abc.abstractmethod
     async def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
         """Set ``healthy = False`` (and ``unhealthy_since = now`` unless it was

@@ -136,16 +136,22 @@ class PostgresStorage(SQLStorage):
 
     # -- heartbeats: behind, when they change nothing ---------------------------
 
+    def beat(self, key: InstanceKey, now: datetime, queue_length: int | None) -> ModelInstance | None:
+        known = self._known.get(key)
+        if known is None or not known.healthy or self._degraded:
+            return None
+        known.last_heartbeat = now
+        if queue_length is not None:
+            known.queue_length = queue_length
+        self._pending[key] = known
+        return clone(known)
+
     async def touch(
         self, key: InstanceKey, now: datetime, queue_length: int | None
     ) -> tuple[ModelInstance, bool] | None:
-        known = self._known.get(key)
-        if known is not None and known.healthy and not self._degraded:
-            known.last_heartbeat = now
-            if queue_length is not None:
-                known.queue_length = queue_length
-            self._pending[key] = known
-            return clone(known), False
+        beaten = self.beat(key, now, queue_length)
+        if beaten is not None:
+            return beaten, False
         try:
             touched = await super().touch(key, now, queue_length)
         except StorageUnavailable:

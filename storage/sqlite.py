@@ -74,6 +74,15 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
             await self._commit([stored.key])
         return stored
 
+    def beat(self, key: InstanceKey, now: datetime, queue_length: int | None) -> ModelInstance | None:
+        journal = self._journal
+        if journal is None or not journal.healthy:  # beats go through touch, and fail
+            return None
+        record = self._index.beat(key, now, queue_length)
+        if record is not None:
+            journal.later(key)  # written within the flush interval
+        return record
+
     async def touch(
         self, key: InstanceKey, now: datetime, queue_length: int | None
     ) -> tuple[ModelInstance, bool] | None:

@@ -193,12 +193,9 @@ async def test_select_strategies_over_http(client: TestClient) -> None:
     assert problem["field"] == "strategy" and "round_robin" in problem["detail"]
 
 
-async def test_a_body_that_arrives_in_pieces_is_read_whole(client: TestClient) -> None:
-    """A small body usually arrives with its headers and is taken at once; one
-    that is still on its way is read to its end (a slow client's)."""
-    payload = orjson.dumps(body(weight=4))
+async def _send_in_pieces(client: TestClient, path: str, payload: bytes) -> tuple[bytes, dict]:
     head = (
-        f"POST /api/v1/instances HTTP/1.1\r\nHost: registry\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: registry\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
     ).encode()
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
@@ -212,8 +209,17 @@ async def test_a_body_that_arrives_in_pieces_is_read_whole(client: TestClient) -
     finally:
         writer.close()
     status, _, rest = answer.partition(b"\r\n")
-    assert status == b"HTTP/1.1 201 Created"
-    assert orjson.loads(rest.partition(b"\r\n\r\n")[2])["weight"] == 4.0
+    return status, orjson.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+async def test_a_body_that_arrives_in_pieces_is_read_whole(client: TestClient) -> None:
+    """A small body usually arrives with its headers and is taken at once; one
+    that is still on its way is read to its end (a slow client's)."""
+    status, answer = await _send_in_pieces(client, "/api/v1/instances", orjson.dumps(body(weight=4)))
+    assert status == b"HTTP/1.1 201 Created" and answer["weight"] == 4.0
+    beat = orjson.dumps({**body(), "queue_length": 6})  # a known instance's beat, the hottest path
+    status, answer = await _send_in_pieces(client, "/api/v1/heartbeat", beat)
+    assert status == b"HTTP/1.1 200 OK" and answer["queue_length"] == 6 and answer["weight"] == 4.0
 
 
 async def test_a_model_listing_read_again_shows_every_change_since(

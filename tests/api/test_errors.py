@@ -194,6 +194,9 @@ async def test_unreachable_storage_is_503_with_retry_after(
         await client.get("/health"),
         await client.post("/api/v1/instances", json=body(port=2)),
         await client.post("/api/v1/heartbeat", json=body(port=3)),
+        # A known instance's beat, too: while the file cannot be written, beats
+        # fail rather than pile up unwritten.
+        await client.post("/api/v1/heartbeat", json=body(port=8001)),
     ):
         await assert_error(response, 503, "storage_unavailable")
         assert int(response.headers["Retry-After"]) >= 1

@@ -112,6 +112,24 @@ async def test_heartbeat_advances_last_heartbeat_and_keeps_settings(
     assert stored.queue_length == 4  # a beat without load keeps the last reported load
 
 
+async def test_beat_records_the_common_heartbeat_at_once_and_leaves_the_rest_to_heartbeat(
+    registry: Registry, clock: ManualClock
+) -> None:
+    body = {"model_name": KEY.model_name, "host": KEY.host, "port": KEY.port, "queue_length": 3}
+    assert registry.beat(body) is None  # unknown: heartbeat registers it
+    assert await registry.get_all_instances() == []
+    await registry.register(instance(weight=2.5))
+    assert registry.beat({**body, "host": "10.0.0.5."}) is None  # not as stored: heartbeat validates it
+    assert registry.beat({**body, "queue_length": -1}) is None
+    clock.advance(3)
+    beaten = registry.beat(body)
+    assert beaten.last_heartbeat == clock.now() and beaten.queue_length == 3 and beaten.weight == 2.5
+    await registry.deregister(KEY)
+    assert registry.beat(body) is None  # unhealthy: heartbeat revives it, and says so
+    revived = await registry.heartbeat(body)
+    assert revived.healthy and revived.last_heartbeat == clock.now()
+
+
 async def test_checker_marks_silent_instance_unhealthy_and_heartbeat_restores(
     registry: Registry, clock: ManualClock
 ) -> None:

@@ -67,6 +67,30 @@ async def test_touch_records_a_heartbeat(storage: Storage) -> None:
     assert await storage.touch(InstanceKey("m", "10.0.0.1", 1), later, None) is None
 
 
+async def test_beat_records_a_healthy_instance_at_once_and_declines_the_rest(storage: Storage) -> None:
+    """``beat`` is ``touch`` without waiting, for the common heartbeat; any other
+    it declines (``None``) and leaves as it was, for ``touch``."""
+    key, later = InstanceKey("m", "10.0.0.1", 8000), T0 + timedelta(seconds=10)
+    assert storage.beat(key, later, 1) is None  # unknown
+    unhealthy = record(healthy=False, unhealthy_since=T0, queue_length=4)
+    await storage.upsert(unhealthy)
+    assert storage.beat(key, later, 1) is None  # a health transition is touch's to make
+    assert await storage.get(key) == unhealthy
+    await storage.touch(key, later, None)
+    beaten = storage.beat(key, later + timedelta(seconds=5), 2)
+    assert beaten == dataclasses.replace(
+        unhealthy,
+        healthy=True,
+        unhealthy_since=None,
+        last_heartbeat=later + timedelta(seconds=5),
+        queue_length=2,
+    )
+    again = storage.beat(key, later + timedelta(seconds=6), None)  # no load sent: the last one stays
+    assert again.queue_length == 2 and beaten.last_heartbeat == later + timedelta(seconds=5)
+    touched, revived = await storage.touch(key, later + timedelta(seconds=7), None)
+    assert not revived and touched == dataclasses.replace(again, last_heartbeat=later + timedelta(seconds=7))
+
+
 async def test_mark_unhealthy_keeps_the_first_unhealthy_time(storage: Storage) -> None:
     await storage.upsert(record())
     key = InstanceKey("m", "10.0.0.1", 8000)

@@ -119,8 +119,8 @@ def test_index_agrees_with_the_naive_model(ops) -> None:
             cutoff = now - timedelta(seconds=seconds)
             assert sorted(index.expire(cutoff, now), key=lambda r: r.key) == naive.expire(cutoff, now)
         elif op == "census":
-            expire_cutoff, evict_cutoff = now - timedelta(seconds=seconds), now - timedelta(seconds=90 - seconds)
-            assert index.census(expire_cutoff, evict_cutoff) == naive.census(expire_cutoff, evict_cutoff)
+            cutoffs = now - timedelta(seconds=seconds), now - timedelta(seconds=90 - seconds)
+            assert index.census(*cutoffs) == naive.census(*cutoffs)
         elif op == "evict":
             cutoff = now - timedelta(seconds=seconds)
             assert sorted(index.evict(cutoff), key=lambda r: r.key) == naive.evict(cutoff)
