@@ -84,7 +84,9 @@ class Naive:
 
 operations = st.lists(
     st.tuples(
-        st.sampled_from(["upsert", "touch", "mark", "delete", "expire", "census", "evict", "tick", "back"]),
+        st.sampled_from(
+            ["upsert", "touch", "mark", "delete", "expire", "census", "settle", "evict", "tick", "back"]
+        ),
         st.sampled_from(KEYS),
         st.integers(0, 90),
         st.booleans(),
@@ -118,6 +120,8 @@ def test_index_agrees_with_the_naive_model(ops) -> None:
         elif op == "expire":
             cutoff = now - timedelta(seconds=seconds)
             assert sorted(index.expire(cutoff, now), key=lambda r: r.key) == naive.expire(cutoff, now)
+        elif op == "settle":  # a census's first steps, then anything may happen
+            index.settle(now - timedelta(seconds=seconds), limit=1 + seconds % 3)
         elif op == "census":
             cutoffs = now - timedelta(seconds=seconds), now - timedelta(seconds=90 - seconds)
             assert index.census(*cutoffs) == naive.census(*cutoffs)
