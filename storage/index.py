@@ -28,8 +28,10 @@ Whatever comes in is copied (``clone``), since its caller still holds it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from datetime import datetime, timezone
 
 import orjson
@@ -37,7 +39,7 @@ import orjson
 from .model import NO_METADATA, Census, InstanceKey, ModelInstance, ModelSummary, Snapshot, apply_overrides
 from .model import override as apply_operator_changes
 
-__all__ = ["IndexReads", "InstanceIndex", "clone", "expire_in_slices", "settle_in_slices"]
+__all__ = ["IndexReads", "InstanceIndex", "clone", "collector_paused", "expire_in_slices", "settle_in_slices"]
 
 
 def clone(record: ModelInstance) -> ModelInstance:
@@ -113,6 +115,22 @@ def _expirable(record: ModelInstance) -> bool:
 
 #: Before every timestamp: where nothing is settled yet.
 _DAWN = datetime.min.replace(tzinfo=timezone.utc)
+_DAWN_SECOND: int = _bucket(_DAWN)  # type: ignore[assignment]
+
+
+@contextlib.contextmanager
+def collector_paused() -> Generator[None, None, None]:
+    """The cyclic garbage collector paused, while many records are made at once
+    (a start-up's load). Records hold no cycles; and every collection their
+    making sets off walks all the objects made so far: half the time it takes
+    to load 100,000 records."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
 
 
 #: Records a sweep marks before it lets other work run.
@@ -236,8 +254,16 @@ class InstanceIndex:
     # -- the contract's primitives, synchronously ----------------------------
 
     def load(self, records: Iterable[ModelInstance]) -> None:
-        """Fill an empty index (at start-up, from a database)."""
-        by_key, by_model, link = self.records, self._by_model, self._link
+        """Fill an empty index (at start-up, from a database).
+
+        Every record that can expire is filed in one bucket, at the dawn of
+        time: before its last beat, as the wheel allows, and the first census
+        files each where it belongs (``settle``, in slices). So start-up works
+        out no record's second, and the service is ready sooner.
+        """
+        assert not self.records, "load fills an empty index"
+        by_key, by_model, unhealthy = self.records, self._by_model, self._unhealthy
+        filed: dict[InstanceKey, None] = {}
         for record in records:
             record = _compact(record)
             key = record.key
@@ -247,7 +273,13 @@ class InstanceIndex:
                 by_model[record.model_name] = {key: None}
             else:
                 model[key] = None
-            link(record)
+            if not record.healthy:
+                unhealthy[key] = record
+            elif record.check_healthy and record.last_heartbeat is not None:
+                filed[key] = None
+        if filed:
+            self._wheel[_DAWN_SECOND] = filed
+            self._expirable = len(filed)
         self._unsorted.update(by_model)  # each is sorted when it is first listed
 
     def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:

@@ -28,7 +28,7 @@ from sqlalchemy import func, text, true
 from sqlalchemy.dialects.postgresql import insert
 
 from .errors import StorageUnavailable
-from .index import clone
+from .index import clone, collector_paused
 from .model import Census, InstanceKey, ModelInstance
 from .notify import CHANNEL, Notifier, Remote
 from .options import PoolOptions
@@ -84,7 +84,8 @@ class PostgresStorage(SQLStorage):
         await super()._open()
         # Know the fleet from the start, so that its beats take the fast path
         # at once rather than after a first, written, beat each.
-        self._known = {record.key: record for record in await super().list()}
+        with collector_paused():
+            self._known = {record.key: record for record in await super().list()}
         self._flusher = asyncio.create_task(self._flush_forever(), name="postgres-heartbeats")
         assert self._engine is not None
         dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from .index import IndexReads, InstanceIndex, expire_in_slices
+from .index import IndexReads, InstanceIndex, collector_paused, expire_in_slices
 from .journal import COLUMNS, Journal, record_of
 from .model import InstanceKey, ModelInstance
 from .sql import SQLStorage
@@ -34,8 +34,9 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
     async def _open(self) -> None:
         await super()._open()
         async with self._guard("load the instances"), self._engine.connect() as conn:  # type: ignore[union-attr]
-            result = await conn.exec_driver_sql(f"SELECT {', '.join(COLUMNS)} FROM instances")
-            self._index.load(record_of(row) for row in result.fetchall())
+            with collector_paused():
+                result = await conn.exec_driver_sql(f"SELECT {', '.join(COLUMNS)} FROM instances")
+                self._index.load(record_of(row) for row in result.fetchall())
         self._journal = Journal(self._index, self._engine, self.flush_interval)  # type: ignore[arg-type]
         await self._journal.start()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 from datetime import datetime, timedelta, timezone
 
 import orjson
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from storage import InstanceKey, ModelInstance, Snapshot
-from storage.index import InstanceIndex
+from storage.index import InstanceIndex, collector_paused
 from storage.model import Census
 
 T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
@@ -85,7 +86,8 @@ class Naive:
 operations = st.lists(
     st.tuples(
         st.sampled_from(
-            ["upsert", "touch", "mark", "delete", "expire", "census", "settle", "evict", "tick", "back"]
+            ["upsert", "touch", "mark", "delete", "expire", "census", "settle", "evict", "reload"]
+            + ["tick", "back"]  # the clock
         ),
         st.sampled_from(KEYS),
         st.integers(0, 90),
@@ -120,6 +122,9 @@ def test_index_agrees_with_the_naive_model(ops) -> None:
         elif op == "expire":
             cutoff = now - timedelta(seconds=seconds)
             assert sorted(index.expire(cutoff, now), key=lambda r: r.key) == naive.expire(cutoff, now)
+        elif op == "reload":  # a restart: the records, loaded into a new index
+            index, old = InstanceIndex(), index
+            index.load(dataclasses.replace(r) for r in old.records.values())
         elif op == "settle":  # a census's first steps, then anything may happen
             index.settle(now - timedelta(seconds=seconds), limit=1 + seconds % 3)
         elif op == "census":
@@ -273,3 +278,17 @@ def test_settle_can_be_done_in_slices() -> None:
     steps = [index.settle(_at(50), limit=10) for _ in range(3)]
     assert steps == [False, False, True]
     assert list(index._wheel) == [FIRST + 100]
+
+
+def test_the_collector_is_paused_for_a_load_and_left_as_it_was() -> None:
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # paused by someone else: theirs to resume
+    finally:
+        gc.enable()
