@@ -244,12 +244,9 @@ class Registry:
         For a known instance only the identity and the load are read.
         """
         if isinstance(instance, dict):
-            beaten = self.beat(instance)
-            if beaten is not None:
-                return beaten
-            # Still the hot path: a known instance, named exactly as it was
-            # stored, needs no validation beyond types: its identity passed it
-            # when it was registered.
+            # The hot path: a known instance, named exactly as it was stored,
+            # needs no validation beyond types: its identity passed it when it
+            # was registered. (``touch`` takes a backend's ``beat`` itself.)
             beat = known_beat(instance)
             if beat is not None:
                 key, queue_length = beat

@@ -204,9 +204,12 @@ class InstanceIndex:
         if record.healthy:
             if record.check_healthy and record.last_heartbeat is not None:
                 self._expirable += 1
-                self._wheel.setdefault(_bucket(record.last_heartbeat), {})[record.key] = None  # type: ignore[index]
+                self._file(record.key, _bucket(record.last_heartbeat))  # type: ignore[arg-type]
         else:
             self._unhealthy[record.key] = record
+
+    def _file(self, key: InstanceKey, second: int) -> None:
+        self._wheel.setdefault(second, {})[key] = None
 
     def _unfile(self, key: InstanceKey, heard: datetime) -> None:
         """Take ``key`` out of the bucket of ``heard``, if it is there."""
@@ -339,7 +342,7 @@ class InstanceIndex:
             # Filed exactly (it was silent at the last census), or the clock went
             # back: file it at this beat now, so the wheel stays as ``settle`` says.
             self._unfile(key, heard)
-            self._wheel.setdefault(_bucket(now), {})[key] = None  # type: ignore[index]
+            self._file(key, _bucket(now))  # type: ignore[arg-type]
         # Otherwise it stays filed where it was, before this beat: see ``settle``.
         return beaten
 
@@ -418,7 +421,7 @@ class InstanceIndex:
                     heard = _bucket(record.last_heartbeat)
                     if heard != second:  # beaten since it was filed
                         del bucket[key]
-                        wheel.setdefault(heard, {})[key] = None  # type: ignore[index]
+                        self._file(key, heard)  # type: ignore[arg-type]
                 walked += 1
                 if limit is not None and walked >= limit:
                     return False
@@ -453,7 +456,7 @@ class InstanceIndex:
                     filed = _bucket(heard)
                     if filed != second:  # beaten since it was filed
                         del bucket[key]
-                        wheel.setdefault(filed, {})[key] = None  # type: ignore[index]
+                        self._file(key, filed)  # type: ignore[arg-type]
                     continue  # (or the cutoff's own second: later in that second)
                 del bucket[key]
                 marked = _copy(record)
