@@ -12,7 +12,7 @@ import os
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from alembic import context
-from storage.schema import metadata
+from model_registry.storage.schema import metadata
 
 config = context.config
 

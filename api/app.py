@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from registry import Clock, Registry
-from registry.settings import Settings
-from storage import open_storage
+from model_registry import Clock, Registry
+from model_registry.settings import Settings
+from model_registry.storage import open_storage
 
 from .keys import LIFECYCLE, REGISTRY, SETTINGS, Lifecycle
 from .responses import MAX_BODY_BYTES

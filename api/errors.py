@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from registry import InstanceNotFound, InvalidInstance, NoHealthyInstance, Registry, StorageUnavailable
+from model_registry import Registry, RegistryClientError, StorageUnavailable
 
 from .keys import Lifecycle
 from .problem import ApiError
@@ -96,12 +96,9 @@ def failure_response(request: web.Request, exc: Exception) -> web.StreamResponse
     if isinstance(exc, ApiError):
         extra = {"field": exc.field} if exc.field else {}
         return error_response(exc.status, exc.code, exc.detail, headers=exc.headers, **extra)
-    if isinstance(exc, InvalidInstance):
-        return error_response(422, "invalid_input", str(exc), field=exc.field)
-    if isinstance(exc, InstanceNotFound):
-        return error_response(404, "instance_not_found", str(exc))
-    if isinstance(exc, NoHealthyInstance):
-        return error_response(404, "no_healthy_instance", str(exc))
+    if isinstance(exc, RegistryClientError):  # InstanceNotFound, NoHealthyInstance, InvalidInstance
+        extra = {"field": exc.field} if exc.field else {}
+        return error_response(exc.status, exc.code, exc.detail, **extra)
     if isinstance(exc, StorageUnavailable):
         log.warning("storage unavailable: %s", exc)
         retry = {"Retry-After": str(max(1, round(exc.retry_after)))}

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from registry import Registry
-from registry.settings import Settings
+from model_registry import Registry
+from model_registry.settings import Settings
 
 __all__ = ["LIFECYCLE", "REGISTRY", "SETTINGS", "Lifecycle"]
 

@@ -6,7 +6,7 @@ import re
 
 from aiohttp import web
 
-from registry.selection import DEFAULT_STRATEGY, parse_strategy
+from model_registry.selection import DEFAULT_STRATEGY, parse_strategy
 
 from .problem import ApiError
 

@@ -25,9 +25,9 @@ import signal
 
 from aiohttp import web
 
-from registry import Clock
-from registry.settings import Settings
-from storage import redact
+from model_registry import Clock
+from model_registry.settings import Settings
+from model_registry.storage import redact
 
 from .app import create_app
 from .keys import LIFECYCLE, REGISTRY

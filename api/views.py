@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from registry import ModelInstance, Registry, Snapshot
-from registry.validation import key_from
+from model_registry import ModelInstance, Registry, Snapshot
+from model_registry.validation import key_from
 
 from .keys import LIFECYCLE, SETTINGS
 from .params import duration_param, model_name_param, query_flag, revision_param, strategy_param

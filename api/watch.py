@@ -24,8 +24,8 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
-from registry import Registry
-from registry.events import Closed, Event, Overflow, Watcher
+from model_registry import Registry
+from model_registry.events import Closed, Event, Overflow, Watcher
 
 from .keys import SETTINGS
 from .params import model_name_param, revision_param

@@ -28,7 +28,7 @@ def start_postgres():
 
 
 def _row(n: int, now: datetime) -> dict:
-    from storage import ModelInstance
+    from model_registry.storage import ModelInstance
 
     record = ModelInstance(**identity(n), healthy=True, last_heartbeat=now, registered_at=now)
     return dataclasses.asdict(record)
@@ -38,8 +38,8 @@ async def bulk_insert(storage_url: str, count: int) -> None:
     """Fill a database with ``count`` healthy instances, fast (a setup step, not a measurement)."""
     from sqlalchemy import delete, insert
 
-    from storage import open_storage
-    from storage.schema import instances
+    from model_registry.storage import open_storage
+    from model_registry.storage.schema import instances
 
     now = datetime.now(timezone.utc)
     async with open_storage(storage_url) as storage, storage._engine.begin() as conn:
@@ -58,8 +58,8 @@ def _rss_kib() -> int:
 
 
 async def memory_per_instance(count: int = 100_000) -> dict:
-    from registry import Registry
-    from storage import open_storage
+    from model_registry import Registry
+    from model_registry.storage import open_storage
 
     gc.collect()
     async with open_storage("memory://") as storage, Registry(storage, checker=False) as reg:
@@ -70,7 +70,7 @@ async def memory_per_instance(count: int = 100_000) -> dict:
         after = _rss_kib()
         assert len(await reg.instances()) == count
         # Then every model read once: each listing's JSON is kept until the model changes.
-        from api.views import _listing
+        from model_registry.api.views import _listing
 
         for model in {identity(n)["model_name"] for n in range(count)}:
             _listing(await reg.instances(model, healthy_only=True))
@@ -92,8 +92,8 @@ async def sweep_lag(count: int = 100_000, seconds: float = 8.0) -> dict:
     Nine in ten instances keep beating; one in ten goes silent, so sweeps both
     scan and mark. Lag is how late a 1 ms ticker wakes up.
     """
-    from registry import Registry
-    from storage import open_storage
+    from model_registry import Registry
+    from model_registry.storage import open_storage
 
     storage = open_storage("memory://")
     async with storage, Registry(storage, heartbeat_interval=0.5, heartbeat_timeout=1.5) as reg:
@@ -147,7 +147,7 @@ def restart_time(workdir: Path, count: int = 100_000) -> dict:
     ready = statistics.median(runs)
     # Python's own start (imports) is part of it; measured alone for reference.
     started = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import api.app"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-c", "import model_registry.api.app"], cwd=ROOT, check=True)
     imports = time.monotonic() - started
     return {
         "scenario": "restart/sqlite/100000",

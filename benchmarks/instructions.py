@@ -68,7 +68,7 @@ def _count(which: str, scenario: str, instances: int, workdir: Path) -> dict[str
     if which == "baseline":
         argv = [sys.executable, str(HERE / "baseline.py"), "--list-size", "10", "--uvloop"]
     else:
-        argv = [sys.executable, "-m", "registry", "serve", "--storage", "memory://"]
+        argv = [sys.executable, "-m", "model_registry", "serve", "--storage", "memory://"]
         argv += ["--log-level", "warning", "--heartbeat-timeout", "3600"]
     server = _server(argv, out)
     try:

@@ -107,7 +107,7 @@ def registry(storage: str, *extra: str) -> Server:
     scenario lasts longer than the default timeout, and reads of instances
     that expired meanwhile would measure empty answers."""
     port = free_port()
-    argv = [sys.executable, "-m", "registry", "serve", "--port", str(port), "--storage", storage]
+    argv = [sys.executable, "-m", "model_registry", "serve", "--port", str(port), "--storage", storage]
     return Server(argv + ["--log-level", "warning", "--heartbeat-timeout", "3600", *extra], port)
 
 

@@ -1,6 +1,6 @@
-"""``python -m registry``: the composition root. Nothing in ``registry`` imports this
-module, so the package itself still depends on ``storage`` only."""
+"""``python -m model_registry``: the composition root. Nothing in the domain
+imports this module, so the package itself depends on ``storage`` only."""
 
-from api.cli import main
+from .api.cli import main
 
 main()

@@ -1,9 +1,11 @@
 """Expected outcomes of registry operations, as exceptions.
 
-    RegistryError
-    ├── InstanceNotFound     the identity names no registered instance
-    ├── NoHealthyInstance    the model has no instance that selection may pick
-    └── InvalidInstance      the input breaks a rule; ``problems`` names each field
+    RegistryError                  (model_registry_sdk.errors: one tree for the
+    └── RegistryClientError         server and its clients, one class per meaning)
+        ├── InstanceNotFound       the identity names no registered instance
+        ├── NoHealthyInstance      the model has no instance that selection may pick
+        └── InvalidRequest
+            └── InvalidInstance    the input breaks a rule; ``problems`` names each field
 
 ``storage.StorageUnavailable`` passes through unchanged: it is not an outcome
 of the request but of the backend, and callers answer it differently (retry).
@@ -11,34 +13,29 @@ of the request but of the backend, and callers answer it differently (retry).
 
 from __future__ import annotations
 
-from storage import InstanceKey
+from model_registry_sdk.errors import (
+    InstanceNotFound,
+    InvalidRequest,
+    NoHealthyInstance,
+    RegistryClientError,
+    RegistryError,
+)
 
-__all__ = ["InstanceNotFound", "InvalidInstance", "NoHealthyInstance", "RegistryError"]
-
-
-class RegistryError(Exception):
-    """Base class of every registry outcome that is not a success."""
-
-
-class InstanceNotFound(RegistryError, LookupError):
-    def __init__(self, key: InstanceKey) -> None:
-        super().__init__(f"no instance {key} is registered")
-        self.key = key
-
-
-class NoHealthyInstance(RegistryError, LookupError):
-    def __init__(self, model_name: str) -> None:
-        super().__init__(f"model {model_name!r} has no healthy, enabled instance with a weight above 0")
-        self.model_name = model_name
+__all__ = [
+    "InstanceNotFound",
+    "InvalidInstance",
+    "InvalidRequest",
+    "NoHealthyInstance",
+    "RegistryClientError",
+    "RegistryError",
+]
 
 
-class InvalidInstance(RegistryError, ValueError):
+class InvalidInstance(InvalidRequest):
     """Input that breaks a rule. ``problems`` is a list of (field, message)."""
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         self.problems = problems
-        super().__init__("; ".join(f"{field}: {message}" for field, message in problems))
-
-    @property
-    def field(self) -> str:
-        return self.problems[0][0]
+        detail = "; ".join(f"{field}: {message}" for field, message in problems)
+        super().__init__(422, "invalid_input", detail, problems[0][0])
+        self.args = (detail,)

@@ -24,24 +24,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import StrEnum
-
-from storage import ModelInstance
+from model_registry_sdk.record import Change, ModelInstance
 
 __all__ = ["Change", "Closed", "Event", "Feed", "Overflow", "Watcher"]
-
-
-class Change(StrEnum):
-    REGISTERED = "registered"
-    UPDATED = "updated"
-    UNHEALTHY = "unhealthy"
-    HEALTHY = "healthy"
-    ENABLED = "enabled"
-    DISABLED = "disabled"
-    COOLDOWN = "cooldown"
-    RESTORED = "restored"
-    DEREGISTERED = "deregistered"
-    EVICTED = "evicted"
 
 
 @dataclass(frozen=True, slots=True)

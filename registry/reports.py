@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from storage import InstanceKey
+from .storage import InstanceKey
 
 __all__ = ["FailurePolicy", "FailureTracker"]
 

@@ -43,7 +43,7 @@ import random
 from collections.abc import Sequence
 from operator import attrgetter
 
-from storage import InstanceKey, ModelInstance
+from .storage import InstanceKey, ModelInstance
 
 __all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "Selector", "parse_strategy"]
 

@@ -18,11 +18,12 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from storage import InstanceKey, ModelInstance, ModelSummary, Storage, StorageUnavailable
+from .storage import InstanceKey, ModelInstance, ModelSummary, Storage, StorageUnavailable
 
 from .clock import Clock, ServerClock, SystemClock
 from .errors import InstanceNotFound, NoHealthyInstance
 from .events import Change, Feed
+from .pins import changer
 from .preservation import Guard, Preservation
 from .reports import FailurePolicy, FailureTracker
 from .selection import DEFAULT_STRATEGY, Selector
@@ -335,7 +336,7 @@ class Registry:
         pinned over later re-registrations (``null`` releases a pin)."""
         changes = override_from(changes)
         with self._noting_outages():
-            record = await self.storage.override(key, changes)
+            record = await self.storage.override(key, changer(changes))
         if record is None:
             raise InstanceNotFound(key)
         if "enabled" in changes:

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from storage import PoolOptions, open_storage
+from .storage import PoolOptions, open_storage
 
 from .preservation import Preservation
 from .reports import FailurePolicy

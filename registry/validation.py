@@ -1,29 +1,27 @@
 """Turning untrusted input into valid records, with one message per bad field.
 
-The rules are the annotations on ``ModelInstance``; pydantic enforces them.
-Anything that arrives from outside (a JSON body, a Python caller's object) goes
-through here before the registry stores it.
+The record's fields are defined once, in ``model_registry_sdk.record``; the
+rules for them are here, by field name (``RULES``), and pydantic enforces them
+on a model built from the record's own fields (``dataclasses.fields``), so a
+field added to the record is validated without a second list of fields.
+Anything that arrives from outside (a JSON body, a Python caller's object)
+goes through here before the registry stores it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import operator
+import re
+import typing
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, TypeAdapter, ValidationError, create_model
 
-from storage.model import (
-    SERVER_MANAGED_FIELDS,
-    Flag,
-    Host,
-    InstanceKey,
-    Metadata,
-    ModelInstance,
-    ModelName,
-    QueueLength,
-    Weight,
-)
+from model_registry_sdk.record import SERVER_MANAGED_FIELDS, InstanceKey, ModelInstance
 
 from .errors import InvalidInstance
 
@@ -32,13 +30,108 @@ __all__ = [
     "instance_from",
     "key_from",
     "known_beat",
+    "normalize_host",
     "override_from",
     "problems_of",
     "report_from",
     "record_from",
 ]
 
-_INSTANCE = TypeAdapter(ModelInstance)
+MAX_METADATA_KEYS = 64
+MAX_METADATA_BYTES = 8 * 1024
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# RFC 1123 labels, plus "_" because container runtimes hand out such names.
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+def _check_model_name(value: str) -> str:
+    if _CONTROL_CHARS.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def normalize_host(value: str) -> str:
+    """Return the canonical spelling of a hostname, IPv4 or IPv6 address.
+
+    Identity includes the host, so ``[::1]``, ``0:0::1`` and ``::1`` must be one
+    host, and so must ``Worker-1`` and ``worker-1``.
+    """
+    candidate = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        return ipaddress.ip_address(candidate).compressed
+    except ValueError:
+        pass
+    name = candidate[:-1] if candidate.endswith(".") else candidate
+    if not name or len(name) > 253 or not all(_HOST_LABEL.match(p) for p in name.split(".")):
+        raise ValueError("must be a hostname, an IPv4 address or an IPv6 address")
+    return name.lower()
+
+
+def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    if len(value) > MAX_METADATA_KEYS:
+        raise ValueError(f"must have at most {MAX_METADATA_KEYS} keys, got {len(value)}")
+    try:
+        encoded = orjson.dumps(value)
+    except TypeError as exc:
+        raise ValueError(f"must be JSON-serialisable ({exc})") from None
+    if len(encoded) > MAX_METADATA_BYTES:
+        raise ValueError(f"must encode to at most {MAX_METADATA_BYTES} bytes of JSON, got {len(encoded)}")
+    return value
+
+
+ModelName = Annotated[str, Strict(), Field(min_length=1, max_length=256), AfterValidator(_check_model_name)]
+Host = Annotated[str, Strict(), Field(min_length=1, max_length=255), AfterValidator(normalize_host)]
+Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
+# float() because strict mode lets a JSON integer through as an int.
+Weight = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False), AfterValidator(float)]
+Flag = Annotated[bool, Strict()]
+Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata)]
+QueueLength = Annotated[int, Strict(), Field(ge=0)]
+
+
+PromptTemplate = Annotated[str, Strict(), Field(max_length=16 * 1024)]
+
+#: The rule for each of the record's fields that has one; the others keep their type.
+RULES: dict[str, Any] = {
+    "model_name": ModelName,
+    "host": Host,
+    "port": Port,
+    "weight": Weight,
+    "check_healthy": Flag,
+    "enabled": Flag,
+    "prompt_template": PromptTemplate | None,
+    "metadata": Metadata,
+    "queue_length": QueueLength | None,
+}
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return Field(default_factory=f.default_factory)
+    return ... if f.default is dataclasses.MISSING else f.default
+
+
+_TYPES = typing.get_type_hints(ModelInstance)
+_InstanceModel = create_model(  # the record's fields, in the record's order, with the rules above
+    "ModelInstance",
+    __config__=ConfigDict(extra="ignore", protected_namespaces=()),
+    **{
+        f.name: (RULES.get(f.name, _TYPES[f.name]), _default(f))
+        for f in dataclasses.fields(ModelInstance)
+    },
+)
+_INSTANCE = TypeAdapter(_InstanceModel)
+
+
+def _instance(value: Any) -> ModelInstance:
+    if isinstance(value, ModelInstance):
+        value = value.__dict__
+    elif not isinstance(value, dict):
+        raise InvalidInstance([("body", f"must be an instance object, got {type(value).__name__}")])
+    parsed = _validate(_INSTANCE, value)
+    return ModelInstance(**{name: getattr(parsed, name) for name in _InstanceModel.model_fields})
+
 
 
 class _KeyQuery(BaseModel):
@@ -103,15 +196,17 @@ def _validate(adapter: TypeAdapter, value: Any) -> Any:
 
 
 def record_from(value: dict[str, Any]) -> ModelInstance:
-    """A record as the registry sent it, server-managed fields included (for clients)."""
-    return _validate(_INSTANCE, value)
+    """A validated record with its server-managed fields kept (a stored or sent one)."""
+    return _instance(value)
 
 
 def instance_from(value: ModelInstance | dict[str, Any]) -> ModelInstance:
     """A validated copy of ``value``; server-managed fields are dropped unread."""
+    if isinstance(value, ModelInstance):
+        value = value.__dict__
     if isinstance(value, dict):
         value = {k: v for k, v in value.items() if k not in SERVER_MANAGED_FIELDS}
-    return _validate(_INSTANCE, value)
+    return _instance(value)
 
 
 def heartbeat_from(body: dict[str, Any]) -> tuple[ModelInstance, int | None]:

@@ -7,12 +7,15 @@ asyncpg and vice versa.
 
 from __future__ import annotations
 
-from .base import Storage
+from model_registry_sdk.record import InstanceKey, ModelInstance, ModelSummary
+
+from .base import Census, Storage
 from .errors import InvalidStorageURL, StorageError, StorageUnavailable
-from .model import InstanceKey, ModelInstance, ModelSummary, Snapshot
 from .options import PoolOptions
+from .readonly import Snapshot
 
 __all__ = [
+    "Census",
     "InstanceKey",
     "InvalidStorageURL",
     "ModelInstance",

@@ -24,11 +24,23 @@ import abc
 from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
-from .model import Census, InstanceKey, ModelInstance, ModelSummary
+from model_registry_sdk.record import InstanceKey, ModelInstance, ModelSummary
 
-__all__ = ["Storage"]
+__all__ = ["Census", "Edit", "Storage"]
+
+#: An edit of a record in place: an operator's change (see ``Storage.override``).
+Edit = Callable[[ModelInstance], None]
+
+
+class Census(NamedTuple):
+    """How many instances a sweep would act on, counted before it acts."""
+
+    checked: int  # healthy instances the checker watches (check_healthy)
+    silent: int  # of those, last heard before the expiry cutoff
+    total: int  # every record
+    evictable: int  # unhealthy since before the eviction cutoff
 
 
 class Storage(abc.ABC):
@@ -71,17 +83,22 @@ class Storage(abc.ABC):
         """Store ``record`` under its key, replacing every field of an existing
         record except ``registered_at`` (which keeps its first value),
         ``cooldown_until`` and ``overrides``, whose pinned values are applied
-        over the new ones (see ``model.apply_overrides``).
+        over the new ones (see ``record.apply_overrides``).
 
         Returns the stored record and ``True`` when it did not exist before.
         Concurrent upserts of one key leave exactly one record.
         """
 
     @abc.abstractmethod
-    async def override(self, key: InstanceKey, changes: dict[str, Any]) -> ModelInstance | None:
-        """Apply an operator's ``changes`` (``enabled``, ``weight``,
-        ``metadata``; see ``model.override``) and pin them in ``overrides``,
-        atomically. Returns the record, or ``None`` when unknown."""
+    async def override(self, key: InstanceKey, change: Edit) -> ModelInstance | None:
+        """Apply an operator's ``change`` to the stored record, atomically: no
+        other write to the key between the read and the write.
+
+        ``change`` is a synchronous function that edits, in place, the copy of
+        the record it is given, and only its overridable fields (``enabled``,
+        ``weight``, ``metadata``) and ``overrides``: the registry's pin policy
+        (``model_registry.pins.changer``); storage knows nothing of its rules.
+        Returns the new record, or ``None`` when unknown."""
 
     @abc.abstractmethod
     async def set_cooldown(self, key: InstanceKey, until: datetime | None) -> ModelInstance | None:

@@ -36,8 +36,10 @@ from datetime import datetime, timezone
 
 import orjson
 
-from .model import NO_METADATA, Census, InstanceKey, ModelInstance, ModelSummary, Snapshot, apply_overrides
-from .model import override as apply_operator_changes
+from model_registry_sdk.record import InstanceKey, ModelInstance, ModelSummary, apply_overrides
+
+from .base import Census, Edit
+from .readonly import NO_METADATA, Snapshot
 
 __all__ = ["IndexReads", "InstanceIndex", "clone", "collector_paused", "expire_in_slices", "settle_in_slices"]
 
@@ -296,12 +298,12 @@ class InstanceIndex:
             self._store(stored)
         return stored, previous is None
 
-    def override(self, key: InstanceKey, changes: dict) -> ModelInstance | None:
+    def override(self, key: InstanceKey, change: Edit) -> ModelInstance | None:
         record = self.records.get(key)
         if record is None:
             return None
         changed = _copy(record)
-        apply_operator_changes(changed, changes)
+        change(changed)
         self._swap(record, changed)
         return changed
 

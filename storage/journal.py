@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .errors import StorageUnavailable
 from .index import InstanceIndex
-from .model import InstanceKey, ModelInstance
+from model_registry_sdk.record import InstanceKey, ModelInstance
 
 __all__ = ["Journal", "beat_rows", "record_of", "row_of"]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from .base import Storage
+from .base import Edit, Storage
 from .index import IndexReads, InstanceIndex, expire_in_slices
-from .model import InstanceKey, ModelInstance
+from model_registry_sdk.record import InstanceKey, ModelInstance
 
 __all__ = ["MemoryStorage"]
 
@@ -29,8 +29,8 @@ class MemoryStorage(IndexReads, Storage):
     async def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
         return self._index.upsert(record)
 
-    async def override(self, key: InstanceKey, changes: dict[str, Any]) -> ModelInstance | None:
-        return self._index.override(key, changes)
+    async def override(self, key: InstanceKey, change: Edit) -> ModelInstance | None:
+        return self._index.override(key, change)
 
     async def set_cooldown(self, key: InstanceKey, until: datetime | None) -> ModelInstance | None:
         return self._index.set_cooldown(key, until)

@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from .model import InstanceKey, ModelInstance
+from model_registry_sdk.record import InstanceKey, ModelInstance
 
 __all__ = ["CHANNEL", "RESYNC", "Notifier", "Remote"]
 

@@ -29,7 +29,9 @@ from sqlalchemy.dialects.postgresql import insert
 
 from .errors import StorageUnavailable
 from .index import clone, collector_paused
-from .model import Census, InstanceKey, ModelInstance
+from model_registry_sdk.record import InstanceKey, ModelInstance
+
+from .base import Census, Edit
 from .notify import CHANNEL, Notifier, Remote
 from .options import PoolOptions
 from .schema import instances
@@ -199,8 +201,8 @@ class PostgresStorage(SQLStorage):
     async def insert(self, record: ModelInstance) -> ModelInstance | None:
         return self._remember(await super().insert(record))
 
-    async def override(self, key: InstanceKey, changes: dict[str, Any]) -> ModelInstance | None:
-        return self._remember(await super().override(key, changes))
+    async def override(self, key: InstanceKey, change: Edit) -> ModelInstance | None:
+        return self._remember(await super().override(key, change))
 
     async def set_cooldown(self, key: InstanceKey, until: datetime | None) -> ModelInstance | None:
         return self._remember(await super().set_cooldown(key, until))

@@ -34,11 +34,11 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import ColumnElement
 
-from . import migrations
-from .base import Storage
 from .errors import StorageUnavailable
-from .model import OVERRIDABLE_FIELDS, Census, InstanceKey, ModelInstance, ModelSummary, apply_overrides
-from .model import override as apply_operator_changes
+from model_registry_sdk.record import OVERRIDABLE_FIELDS, InstanceKey, ModelInstance, ModelSummary, apply_overrides
+
+from . import migrations
+from .base import Census, Edit, Storage
 from .options import PoolOptions
 from .schema import EVICTABLE, EXPIRABLE, instances
 
@@ -213,14 +213,14 @@ class SQLStorage(Storage):
                 )
                 return _record(result.one()), False
 
-    async def override(self, key: InstanceKey, changes: dict[str, Any]) -> ModelInstance | None:
+    async def override(self, key: InstanceKey, change: Edit) -> ModelInstance | None:
         async with self._write("override an instance") as conn:
             found = await conn.execute(select(*_t.c).where(_where_key(key)).with_for_update())
             row = found.first()
             if row is None:
                 return None
             record = _record(row)
-            apply_operator_changes(record, changes)
+            change(record)
             values = {name: getattr(record, name) for name in (*OVERRIDABLE_FIELDS, "overrides")}
             result = await conn.execute(update(_t).where(_where_key(key)).values(values).returning(*_t.c))
             return _record(result.one())

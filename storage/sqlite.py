@@ -13,9 +13,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from .base import Edit
 from .index import IndexReads, InstanceIndex, collector_paused, expire_in_slices
 from .journal import COLUMNS, Journal, record_of
-from .model import InstanceKey, ModelInstance
+from model_registry_sdk.record import InstanceKey, ModelInstance
 from .sql import SQLStorage
 
 __all__ = ["SQLiteStorage"]
@@ -57,8 +58,8 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
         await self._commit([stored.key])
         return stored, created
 
-    async def override(self, key: InstanceKey, changes: dict[str, Any]) -> ModelInstance | None:
-        record = self._index.override(key, changes)
+    async def override(self, key: InstanceKey, change: Edit) -> ModelInstance | None:
+        record = self._index.override(key, change)
         if record is not None:
             await self._commit([key])
         return record

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from registry import ManualClock, Registry
-from storage import Storage, open_storage
+from model_registry import ManualClock, Registry
+from model_registry.storage import Storage, open_storage
 from tests.pg import PostgresCluster, find_binaries
 
 _databases = itertools.count()

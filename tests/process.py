@@ -30,9 +30,9 @@ def _clean_env(extra: dict[str, str] | None) -> dict[str, str]:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 30):
-    """Run ``python -m registry ARGS`` to completion."""
+    """Run ``python -m model_registry ARGS`` to completion."""
     return subprocess.run(
-        [sys.executable, "-m", "registry", *args],
+        [sys.executable, "-m", "model_registry", *args],
         capture_output=True,
         text=True,
         env=_clean_env(env),
@@ -42,7 +42,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 
 
 class ServerProcess:
-    """``python -m registry serve`` on a free loopback port, logging JSON lines."""
+    """``python -m model_registry serve`` on a free loopback port, logging JSON lines."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
         self.args = ["serve", "--port", "0", "--log-format", "json", *args]
@@ -53,7 +53,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 30) -> ServerProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "registry", *self.args],
+            [sys.executable, "-m", "model_registry", *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -16,7 +16,7 @@ import orjson
 import pytest
 import yaml
 
-from registry.settings import Settings
+from model_registry.settings import Settings
 from tests.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,7 +140,7 @@ def test_the_readme_client_examples_run(tmp_path: Path) -> None:
             result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
             assert result.returncode == 0, result.stderr
         listing = subprocess.run(
-            [sys.executable, "-m", "registry", "list", "--json", "--url", server.url],
+            [sys.executable, "-m", "model_registry", "list", "--json", "--url", server.url],
             capture_output=True,
             text=True,
             timeout=30,
@@ -152,7 +152,7 @@ def test_the_readme_client_examples_run(tmp_path: Path) -> None:
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
-    from registry.settings import Settings
+    from model_registry.settings import Settings
 
     text = (ROOT / "README.md").read_text()
     for name in Settings.model_fields:
@@ -163,7 +163,7 @@ def test_every_setting_is_documented_in_the_readme() -> None:
 
 
 def test_the_load_balancer_passes_watches_and_long_polls(compose: dict) -> None:
-    from registry.settings import Settings
+    from model_registry.settings import Settings
 
     source = compose["services"]["lb"]["volumes"][0].split(":")[0]
     conf = (ROOT / source).read_text()

@@ -8,7 +8,7 @@ Create Date: 2026-11-21
 import sqlalchemy as sa
 
 from alembic import op
-from storage.schema import UTCDateTime
+from model_registry.storage.schema import UTCDateTime
 
 revision = "0001"
 down_revision = None

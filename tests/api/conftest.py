@@ -6,9 +6,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from api import create_app
-from registry import ManualClock
-from registry.settings import Settings
+from model_registry.api import create_app
+from model_registry import ManualClock
+from model_registry.settings import Settings
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from api.keys import LIFECYCLE
+from model_registry.api.keys import LIFECYCLE
 from tests.api.test_endpoints import body, query
 
 JSON = {"Content-Type": "application/json"}

@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
-from storage import open_storage
+from model_registry.storage import open_storage
 from tests.conftest import sqlite_url
 from tests.process import ServerProcess, run_cli
 

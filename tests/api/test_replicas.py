@@ -13,8 +13,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from registry.client import AsyncRegistryClient, Retry
-from storage import open_storage
+from model_registry_sdk import AsyncRegistryClient, Retry
+from model_registry.storage import open_storage
 from tests.pg import PostgresCluster
 from tests.process import ServerProcess
 
@@ -167,7 +167,7 @@ async def test_kill_9_of_one_replica_while_the_other_serves(pg_url: str) -> None
     try:
         retry = Retry(attempts=4, backoff=0.05, deadline=5, timeout=2)
         async with AsyncRegistryClient([a.url, b.url], retry=retry) as client:
-            from registry import ModelInstance
+            from model_registry import ModelInstance
 
             async def load() -> None:
                 for port in range(1, 400):

@@ -10,10 +10,10 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 
-from api import create_app
-from api.keys import REGISTRY
-from registry import ManualClock
-from registry.settings import Settings
+from model_registry.api import create_app
+from model_registry.api.keys import REGISTRY
+from model_registry import ManualClock
+from model_registry.settings import Settings
 
 WATCH = "/api/v1/watch"
 INSTANCES = "/api/v1/instances"

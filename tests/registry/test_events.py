@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from registry.events import Change, Closed, Feed, Overflow
-from storage import ModelInstance
+from model_registry.events import Change, Closed, Feed, Overflow
+from model_registry.storage import ModelInstance
 
 
 def instance(model: str = "m", port: int = 8000) -> ModelInstance:

@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from registry import InstanceNotFound, InvalidInstance, ManualClock, NoHealthyInstance, Registry
-from registry.events import Change
-from registry.preservation import Preservation
-from registry.reports import FailurePolicy
-from storage import InstanceKey, Storage
+from model_registry import InstanceNotFound, InvalidInstance, ManualClock, NoHealthyInstance, Registry
+from model_registry.events import Change
+from model_registry.preservation import Preservation
+from model_registry.reports import FailurePolicy
+from model_registry.storage import InstanceKey, Storage
 
 M = "glm-4"
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from registry import (
+from model_registry import (
     InstanceKey,
     InstanceNotFound,
     InvalidInstance,
@@ -19,7 +19,7 @@ from registry import (
     Registry,
     SystemClock,
 )
-from storage import Storage, StorageUnavailable
+from model_registry.storage import Storage, StorageUnavailable
 
 KEY = InstanceKey("glm-4@llm", "10.0.0.5", 8001)
 
@@ -294,7 +294,7 @@ async def test_hosts_are_normalised_so_identity_is_stable(registry: Registry) ->
     ],
 )
 def test_bad_timings_are_refused(storage_url, interval, timeout, evict, message) -> None:
-    from storage import open_storage
+    from model_registry.storage import open_storage
 
     with pytest.raises(ValueError, match=message):
         Registry(

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 import pytest
 
-from registry.selection import DEFAULT_STRATEGY, STRATEGIES, Selector, parse_strategy
-from storage import ModelInstance
+from model_registry.selection import DEFAULT_STRATEGY, STRATEGIES, Selector, parse_strategy
+from model_registry.storage import ModelInstance
 
 every_strategy = pytest.mark.parametrize("strategy", STRATEGIES)
 

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from storage import InstanceKey, ModelInstance, ModelSummary, Snapshot, Storage, open_storage
+from model_registry.pins import changer
+from model_registry.storage import InstanceKey, ModelInstance, ModelSummary, Snapshot, Storage, open_storage
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -191,7 +192,7 @@ async def test_serving_list_follows_every_change(storage: Storage) -> None:
     assert await serving() == [(1, 5, later)]
     await storage.touch(InstanceKey("a", "10.0.0.1", 0), later, None)  # revived
     assert await serving() == [(0, None, later), (1, 5, later)]
-    await storage.override(InstanceKey("a", "10.0.0.1", 1), {"weight": 3.0})
+    await storage.override(InstanceKey("a", "10.0.0.1", 1), changer({"weight": 3.0}))
     assert [r.weight for r in await storage.list("a", True, T0)] == [1.0, 3.0]
     assert len(await storage.expire(T0 + timedelta(seconds=2), later)) == 3  # b as well
     assert await serving() == []
@@ -238,7 +239,7 @@ async def test_returned_records_are_snapshots(storage: Storage) -> None:
     listed = await storage.list(healthy_only=True)
     later = T0 + timedelta(seconds=5)
     await storage.touch(stored.key, later, 7)
-    await storage.override(stored.key, {"enabled": False, "metadata": {"zone": "b"}})
+    await storage.override(stored.key, changer({"enabled": False, "metadata": {"zone": "b"}}))
     await storage.set_cooldown(stored.key, later)
     await storage.mark_unhealthy(stored.key, later)
     for before in (stored, listed[0]):
@@ -275,7 +276,7 @@ def test_records_are_plain_dataclasses() -> None:
 async def test_override_pins_fields_over_re_registrations(storage: Storage) -> None:
     key = InstanceKey("m", "10.0.0.1", 8000)
     await storage.upsert(record(metadata={"gpu": "a100", "zone": "a"}))
-    drained = await storage.override(key, {"enabled": False, "weight": 0.5, "metadata": {"zone": "b"}})
+    drained = await storage.override(key, changer({"enabled": False, "weight": 0.5, "metadata": {"zone": "b"}}))
     assert not drained.enabled and drained.weight == 0.5
     assert drained.metadata == {"gpu": "a100", "zone": "b"}
     assert drained.overrides == {"enabled": False, "weight": 0.5, "metadata": {"zone": "b"}}
@@ -285,12 +286,12 @@ async def test_override_pins_fields_over_re_registrations(storage: Storage) -> N
     assert again.metadata == {"gpu": "h100", "zone": "b"}
     assert await storage.get(key) == again
     # Releasing: enabled again, the metadata key gone, the weight kept until the next registration.
-    released = await storage.override(key, {"enabled": None, "weight": None, "metadata": {"zone": None}})
+    released = await storage.override(key, changer({"enabled": None, "weight": None, "metadata": {"zone": None}}))
     assert released.enabled and released.weight == 0.5 and released.metadata == {"gpu": "h100"}
     assert released.overrides is None
     fresh, _ = await storage.upsert(record(weight=3.0))
     assert fresh.weight == 3.0 and fresh.enabled
-    assert await storage.override(InstanceKey("m", "10.0.0.1", 1), {"enabled": False}) is None
+    assert await storage.override(InstanceKey("m", "10.0.0.1", 1), changer({"enabled": False})) is None
 
 
 async def test_cooldown_is_stored_and_kept_over_re_registration(storage: Storage) -> None:

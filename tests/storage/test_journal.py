@@ -9,8 +9,8 @@ from pathlib import Path
 
 import aiohttp
 
-from registry.validation import record_from
-from storage import open_storage
+from model_registry.validation import record_from
+from model_registry.storage import open_storage
 from tests.conftest import sqlite_url
 from tests.process import ServerProcess
 from tests.storage.test_contract import T0, record
@@ -109,9 +109,9 @@ async def test_a_revival_is_written_whole_at_once_and_later_beats_only_their_col
 def test_the_journal_writes_every_column_of_the_schema_and_every_field() -> None:
     from dataclasses import fields
 
-    from storage.journal import COLUMNS
-    from storage.model import ModelInstance
-    from storage.schema import instances
+    from model_registry.storage.journal import COLUMNS
+    from model_registry_sdk.record import ModelInstance
+    from model_registry.storage.schema import instances
 
     assert list(COLUMNS) == [c.name for c in instances.columns] == [f.name for f in fields(ModelInstance)]
 
@@ -119,7 +119,7 @@ def test_the_journal_writes_every_column_of_the_schema_and_every_field() -> None
 def test_timestamps_are_written_in_sqlalchemys_format_whatever_their_zone() -> None:
     from datetime import datetime, timedelta, timezone
 
-    from storage.journal import _moment, _text
+    from model_registry.storage.journal import _moment, _text
 
     utc = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     assert _text(utc) == "2026-01-02 03:04:05.000000" and _moment(_text(utc)) == utc
@@ -133,7 +133,7 @@ def test_beat_rows_write_each_timestamp_as_a_whole_one_would_be_written() -> Non
     import dataclasses
     from datetime import datetime, timedelta, timezone
 
-    from storage.journal import _text, beat_rows
+    from model_registry.storage.journal import _text, beat_rows
 
     base = datetime(2026, 12, 31, 23, 59, 59, 999_998, tzinfo=timezone.utc)
     moments = [base + timedelta(microseconds=n) for n in (0, 1, 2, 3, 1_000_002)]

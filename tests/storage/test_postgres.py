@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from storage import PoolOptions, StorageUnavailable, open_storage
-from storage.migrations import current_revision
-from storage.schema import POSTGRESQL_ONLY_INDEXES
+from model_registry.storage import PoolOptions, StorageUnavailable, open_storage
+from model_registry.storage.migrations import current_revision
+from model_registry.storage.schema import POSTGRESQL_ONLY_INDEXES
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 
 from alembic import command
-from storage import InvalidStorageURL, StorageUnavailable, open_storage
-from storage.journal import _BEAT
-from storage.migrations import alembic_config
-from storage.schema import POSTGRESQL_ONLY_INDEXES, metadata
+from model_registry.storage import InvalidStorageURL, StorageUnavailable, open_storage
+from model_registry.storage.journal import _BEAT
+from model_registry.storage.migrations import alembic_config
+from model_registry.storage.schema import POSTGRESQL_ONLY_INDEXES, metadata
 from tests.conftest import sqlite_url
 from tests.storage.test_contract import T0, record
 
@@ -128,7 +128,7 @@ async def test_every_field_survives_a_reopen(tmp_path: Path) -> None:
 def test_head_names_the_newest_migration() -> None:
     from alembic.script import ScriptDirectory
 
-    from storage.migrations import HEAD
+    from model_registry.storage.migrations import HEAD
 
     assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD
 

@@ -33,24 +33,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from storage.model import InstanceKey, ModelInstance
-
-from ..clock import Clock
-from ..events import Change
+from .clock import Clock
+from .record import Change, InstanceKey, ModelInstance
 from .watch import WatchEvent
-
-if TYPE_CHECKING:
-    from .aio import AsyncRegistryClient
 
 __all__ = ["HealthyCache"]
 
-log = logging.getLogger("registry.client.cache")
+log = logging.getLogger("model_registry_sdk.cache")
 
 _REMOVED = frozenset({Change.DEREGISTERED, Change.EVICTED})
+
+class Watchable(Protocol):
+    """What the cache follows: a client's ``watch`` and its clock
+    (``AsyncRegistryClient``; named by shape, so this module imports no client)."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def watch(self, model_name: str | None = None) -> AsyncIterator[WatchEvent]: ...
+
 
 #: What ``wait_for`` waits on: a test of the instances ``instances()`` would list.
 Predicate = Callable[[list[ModelInstance]], bool]
@@ -58,7 +63,7 @@ Predicate = Callable[[list[ModelInstance]], bool]
 
 class HealthyCache:
     def __init__(
-        self, client: AsyncRegistryClient, model_name: str | None = None, *, clock: Clock | None = None
+        self, client: Watchable, model_name: str | None = None, *, clock: Clock | None = None
     ) -> None:
         self.model_name = model_name
         self._client = client

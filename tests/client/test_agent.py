@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from registry import InvalidInstance, ModelInstance
-from registry.client import AsyncRegistryClient, HeartbeatAgent, RegistryClient, Retry
+from model_registry_sdk import InvalidRequest, ModelInstance
+from model_registry_sdk import AsyncRegistryClient, HeartbeatAgent, RegistryClient, Retry
 from tests.process import ServerProcess, free_port
 
 WORKER = ModelInstance("glm-4@llm", "10.0.0.7", 8001, weight=3.0, metadata={"gpu": "h100"})
@@ -116,7 +116,7 @@ async def test_beats_carry_the_reported_load(server: ServerProcess) -> None:
 
 
 async def test_logs_state_changes_not_every_beat(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="registry.client")
+    caplog.set_level(logging.INFO, logger="model_registry_sdk")
     port = str(free_port())
     async with AsyncRegistryClient(f"http://127.0.0.1:{port}", retry=FAST) as client:
         with ServerProcess("--storage", "memory://", "--port", port) as first:
@@ -129,7 +129,7 @@ async def test_logs_state_changes_not_every_beat(caplog: pytest.LogCaptureFixtur
         with ServerProcess("--storage", "memory://", "--port", port):
             await eventually(lambda: _beats(agent, beats_before + 5))
             await agent.stop()
-    messages = [r.getMessage() for r in caplog.records if r.name.startswith("registry.client")]
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("model_registry_sdk")]
     assert sum("registry unreachable" in m for m in messages) == 1
     assert messages.count("registry reachable again") == 1
     assert sum("had lost this instance" in m for m in messages) == 1
@@ -156,7 +156,7 @@ def test_sync_agent_runs_in_the_background_and_stop_joins(server: ServerProcess)
 
 
 def test_a_bad_instance_fails_in_the_workers_face() -> None:
-    with pytest.raises(InvalidInstance, match="port"):
+    with pytest.raises(InvalidRequest, match="port"):
         HeartbeatAgent(AsyncRegistryClient("http://127.0.0.1:1"), ModelInstance("m", "h", 0))
     with pytest.raises(ValueError, match="interval"):
         HeartbeatAgent(AsyncRegistryClient("http://127.0.0.1:1"), WORKER, interval=0)

@@ -45,15 +45,13 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType
 
-from storage.model import ModelInstance
-
-from ..validation import record_from
 from .errors import ClientClosed, InvalidRequest, RegistryUnavailable
+from .record import ModelInstance, from_wire
 from .transport import Transport
 
 __all__ = ["RESYNC", "SNAPSHOT", "WatchEvent", "watch"]
 
-log = logging.getLogger("registry.client.watch")
+log = logging.getLogger("model_registry_sdk.watch")
 
 SNAPSHOT = "snapshot"
 RESYNC = "resync"
@@ -72,7 +70,7 @@ class WatchEvent:
     """One message of the watch.
 
     ``type`` is ``"snapshot"`` or ``"resync"`` with ``instances`` (replace
-    what you know), or a change (``registry.events.Change``: registered,
+    what you know), or a change (``record.Change``: registered,
     updated, unhealthy, healthy, enabled, disabled, cooldown, restored,
     deregistered, evicted) with the ``instance`` as it is after it.
     """
@@ -85,9 +83,9 @@ class WatchEvent:
 
 def event_from(message: Mapping[str, Any]) -> WatchEvent:
     if "instances" in message:
-        instances = [record_from(item) for item in message["instances"]]
+        instances = [from_wire(item) for item in message["instances"]]
         return WatchEvent(message["type"], message["revision"], instances=instances)
-    return WatchEvent(message["type"], message["revision"], instance=record_from(message["instance"]))
+    return WatchEvent(message["type"], message["revision"], instance=from_wire(message["instance"]))
 
 
 async def watch(

@@ -13,11 +13,10 @@ from collections.abc import Coroutine, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from storage.model import InstanceKey, ModelInstance, ModelSummary
-
 from .aio import AsyncRegistryClient
 from .cache import HealthyCache, Predicate
 from .errors import ClientClosed
+from .record import InstanceKey, ModelInstance, ModelSummary
 from .retry import Retry
 
 __all__ = ["RegistryClient", "SyncHealthyCache"]

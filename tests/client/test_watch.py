@@ -15,10 +15,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from api import create_app
-from api.keys import REGISTRY
-from registry import ManualClock, ModelInstance
-from registry.client import (
+from model_registry.api import create_app
+from model_registry.api.keys import REGISTRY
+from model_registry import ManualClock, ModelInstance
+from model_registry_sdk import (
     AsyncRegistryClient,
     ClientClosed,
     InvalidRequest,
@@ -27,7 +27,7 @@ from registry.client import (
     Retry,
     WatchEvent,
 )
-from registry.settings import Settings
+from model_registry.settings import Settings
 from tests.conftest import sqlite_url
 from tests.process import ServerProcess, free_port
 
@@ -123,7 +123,7 @@ async def test_bad_parameters_raise_invalid_request_without_retrying(app_server)
 async def test_a_consumer_cut_off_as_too_slow_resumes_without_a_gap(
     app_server, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="registry.client")
+    caplog.set_level(logging.INFO, logger="model_registry_sdk")
     server = await app_server(watch_queue=5)
     registry = app_of(server)[REGISTRY]
     client = AsyncRegistryClient(url_of(server), retry=FAST)
@@ -206,7 +206,7 @@ async def test_a_dead_first_url_fails_over_to_the_second(app_server) -> None:
 async def test_the_watch_survives_a_registry_restart(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="registry.client")
+    caplog.set_level(logging.INFO, logger="model_registry_sdk")
     args = ("--storage", sqlite_url(tmp_path / "r.db"), "--port", str(free_port()))
     first = ServerProcess(*args).start()
     try:

@@ -6,7 +6,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from registry import SystemClock
+from model_registry import SystemClock
 from tests.process import ServerProcess
 
 

@@ -31,13 +31,13 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ..clock import Clock, SystemClock
+from .clock import Clock, SystemClock
 from .errors import ClientClosed, RegistryUnavailable, client_error
 from .retry import RETRY_STATUSES, Retry
 
 __all__ = ["Transport", "parse_urls"]
 
-log = logging.getLogger("registry.client")
+log = logging.getLogger("model_registry_sdk")
 
 _CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
 

@@ -1,15 +1,16 @@
-"""How workers and controllers talk to the registry.
+"""model-registry's light client: how workers and controllers talk to the registry.
 
-    from registry.client import AsyncRegistryClient, RegistryClient, HeartbeatAgent
+    from model_registry_sdk import AsyncRegistryClient, HeartbeatAgent, ModelInstance, RegistryClient
 
 ``AsyncRegistryClient`` and ``RegistryClient`` (sync, thread-safe) have the same
 methods and return ``ModelInstance`` records; ``HeartbeatAgent`` registers,
 beats and deregisters for a worker. ``AsyncRegistryClient.watch`` follows the
 registry's changes (``WatchEvent``), and ``healthy_cache`` keeps the available
-instances in memory with it. Errors: ``registry.client.errors``.
+instances in memory with it. Errors: ``model_registry_sdk.errors``.
 
-This package is the one part of ``registry`` that speaks HTTP; nothing else in
-``registry`` imports it.
+Depends on aiohttp and orjson only. ``record`` (the record and its wire format)
+and ``errors`` use nothing but the standard library: the server imports them
+too, so both sides speak one definition.
 """
 
 from .agent import HeartbeatAgent
@@ -25,18 +26,23 @@ from .errors import (
     RegistryError,
     RegistryUnavailable,
 )
+from .record import Change, InstanceKey, ModelInstance, ModelSummary
 from .retry import Retry
 from .sync import RegistryClient, SyncHealthyCache
 from .watch import WatchEvent
 
 __all__ = [
     "AsyncRegistryClient",
+    "Change",
     "ClientClosed",
     "ClientError",
     "HealthyCache",
     "HeartbeatAgent",
+    "InstanceKey",
     "InstanceNotFound",
     "InvalidRequest",
+    "ModelInstance",
+    "ModelSummary",
     "NoHealthyInstance",
     "RegistryClient",
     "RegistryClientError",

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from registry import ModelInstance
-from registry.client import (
+from model_registry import ModelInstance
+from model_registry_sdk import (
     AsyncRegistryClient,
     ClientClosed,
     InstanceNotFound,
@@ -20,7 +20,7 @@ from registry.client import (
     Retry,
     wait_until_ready,
 )
-from storage import InstanceKey, ModelSummary
+from model_registry.storage import InstanceKey, ModelSummary
 from tests.process import ServerProcess, free_port
 
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"

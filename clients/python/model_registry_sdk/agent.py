@@ -22,22 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any
 
-from storage.model import ModelInstance
-
-from ..validation import instance_from
 from .aio import AsyncRegistryClient
 from .errors import RegistryClientError, RegistryUnavailable
+from .record import ModelInstance, check
 from .sync import RegistryClient
 
 __all__ = ["HeartbeatAgent", "Load"]
 
-log = logging.getLogger("registry.client.agent")
+log = logging.getLogger("model_registry_sdk.agent")
 
 #: What ``load`` may return: a queue length, or a mapping holding one.
 Load = Callable[[], int | Mapping[str, Any] | None | Awaitable[int | Mapping[str, Any] | None]]
@@ -56,7 +55,7 @@ class HeartbeatAgent:
     ) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be above 0 s, got {interval}")
-        self.instance = instance_from(instance)  # a bad instance fails here, in the worker's face
+        self.instance = check(dataclasses.replace(instance))  # a bad instance fails here, in the worker's face
         self.interval = interval
         self.stop_timeout = stop_timeout
         self.purge_on_stop = purge_on_stop

@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
 
-from storage.model import SERVER_MANAGED_FIELDS, InstanceKey, ModelInstance, ModelSummary
-
-from ..clock import Clock
-from ..validation import record_from
 from .cache import HealthyCache
+from .clock import Clock
 from .errors import RegistryUnavailable
 from .retry import Retry
 from .transport import Transport
+from .record import InstanceKey, ModelInstance, ModelSummary, from_wire, summary_from_wire, to_wire
 from .watch import WatchEvent, watch
 
 __all__ = ["AsyncRegistryClient", "wait_until_ready"]
 
 _V1 = "/api/v1"
-
-
-def instance_body(instance: ModelInstance) -> dict[str, Any]:
-    """What a client sends for an instance: every field the client owns."""
-    return {k: v for k, v in dataclasses.asdict(instance).items() if k not in SERVER_MANAGED_FIELDS}
 
 
 def key_params(key: InstanceKey) -> dict[str, str]:
@@ -38,7 +30,7 @@ class AsyncRegistryClient:
     Use as ``async with AsyncRegistryClient(url) as client:``; once closed it
     refuses further calls with ``ClientClosed``. Calls retry per ``retry``
     (``retry=False`` for a single attempt) and raise the errors of
-    ``registry.client.errors``.
+    ``model_registry_sdk.errors``.
     """
 
     def __init__(
@@ -85,8 +77,8 @@ class AsyncRegistryClient:
     # -- the API -----------------------------------------------------------
 
     async def register(self, instance: ModelInstance) -> ModelInstance:
-        answer = await self._transport.request("POST", f"{_V1}/instances", json=instance_body(instance))
-        return record_from(answer)
+        answer = await self._transport.request("POST", f"{_V1}/instances", json=to_wire(instance))
+        return from_wire(answer)
 
     async def heartbeat(
         self,
@@ -97,9 +89,9 @@ class AsyncRegistryClient:
     ) -> ModelInstance:
         """Beat for ``instance``. The whole instance is sent, so a registry that
         lost it registers it again as described."""
-        body = {**instance_body(instance), "queue_length": queue_length}
+        body = {**to_wire(instance), "queue_length": queue_length}
         answer = await self._transport.request("POST", f"{_V1}/heartbeat", json=body, deadline=deadline)
-        return record_from(answer)
+        return from_wire(answer)
 
     async def deregister(
         self, instance: ModelInstance | InstanceKey, *, purge: bool = False, deadline: float | None = None
@@ -107,7 +99,7 @@ class AsyncRegistryClient:
         key = instance.key if isinstance(instance, ModelInstance) else instance
         params = {**key_params(key), "purge": "true" if purge else "false"}
         answer = await self._transport.request("DELETE", f"{_V1}/instances", params=params, deadline=deadline)
-        return record_from(answer)
+        return from_wire(answer)
 
     async def patch(self, instance: ModelInstance | InstanceKey, **changes: Any) -> ModelInstance:
         """An operator's change, pinned over re-registrations: ``enabled``,
@@ -116,7 +108,7 @@ class AsyncRegistryClient:
         answer = await self._transport.request(
             "PATCH", f"{_V1}/instances", params=key_params(key), json=changes
         )
-        return record_from(answer)
+        return from_wire(answer)
 
     async def drain(self, instance: ModelInstance | InstanceKey) -> ModelInstance:
         """Take the instance out of selection until ``undrain``, whatever the worker registers."""
@@ -144,7 +136,7 @@ class AsyncRegistryClient:
         body = {**key._asdict(), "ok": ok, "error": error, "status": status}
         # Not retried: a report that did land would count twice.
         answer = await self._transport.request("POST", f"{_V1}/reports", json=body, idempotent=False)
-        return record_from(answer["instance"])
+        return from_wire(answer["instance"])
 
     async def list_instances(
         self, model_name: str | None = None, healthy_only: bool = False
@@ -153,20 +145,20 @@ class AsyncRegistryClient:
         if model_name is not None:
             params["model_name"] = model_name
         answer = await self._transport.request("GET", f"{_V1}/instances", params=params)
-        return [record_from(item) for item in answer["instances"]]
+        return [from_wire(item) for item in answer["instances"]]
 
     async def list_models(self) -> list[ModelSummary]:
         answer = await self._transport.request("GET", f"{_V1}/models")
-        return [ModelSummary(**item) for item in answer["models"]]
+        return [summary_from_wire(item) for item in answer["models"]]
 
     async def select(self, model_name: str, strategy: str = "weighted") -> ModelInstance:
         """One healthy instance, picked by ``strategy``: weighted, round_robin or least_load."""
         params = {"model_name": model_name, "strategy": strategy}
-        return record_from(await self._transport.request("GET", f"{_V1}/select", params=params))
+        return from_wire(await self._transport.request("GET", f"{_V1}/select", params=params))
 
     def watch(self, model_name: str | None = None) -> AsyncIterator[WatchEvent]:
         """A snapshot of ``model_name``'s instances (or every model's), then each change as it
-        happens, for ever: reconnects and resumes by itself (see ``registry.client.watch``).
+        happens, for ever: reconnects and resumes by itself (see ``model_registry_sdk.watch``).
         Raises ``InvalidRequest`` for bad parameters and ``ClientClosed`` once the client closes."""
         return watch(self._transport, model_name)
 

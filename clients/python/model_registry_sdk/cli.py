@@ -1,11 +1,12 @@
-"""Operator subcommands that talk to a running registry through the sync client:
+"""The client's command line: subcommands that talk to a running registry through the sync client:
 ``list``, ``models``, ``register``, ``deregister``, ``heartbeat``, ``select``,
 and the operator's ``drain``, ``undrain`` and ``set-weight``, which pin their
 change over the worker's re-registrations.
 
 Output is a readable table, or JSON with ``--json`` (for scripts). A registry
 that cannot be reached or refuses the request ends in one line on stderr and
-exit status 1.
+exit status 1. ``model-registry-client`` runs them alone (what a worker's
+host installs); the server's ``model-registry`` has them too.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from typing import Any
 
 import orjson
 
-from registry.client import RegistryClient, RegistryClientError, RegistryUnavailable, Retry
-from storage import InstanceKey, ModelInstance
+from .errors import RegistryClientError, RegistryUnavailable
+from .record import InstanceKey, ModelInstance
+from .retry import Retry
+from .sync import RegistryClient
 
-__all__ = ["COMMANDS", "add_client_commands", "run_client_command"]
+__all__ = ["COMMANDS", "add_client_commands", "main", "run_client_command"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 COMMANDS = (
@@ -160,11 +163,11 @@ def run_client_command(args: argparse.Namespace) -> int:
         with RegistryClient(args.url, retry=Retry(attempts=3, deadline=5.0)) as client:
             result = _call(client, args)
     except RegistryUnavailable as exc:
-        return _error(f"cannot reach the registry: {exc}; start it, or pass --url / set REGISTRY_URL")
+        return _error(args, f"cannot reach the registry: {exc}; start it, or pass --url / set REGISTRY_URL")
     except RegistryClientError as exc:
-        return _error(f"the registry refused: {exc.detail} ({exc.status} {exc.code})")
+        return _error(args, f"the registry refused: {exc.detail} ({exc.status} {exc.code})")
     except ValueError as exc:  # a malformed --url
-        return _error(str(exc))
+        return _error(args, str(exc))
     if args.json:
         single = args.command in _SINGLE
         sys.stdout.write(orjson.dumps(result[0] if single else result, option=orjson.OPT_UTC_Z).decode())
@@ -176,9 +179,19 @@ def run_client_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _error(message: str) -> int:
-    sys.stderr.write(f"model-registry: {message}\n")
+def _error(args: argparse.Namespace, message: str) -> int:
+    sys.stderr.write(f"{getattr(args, 'prog', 'model-registry')}: {message}\n")
     return 1
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``model-registry-client COMMAND ...``."""
+    parser = argparse.ArgumentParser(
+        prog="model-registry-client", description="Talk to a running model-registry."
+    )
+    add_client_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    parser.set_defaults(prog=parser.prog)
+    raise SystemExit(run_client_command(parser.parse_args(argv)))
 
 
 def _ago(moment: datetime | None) -> str:
