@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import types
 import typing
 from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from model_registry.settings import Settings
+from model_registry.settings import DERIVED, Settings, backends_of
 from model_registry.validation import problems_of
 from model_registry.storage import InvalidStorageURL, StorageUnavailable, open_storage, redact
 
@@ -35,8 +36,12 @@ _SERVE_FLAGS = tuple(Settings.model_fields)
 
 def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
     field = Settings.model_fields[name]
-    kind = field.annotation if field.annotation in (int, float) else str
-    choices = typing.get_args(field.annotation) or None  # a Literal's values
+    annotation = field.annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # float | None: a derived default
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    kind = annotation if annotation in (int, float) else str
+    choices = typing.get_args(annotation) or None  # a Literal's values
+    default = DERIVED.get(name, field.default)
     parser.add_argument(
         "--" + name.replace("_", "-"),
         dest=name,
@@ -44,7 +49,7 @@ def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
         choices=choices,
         default=argparse.SUPPRESS,
         metavar="{" + ",".join(choices) + "}" if choices else kind.__name__.upper(),
-        help=f"{field.description} (default: {field.default}; env REGISTRY_{name.upper()})",
+        help=f"{field.description} [{backends_of(name)}] (default: {default}; env REGISTRY_{name.upper()})",
     )
 
 

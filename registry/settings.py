@@ -3,11 +3,18 @@
 The command line (``api.cli``) passes only the flags a user gave; everything
 else comes from the environment or the defaults below. Defaults suit an LLM
 fleet whose workers beat every ~10 s.
+
+Three defaults are derived from what was set, so that a setting the user did
+not give never makes one they did give fail: the heartbeat interval is
+min(10 s, timeout / 3), the timeout max(30 s, 3 x interval), and the flush
+interval min(1 s, timeout / 4). A value the user gave that breaks a rule is
+still refused, naming the fix. Each field's ``backends`` says which storage
+backends it applies to (``--help`` shows it).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,7 +25,26 @@ from .preservation import Preservation
 from .reports import FailurePolicy
 from .service import check_timing
 
-__all__ = ["Settings"]
+__all__ = ["DERIVED", "Settings", "backends_of"]
+
+#: The settings whose default is derived from others, as ``--help`` explains it.
+DERIVED = {
+    "heartbeat_interval": "min(10, heartbeat-timeout / 3)",
+    "heartbeat_timeout": "max(30, 3 x heartbeat-interval)",
+    "flush_interval": "min(1, heartbeat-timeout / 4)",
+}
+
+_ALL = "all backends"
+
+
+def _on(*backends: str) -> dict[str, Any]:
+    return {"backends": ", ".join(backends)}
+
+
+def backends_of(name: str) -> str:
+    """Which storage backends setting ``name`` applies to, for ``--help``."""
+    extra = Settings.model_fields[name].json_schema_extra
+    return extra["backends"] if isinstance(extra, dict) else _ALL  # type: ignore[return-value]
 
 
 class Settings(BaseSettings):
@@ -33,11 +59,11 @@ class Settings(BaseSettings):
             "or memory:// (lost on exit)"
         ),
     )
-    heartbeat_interval: float = Field(
-        10.0, gt=0, description="seconds between the checker's sweeps; workers should beat this often"
+    heartbeat_interval: float | None = Field(
+        None, gt=0, description="seconds between the checker's sweeps; workers should beat this often"
     )
-    heartbeat_timeout: float = Field(
-        30.0, gt=0, description="seconds without a heartbeat before an instance is unhealthy"
+    heartbeat_timeout: float | None = Field(
+        None, gt=0, description="seconds without a heartbeat before an instance is unhealthy"
     )
     evict_after: float = Field(
         600.0, ge=0, description="seconds an instance stays unhealthy before it is deleted (0: never)"
@@ -45,11 +71,12 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         15.0, gt=0, le=300, description="seconds to let requests in flight finish on SIGTERM/SIGINT"
     )
-    flush_interval: float = Field(
-        1.0,
+    flush_interval: float | None = Field(
+        None,
         gt=0,
         le=60,
-        description="SQLite: seconds heartbeats may wait before they are written (what a crash can lose)",
+        description="seconds heartbeats may wait before they are written (what a crash can lose)",
+        json_schema_extra=_on("sqlite", "postgresql"),
     )
     request_timeout: float = Field(
         10.0, gt=0, description="seconds a storage operation may take before the request is answered 503"
@@ -85,15 +112,13 @@ class Settings(BaseSettings):
     max_protection: float = Field(
         120.0, ge=0, description="seconds self-preservation may hold back before marking them anyway"
     )
-    db_pool_size: int = Field(10, ge=1, description="PostgreSQL: connections kept open per process")
-    db_max_overflow: int = Field(10, ge=0, description="PostgreSQL: extra connections opened under load")
+    db_pool_size: int = Field(10, ge=1, description="connections kept open per process", json_schema_extra=_on("postgresql"))
+    db_max_overflow: int = Field(10, ge=0, description="extra connections opened under load", json_schema_extra=_on("postgresql"))
     db_pool_timeout: float = Field(
-        2.0, gt=0, description="PostgreSQL: seconds a request waits for a free connection before 503"
-    )
-    db_connect_timeout: float = Field(3.0, gt=0, description="PostgreSQL: seconds to open a connection")
+        2.0, gt=0, description="seconds a request waits for a free connection before 503", json_schema_extra=_on("postgresql"))
+    db_connect_timeout: float = Field(3.0, gt=0, description="seconds to open a connection", json_schema_extra=_on("postgresql"))
     db_statement_timeout: float = Field(
-        5.0, gt=0, description="PostgreSQL: seconds one statement may run before it is cancelled"
-    )
+        5.0, gt=0, description="seconds one statement may run before it is cancelled", json_schema_extra=_on("postgresql"))
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug also logs every request"
     )
@@ -112,13 +137,24 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _timing(self) -> Settings:
+        interval, timeout = self.heartbeat_interval, self.heartbeat_timeout
+        if interval is None:
+            interval = 10.0 if timeout is None else min(10.0, timeout / 3)
+        if timeout is None:
+            timeout = max(30.0, 3 * interval)
+        flush = self.flush_interval if self.flush_interval is not None else min(1.0, timeout / 4)
+        # Frozen: the derived values are filled in once, here, before anyone reads them.
+        object.__setattr__(self, "heartbeat_interval", interval)
+        object.__setattr__(self, "heartbeat_timeout", timeout)
+        object.__setattr__(self, "flush_interval", flush)
         check_timing(self.heartbeat_interval, self.heartbeat_timeout, self.evict_after)
         if self.flush_interval > self.heartbeat_timeout / 4:
             # Replicas judge silence by written timestamps, which lag by up to
             # the flush interval: keep that lag a small part of the timeout.
             raise ValueError(
                 f"flush interval {self.flush_interval:g} s is too long for a heartbeat timeout of "
-                f"{self.heartbeat_timeout:g} s: make it at most a quarter of the timeout"
+                f"{self.heartbeat_timeout:g} s: make it at most a quarter of the timeout "
+                f"({self.heartbeat_timeout / 4:g} s), or leave --flush-interval out to have it derived"
             )
         return self
 
