@@ -23,27 +23,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
+from sqlalchemy import JSON, Boolean, Column
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .errors import StorageUnavailable
 from .index import InstanceIndex
+from .schema import ExactFloat, UTCDateTime, instances
 from model_registry_sdk.record import InstanceKey, ModelInstance
 
 __all__ = ["Journal", "beat_rows", "record_of", "row_of"]
 
 log = logging.getLogger(__name__)
 
-COLUMNS = (
-    "model_name", "host", "port", "weight", "check_healthy", "healthy", "enabled", "prompt_template",
-    "last_heartbeat", "metadata", "registered_at", "unhealthy_since", "queue_length", "overrides",
-    "cooldown_until",
-)  # fmt: skip
+#: The table's columns, in its order (which is the record's: ``tests/storage`` checks it).
+COLUMNS = tuple(column.name for column in instances.c)
 _UPSERT = (
     f"INSERT INTO instances ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
     "ON CONFLICT (model_name, host, port) DO UPDATE SET "
@@ -76,12 +76,37 @@ def _json(value: dict | None) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
-def row_of(r: ModelInstance) -> tuple:
-    return (
-        r.model_name, r.host, r.port, r.weight, r.check_healthy, r.healthy, r.enabled, r.prompt_template,
-        _text(r.last_heartbeat), orjson.dumps(r.metadata).decode(), _text(r.registered_at),
-        _text(r.unhealthy_since), r.queue_length, _json(r.overrides), _text(r.cooldown_until),
-    )  # fmt: skip
+def _from_json(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def _codec(column: Column) -> tuple[Callable[[Any], Any] | None, Callable[[Any], Any] | None]:
+    """How a value of ``column`` is written to a row and read back (``None``: as it is)."""
+    kind = column.type
+    if isinstance(kind, UTCDateTime):
+        return _text, _moment
+    if isinstance(kind, JSON):
+        return _json, _from_json
+    if isinstance(kind, ExactFloat):
+        return None, float
+    if isinstance(kind, Boolean):
+        return None, bool
+    return None, None
+
+
+# Derived from the one table definition: (position, conversion) for each column
+# that needs one, so a row is the record's values with only those converted.
+_WRITERS = [(i, w) for i, (w, _) in enumerate(map(_codec, instances.c)) if w is not None]
+_READERS = [(i, r) for i, (_, r) in enumerate(map(_codec, instances.c)) if r is not None]
+_values = operator.attrgetter(*COLUMNS)
+
+
+def row_of(record: ModelInstance) -> tuple:
+    """The journal's row for ``record`` (``COLUMNS``' order)."""
+    row = list(_values(record))
+    for i, write in _WRITERS:
+        row[i] = write(row[i])
+    return tuple(row)
 
 
 def beat_rows(records: dict[InstanceKey, ModelInstance], keys: Iterable[InstanceKey]) -> list[tuple]:
@@ -112,11 +137,11 @@ def beat_rows(records: dict[InstanceKey, ModelInstance], keys: Iterable[Instance
 
 
 def record_of(row: Any) -> ModelInstance:
-    return ModelInstance(
-        row[0], row[1], row[2], float(row[3]), bool(row[4]), bool(row[5]), bool(row[6]), row[7],
-        _moment(row[8]), orjson.loads(row[9]), _moment(row[10]), _moment(row[11]), row[12],
-        None if row[13] is None else orjson.loads(row[13]), _moment(row[14]),
-    )  # fmt: skip
+    """The record a journal row (``COLUMNS``' order) holds."""
+    values = list(row)
+    for i, read in _READERS:
+        values[i] = read(values[i])
+    return ModelInstance(*values)
 
 
 class Journal:
