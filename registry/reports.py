@@ -11,17 +11,30 @@ honours it.
 Each threshold can be set per instance in its metadata, under the same names
 as the settings: ``unhealthy_threshold``, ``failure_window``,
 ``failure_cooldown``.
+
+``Cooldowns`` applies the rules: it counts a report, stores a cooldown when
+the count is reached, and ends the cooldowns this process set once they are
+over (the checker asks it to, each sweep).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from .storage import InstanceKey
+from model_registry_sdk.record import Change, ModelInstance
 
-__all__ = ["FailurePolicy", "FailureTracker"]
+from .core import Core, fields_of
+from .errors import InstanceNotFound
+from .storage import InstanceKey
+from .validation import Report, report_from
+
+__all__ = ["Cooldowns", "FailurePolicy", "FailureTracker"]
+
+log = logging.getLogger("registry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +86,75 @@ class FailureTracker:
 
     def __len__(self) -> int:
         return len(self._failures)
+
+
+class Cooldowns:
+    """Routers' reports, and the cooldowns they cause."""
+
+    def __init__(self, core: Core, policy: FailurePolicy) -> None:
+        self._core = core
+        self.policy = policy
+        self._failures = FailureTracker()
+        self._cooling: dict[InstanceKey, datetime] = {}  # cooldowns this process set, to end them
+
+    async def report(self, report: Report | dict[str, Any]) -> tuple[ModelInstance, int]:
+        """A router's report on one request to an instance. Returns the
+        instance and its failures in the current window (0 after a success).
+
+        Enough failures in a row put the instance in cooldown; a success ends it.
+        """
+        core = self._core
+        if isinstance(report, dict):
+            report = report_from(report)
+        key = report.key
+        with core.noting_outages():
+            record = await core.storage.get(key)
+        if record is None:
+            raise InstanceNotFound(key)
+        now = core.clock.now()
+        cooling = record.in_cooldown(now)
+        if report.ok:
+            self._failures.succeeded(key)
+            if cooling:
+                record = await self._end(key, "a router reported a success")
+            return record, 0
+        policy = self.policy.for_instance(record.metadata)
+        failures = self._failures.failed(key, core.clock.monotonic(), policy)
+        if failures >= policy.threshold and not cooling:
+            until = now + timedelta(seconds=policy.cooldown)
+            with core.noting_outages():
+                cooled = await core.storage.set_cooldown(key, until)
+            if cooled is not None:
+                record = cooled
+                self._cooling[key] = until
+                log.warning(
+                    "instance in cooldown: routers report it failing",
+                    extra={
+                        **fields_of(key),
+                        "failures": failures,
+                        "cooldown_s": policy.cooldown,
+                        "last_error": report.error,
+                        "last_status": report.status,
+                    },
+                )
+                core.publish(Change.COOLDOWN, record)
+        return record, failures
+
+    async def _end(self, key: InstanceKey, why: str) -> ModelInstance | None:
+        self._cooling.pop(key, None)
+        with self._core.noting_outages():
+            record = await self._core.storage.set_cooldown(key, None)
+        if record is not None:
+            log.info("instance out of cooldown", extra={**fields_of(key), "why": why})
+            self._core.publish(Change.RESTORED, record)
+        return record
+
+    async def end_due(self, now: datetime, mono: float) -> list[ModelInstance]:
+        """End the cooldowns over at ``now``; forget failures older than the window."""
+        restored = []
+        for key in [k for k, until in self._cooling.items() if until <= now]:
+            record = await self._end(key, "its cooldown is over")
+            if record is not None:
+                restored.append(record)
+        self._failures.forget_older_than(mono - self.policy.window)
+        return restored

@@ -23,7 +23,7 @@ from .storage import PoolOptions, open_storage
 
 from .preservation import Preservation
 from .reports import FailurePolicy
-from .service import check_timing
+from .checker import check_timing
 
 __all__ = ["DERIVED", "Settings", "backends_of"]
 
