@@ -28,111 +28,19 @@ Whatever comes in is copied (``clone``), since its caller still holds it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
-import sys
-from collections.abc import Generator, Iterable, Iterator
-from datetime import datetime, timezone
-
-import orjson
+from collections.abc import Iterable
+from datetime import datetime
 
 from model_registry_sdk.record import InstanceKey, ModelInstance, ModelSummary, apply_overrides
 
 from .base import Census, Edit
-from .readonly import NO_METADATA, Snapshot
+from .interning import clone, compact, copy_record
+from .readonly import Snapshot
+from .wheel import TimingWheel, second_of
 
-__all__ = ["IndexReads", "InstanceIndex", "clone", "collector_paused", "expire_in_slices", "settle_in_slices"]
-
-
-def clone(record: ModelInstance) -> ModelInstance:
-    """A copy of ``record`` that shares nothing mutable with it.
-
-    Metadata is JSON by construction, so a JSON round trip copies it deeply,
-    and several times faster than ``copy.deepcopy``.
-    """
-    copy = _new(ModelInstance)
-    copy.__dict__.update(record.__dict__)  # into a fresh, key-sharing dict, whatever the caller's is
-    if record.metadata:
-        copy.metadata = orjson.loads(orjson.dumps(record.metadata))
-    if record.overrides:
-        copy.overrides = orjson.loads(orjson.dumps(record.overrides))
-    return _compact(copy)
-
+__all__ = ["IndexReads", "InstanceIndex", "expire_in_slices", "settle_in_slices"]
 
 _new = object.__new__
-
-#: Values that many records repeat, one object each (see ``_compact``), by type:
-#: ``1 == 1.0``, but a weight must stay a float.
-_PORTS: dict[int, int] = {}
-_WEIGHTS: dict[float, float] = {}
-_MAX_SHARED = 4096  # per table: a fleet repeats a handful, a stranger gets no more
-
-
-def _compact(record: ModelInstance) -> ModelInstance:
-    """``record`` with its model name, port and weight replaced by one shared
-    object per value (they are immutable), and empty metadata by ``NO_METADATA``.
-
-    A fleet repeats a handful of ports and weights, and every instance of a
-    model its name; sharing them saves memory, and a read or a beat of a
-    record then finds most of its values already in the CPU's cache instead
-    of one cold object each.
-    """
-    fields = record.__dict__
-    fields["model_name"] = sys.intern(fields["model_name"])
-    if not fields["metadata"]:
-        fields["metadata"] = NO_METADATA
-    port, weight = fields["port"], fields["weight"]
-    if type(port) is int:
-        fields["port"] = _share(_PORTS, port)
-    if type(weight) is float:
-        fields["weight"] = _share(_WEIGHTS, weight)
-    return record
-
-
-def _share(table: dict, value: object) -> object:
-    shared = table.get(value)
-    if shared is None:
-        if len(table) < _MAX_SHARED:
-            table[value] = value
-        return value
-    return shared
-
-
-def _copy(record: ModelInstance) -> ModelInstance:
-    """A shallow copy, to change in place of ``record`` (whose mutable fields are never
-    changed in place either, so sharing them is safe)."""
-    copy = _new(ModelInstance)
-    copy.__dict__ = record.__dict__.copy()  # a split dict's copy: its values, keys shared
-    return copy
-
-
-def _bucket(moment: datetime | None) -> int | None:
-    return None if moment is None else int(moment.timestamp())
-
-
-def _expirable(record: ModelInstance) -> bool:
-    """Whether the checker watches ``record``: healthy, checked, and heard from."""
-    return record.healthy and record.check_healthy and record.last_heartbeat is not None
-
-
-#: Before every timestamp: where nothing is settled yet.
-_DAWN = datetime.min.replace(tzinfo=timezone.utc)
-_DAWN_SECOND: int = _bucket(_DAWN)  # type: ignore[assignment]
-
-
-@contextlib.contextmanager
-def collector_paused() -> Generator[None, None, None]:
-    """The cyclic garbage collector paused, while many records are made at once
-    (a start-up's load). Records hold no cycles; and every collection their
-    making sets off walks all the objects made so far: half the time it takes
-    to load 100,000 records."""
-    paused = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if paused:
-            gc.enable()
 
 
 #: Records a sweep marks before it lets other work run.
@@ -167,14 +75,8 @@ class InstanceIndex:
         # model -> its keys (a dict as an ordered set): membership changes only
         # when an instance comes or goes, so a beat never touches it.
         self._by_model: dict[str, dict[InstanceKey, None]] = {}
-        # second -> the keys filed there (a dict as an ordered set). Each expirable
-        # record is filed in at least one bucket at or before the second of its
-        # last beat; up to ``_settled`` (the census's last cutoff, in seconds), in
-        # exactly the one of its last beat, and nothing else is (see ``settle``).
-        self._wheel: dict[int, dict[InstanceKey, None]] = {}
-        self._settled: int | None = None
-        self._settled_before = _DAWN  # the start of the second after ``_settled``
-        self._walking: tuple[int, Iterator[InstanceKey]] | None = None  # settle's place, between calls
+        # The records that can expire, by the second of their last beat (lazily: see ``wheel``).
+        self._wheel = TimingWheel()
         self._expirable = 0  # how many records the checker watches
         self._unhealthy: dict[InstanceKey, ModelInstance] = {}
         # Models whose records are not in key order since a registration (see ``list``).
@@ -193,8 +95,8 @@ class InstanceIndex:
             heard = record.last_heartbeat
             if record.check_healthy and heard is not None:
                 self._expirable -= 1
-                if heard < self._settled_before:  # filed exactly there: take it out now
-                    self._unfile(record.key, heard)
+                if heard < self._wheel.settled_before:  # filed exactly there: take it out now
+                    self._wheel.unfile(record.key, heard)
                 # Otherwise its entry stays behind, to be dropped by the next walk
                 # over its bucket (``settle``, ``expire``): it may be filed earlier
                 # than its last beat, and finding where would cost more than the walk.
@@ -206,21 +108,9 @@ class InstanceIndex:
         if record.healthy:
             if record.check_healthy and record.last_heartbeat is not None:
                 self._expirable += 1
-                self._file(record.key, _bucket(record.last_heartbeat))  # type: ignore[arg-type]
+                self._wheel.file(record.key, second_of(record.last_heartbeat))  # type: ignore[arg-type]
         else:
             self._unhealthy[record.key] = record
-
-    def _file(self, key: InstanceKey, second: int) -> None:
-        self._wheel.setdefault(second, {})[key] = None
-
-    def _unfile(self, key: InstanceKey, heard: datetime) -> None:
-        """Take ``key`` out of the bucket of ``heard``, if it is there."""
-        second = _bucket(heard)
-        bucket = self._wheel.get(second)  # type: ignore[arg-type]
-        if bucket is not None:
-            bucket.pop(key, None)
-            if not bucket:  # an emptied dict keeps its table: let it go
-                del self._wheel[second]  # type: ignore[arg-type]
 
     def _store(self, record: ModelInstance) -> None:
         key = record.key
@@ -270,7 +160,7 @@ class InstanceIndex:
         by_key, by_model, unhealthy = self.records, self._by_model, self._unhealthy
         filed: dict[InstanceKey, None] = {}
         for record in records:
-            record = _compact(record)
+            record = compact(record)
             key = record.key
             by_key[key] = record
             model = by_model.get(record.model_name)
@@ -282,9 +172,8 @@ class InstanceIndex:
                 unhealthy[key] = record
             elif record.check_healthy and record.last_heartbeat is not None:
                 filed[key] = None
-        if filed:
-            self._wheel[_DAWN_SECOND] = filed
-            self._expirable = len(filed)
+        self._wheel.file_at_dawn(filed)
+        self._expirable = len(filed)
         self._unsorted.update(by_model)  # each is sorted when it is first listed
 
     def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
@@ -302,7 +191,7 @@ class InstanceIndex:
         record = self.records.get(key)
         if record is None:
             return None
-        changed = _copy(record)
+        changed = copy_record(record)
         change(changed)
         self._swap(record, changed)
         return changed
@@ -311,7 +200,7 @@ class InstanceIndex:
         record = self.records.get(key)
         if record is None:
             return None
-        changed = _copy(record)
+        changed = copy_record(record)
         changed.cooldown_until = until
         self._swap(record, changed)
         return changed
@@ -333,18 +222,19 @@ class InstanceIndex:
         heard = record.last_heartbeat
         if heard is None:
             return None
-        beaten = _new(ModelInstance)  # _copy(record), without its frame: the hottest path
+        beaten = _new(ModelInstance)  # copy_record(record), without its frame: the hottest path
         beaten.__dict__ = fields = record.__dict__.copy()
         fields["last_heartbeat"] = now
         if queue_length is not None:
             fields["queue_length"] = queue_length
         self.records[key] = beaten
         self._serving.pop(fields["model_name"], None)
-        if (heard < self._settled_before or now < heard) and record.check_healthy:
+        wheel = self._wheel
+        if (heard < wheel.settled_before or now < heard) and record.check_healthy:
             # Filed exactly (it was silent at the last census), or the clock went
-            # back: file it at this beat now, so the wheel stays as ``settle`` says.
-            self._unfile(key, heard)
-            self._file(key, _bucket(now))  # type: ignore[arg-type]
+            # back: file it at this beat now, so the wheel stays as it promises.
+            wheel.unfile(key, heard)
+            wheel.file(key, second_of(now))  # type: ignore[arg-type]
         # Otherwise it stays filed where it was, before this beat: see ``settle``.
         return beaten
 
@@ -358,7 +248,7 @@ class InstanceIndex:
         record = self.records.get(key)
         if record is None:
             return None
-        beaten = _copy(record)
+        beaten = copy_record(record)
         beaten.last_heartbeat, beaten.healthy, beaten.unhealthy_since = now, True, None
         if queue_length is not None:
             beaten.queue_length = queue_length
@@ -369,7 +259,7 @@ class InstanceIndex:
         record = self.records.get(key)
         if record is None:
             return None
-        marked = _copy(record)
+        marked = copy_record(record)
         if record.healthy or record.unhealthy_since is None:
             marked.unhealthy_since = now
         marked.healthy = False
@@ -384,100 +274,32 @@ class InstanceIndex:
         return record
 
     def settle(self, cutoff: datetime, limit: int | None = None) -> bool:
-        """File every record in the buckets up to ``cutoff``'s second where its last
-        beat puts it, and drop what was left behind. Then, up to that second,
-        each bucket holds exactly the records last heard in it, which is what
-        ``census`` counts, and stays so: from then on a beat, or any change, of
-        a record filed there moves it at once (see ``beat``, ``_unlink``).
-
-        Walks only the buckets not settled by an earlier call, oldest first; in
-        a steady fleet that is each record about once per heartbeat timeout.
-        ``limit`` bounds the entries one call walks; returns whether it is
-        done, so that a caller can yield between calls.
-        """
-        last = _bucket(cutoff)
-        wheel, records = self._wheel, self.records
-        walked = 0
-        while True:
-            if self._walking is None:
-                settled = self._settled
-                due = [s for s in wheel if s <= last and (settled is None or s > settled)]  # type: ignore[operator]
-                if not due:
-                    self._settle_to(last)  # type: ignore[arg-type]
-                    return True
-                second = min(due)
-                # Settled from now on, while it is walked: a beat of a record last
-                # heard in this second moves it at once (it can only be filed here,
-                # the buckets before are exact), and the walk moves the others.
-                self._settle_to(second)
-                self._walking = second, iter(list(wheel[second]))
-            second, keys = self._walking
-            bucket = wheel.get(second, {})
-            for key in keys:
-                if key not in bucket:
-                    continue  # moved meanwhile
-                record = records.get(key)
-                if record is None or not _expirable(record):
-                    del bucket[key]  # left behind by a change
-                else:
-                    heard = _bucket(record.last_heartbeat)
-                    if heard != second:  # beaten since it was filed
-                        del bucket[key]
-                        self._file(key, heard)  # type: ignore[arg-type]
-                walked += 1
-                if limit is not None and walked >= limit:
-                    return False
-            self._walking = None
-            if not bucket and wheel.get(second) is bucket:
-                del wheel[second]
-
-    def _settle_to(self, second: int) -> None:
-        if self._settled is None or second > self._settled:
-            self._settled = second
-            self._settled_before = datetime.fromtimestamp(second + 1, timezone.utc)
+        """File the wheel's records up to ``cutoff`` where their last beats put
+        them (``TimingWheel.settle``), so that ``census`` counts exactly. From
+        then on a beat, or any change, of a record filed there moves it at once
+        (see ``beat``, ``_unlink``). Returns whether it is done."""
+        return self._wheel.settle(self.records, cutoff, limit)
 
     def expire(self, cutoff: datetime, now: datetime, limit: int | None = None) -> list[ModelInstance]:
-        """Mark unhealthy the expirable records last heard before ``cutoff``.
-
-        Visits only the wheel's buckets up to the cutoff's second, filing again
-        (as ``settle`` does) what it finds there that beat since. ``limit``
-        bounds the work of one call, so a caller can yield between calls.
-        """
-        last = _bucket(cutoff)
-        wheel, records = self._wheel, self.records
+        """Mark unhealthy the expirable records last heard before ``cutoff``,
+        visiting only the wheel's buckets up to it. ``limit`` bounds the work
+        of one call, so a caller can yield between calls."""
         expired: list[ModelInstance] = []
-        for second in sorted(b for b in wheel if b <= last):  # type: ignore[operator]
-            bucket = wheel[second]
-            for key in list(bucket):
-                record = records.get(key)
-                if record is None or not _expirable(record):
-                    del bucket[key]  # left behind by a change
-                    continue
-                heard = record.last_heartbeat
-                if heard >= cutoff:  # type: ignore[operator]
-                    filed = _bucket(heard)
-                    if filed != second:  # beaten since it was filed
-                        del bucket[key]
-                        self._file(key, filed)  # type: ignore[arg-type]
-                    continue  # (or the cutoff's own second: later in that second)
-                del bucket[key]
-                marked = _copy(record)
-                marked.healthy, marked.unhealthy_since = False, now
-                self._put(marked)
-                self._unhealthy[key] = marked
-                self._expirable -= 1
-                expired.append(marked)
-                if limit is not None and len(expired) >= limit:
-                    return expired
-            if not bucket:
-                del wheel[second]
+        for key, record in self._wheel.silent(self.records, cutoff):
+            marked = copy_record(record)
+            marked.healthy, marked.unhealthy_since = False, now
+            self._put(marked)
+            self._unhealthy[key] = marked
+            self._expirable -= 1
+            expired.append(marked)
+            if limit is not None and len(expired) >= limit:
+                break
         return expired
 
     def census(self, expire_cutoff: datetime, evict_cutoff: datetime) -> Census:
         self.settle(expire_cutoff)  # (nothing to do after settle_in_slices)
-        last = _bucket(expire_cutoff)
         # Settled: the buckets up to the cutoff hold each silent record once.
-        silent = sum(len(b) for second, b in self._wheel.items() if second <= last)  # type: ignore[operator]
+        silent = self._wheel.silent_through(expire_cutoff)
         evictable = sum(
             1
             for r in self._unhealthy.values()

@@ -28,7 +28,7 @@ from sqlalchemy import func, text, true
 from sqlalchemy.dialects.postgresql import insert
 
 from .errors import StorageUnavailable
-from .index import clone, collector_paused
+from .interning import clone, collector_paused
 from model_registry_sdk.record import InstanceKey, ModelInstance
 
 from .base import Census, Edit

@@ -14,7 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from .base import Edit
-from .index import IndexReads, InstanceIndex, collector_paused, expire_in_slices
+from .index import IndexReads, InstanceIndex, expire_in_slices
+from .interning import collector_paused
 from .journal import COLUMNS, Journal, record_of
 from model_registry_sdk.record import InstanceKey, ModelInstance
 from .sql import SQLStorage

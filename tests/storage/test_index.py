@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model_registry.storage import InstanceKey, ModelInstance, Snapshot
-from model_registry.storage.index import InstanceIndex, collector_paused
+from model_registry.storage.index import InstanceIndex
+from model_registry.storage.interning import collector_paused
 from model_registry.storage import Census
 
 T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
@@ -143,10 +144,10 @@ def test_a_sweep_visits_only_buckets_before_the_cutoff() -> None:
     for n in range(1000):
         moment = T0 + timedelta(seconds=n)
         index.upsert(ModelInstance("m", "h", n + 1, healthy=True, last_heartbeat=moment, registered_at=T0))
-    assert len(index._wheel) == 1000
+    assert len(index._wheel.buckets) == 1000
     expired = index.expire(T0 + timedelta(seconds=10), T0 + timedelta(seconds=1000))
     assert [r.port for r in expired] == list(range(1, 11))
-    assert len(index._wheel) == 990  # the ten old buckets are gone, the rest untouched
+    assert len(index._wheel.buckets) == 990  # the ten old buckets are gone, the rest untouched
 
 
 def test_expire_can_be_done_in_slices() -> None:
@@ -237,9 +238,9 @@ def test_beats_leave_the_wheel_to_the_census() -> None:
     for second in range(1, 50):
         for key in keys:
             index.touch(key, _at(second), None)
-    assert list(index._wheel) == [FIRST]
+    assert list(index._wheel.buckets) == [FIRST]
     assert index.census(_at(10), T0) == Census(checked=100, silent=0, total=100, evictable=0)
-    assert list(index._wheel) == [FIRST + 49] and len(index._wheel[FIRST + 49]) == 100
+    assert list(index._wheel.buckets) == [FIRST + 49] and len(index._wheel.buckets[FIRST + 49]) == 100
 
 
 def test_what_a_change_leaves_in_the_wheel_goes_with_the_next_census() -> None:
@@ -250,9 +251,9 @@ def test_what_a_change_leaves_in_the_wheel_goes_with_the_next_census() -> None:
         index.delete(key)
     for key in keys[4:6]:
         index.mark_unhealthy(key, _at(6))
-    assert len(index._wheel[FIRST]) == 10  # left behind, not looked for
+    assert len(index._wheel.buckets[FIRST]) == 10  # left behind, not looked for
     assert index.census(_at(1), _at(1)) == Census(checked=4, silent=0, total=6, evictable=0)
-    assert index._wheel == {FIRST + 5: dict.fromkeys(keys[6:])}
+    assert index._wheel.buckets == {FIRST + 5: dict.fromkeys(keys[6:])}
 
 
 def test_past_the_cutoff_the_wheel_is_exact_and_an_emptied_bucket_goes() -> None:
@@ -263,10 +264,10 @@ def test_past_the_cutoff_the_wheel_is_exact_and_an_emptied_bucket_goes() -> None
     assert index.census(_at(60), T0).silent == 100  # all silent: held, say, by self-preservation
     for key in keys[:99]:
         index.touch(key, _at(61), None)  # they come back
-    assert index._wheel == {FIRST: {keys[99]: None}, FIRST + 61: dict.fromkeys(keys[:99])}
+    assert index._wheel.buckets == {FIRST: {keys[99]: None}, FIRST + 61: dict.fromkeys(keys[:99])}
     assert index.census(_at(60), T0).silent == 1
     index.delete(keys[99])
-    assert list(index._wheel) == [FIRST + 61]
+    assert list(index._wheel.buckets) == [FIRST + 61]
     assert index.census(_at(60), T0) == Census(checked=99, silent=0, total=99, evictable=0)
 
 
@@ -277,7 +278,7 @@ def test_settle_can_be_done_in_slices() -> None:
         index.touch(InstanceKey("m", "h", n + 1), _at(100), None)
     steps = [index.settle(_at(50), limit=10) for _ in range(3)]
     assert steps == [False, False, True]
-    assert list(index._wheel) == [FIRST + 100]
+    assert list(index._wheel.buckets) == [FIRST + 100]
 
 
 def test_the_collector_is_paused_for_a_load_and_left_as_it_was() -> None:
