@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from model_registry.settings import DERIVED, Settings, backends_of
-from model_registry.validation import problems_of
 from model_registry.storage import InvalidStorageURL, StorageUnavailable, open_storage, redact
-
+from model_registry.validation import problems_of
 from model_registry_sdk.cli import COMMANDS as CLIENT_COMMANDS
 from model_registry_sdk.cli import add_client_commands, run_client_command
+
 from .logs import configure_logging
 from .server import StartupError, serve
 

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+
 from model_registry_sdk.record import Change, ModelInstance
 
 __all__ = ["Change", "Closed", "Event", "Feed", "Overflow", "Watcher"]

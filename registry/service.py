@@ -18,7 +18,7 @@ from typing import Any
 
 from model_registry_sdk.record import Change
 
-from .checker import CheckResult, Checker, check_timing
+from .checker import Checker, CheckResult, check_timing
 from .clock import Clock
 from .core import Core, fields_of
 from .dbgpt import DBGPTMethods

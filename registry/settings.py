@@ -19,11 +19,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .storage import PoolOptions, open_storage
-
+from .checker import check_timing
 from .preservation import Preservation
 from .reports import FailurePolicy
-from .checker import check_timing
+from .storage import PoolOptions, open_storage
 
 __all__ = ["DERIVED", "Settings", "backends_of"]
 
@@ -112,13 +111,27 @@ class Settings(BaseSettings):
     max_protection: float = Field(
         120.0, ge=0, description="seconds self-preservation may hold back before marking them anyway"
     )
-    db_pool_size: int = Field(10, ge=1, description="connections kept open per process", json_schema_extra=_on("postgresql"))
-    db_max_overflow: int = Field(10, ge=0, description="extra connections opened under load", json_schema_extra=_on("postgresql"))
+    db_pool_size: int = Field(
+        10, ge=1, description="connections kept open per process", json_schema_extra=_on("postgresql")
+    )
+    db_max_overflow: int = Field(
+        10, ge=0, description="extra connections opened under load", json_schema_extra=_on("postgresql")
+    )
     db_pool_timeout: float = Field(
-        2.0, gt=0, description="seconds a request waits for a free connection before 503", json_schema_extra=_on("postgresql"))
-    db_connect_timeout: float = Field(3.0, gt=0, description="seconds to open a connection", json_schema_extra=_on("postgresql"))
+        2.0,
+        gt=0,
+        description="seconds a request waits for a free connection before 503",
+        json_schema_extra=_on("postgresql"),
+    )
+    db_connect_timeout: float = Field(
+        3.0, gt=0, description="seconds to open a connection", json_schema_extra=_on("postgresql")
+    )
     db_statement_timeout: float = Field(
-        5.0, gt=0, description="seconds one statement may run before it is cancelled", json_schema_extra=_on("postgresql"))
+        5.0,
+        gt=0,
+        description="seconds one statement may run before it is cancelled",
+        json_schema_extra=_on("postgresql"),
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug also logs every request"
     )

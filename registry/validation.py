@@ -19,7 +19,16 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, TypeAdapter, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
 
 from model_registry_sdk.record import SERVER_MANAGED_FIELDS, InstanceKey, ModelInstance
 
@@ -116,10 +125,7 @@ _TYPES = typing.get_type_hints(ModelInstance)
 _InstanceModel = create_model(  # the record's fields, in the record's order, with the rules above
     "ModelInstance",
     __config__=ConfigDict(extra="ignore", protected_namespaces=()),
-    **{
-        f.name: (RULES.get(f.name, _TYPES[f.name]), _default(f))
-        for f in dataclasses.fields(ModelInstance)
-    },
+    **{f.name: (RULES.get(f.name, _TYPES[f.name]), _default(f)) for f in dataclasses.fields(ModelInstance)},
 )
 _INSTANCE = TypeAdapter(_InstanceModel)
 
@@ -131,7 +137,6 @@ def _instance(value: Any) -> ModelInstance:
         raise InvalidInstance([("body", f"must be an instance object, got {type(value).__name__}")])
     parsed = _validate(_INSTANCE, value)
     return ModelInstance(**{name: getattr(parsed, name) for name in _InstanceModel.model_fields})
-
 
 
 class _KeyQuery(BaseModel):

@@ -24,7 +24,7 @@ import abc
 from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from model_registry_sdk.record import InstanceKey, ModelInstance, ModelSummary
 

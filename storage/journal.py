@@ -33,10 +33,11 @@ from sqlalchemy import JSON, Boolean, Column
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from model_registry_sdk.record import InstanceKey, ModelInstance
+
 from .errors import StorageUnavailable
 from .index import InstanceIndex
 from .schema import ExactFloat, UTCDateTime, instances
-from model_registry_sdk.record import InstanceKey, ModelInstance
 
 __all__ = ["Journal", "beat_rows", "record_of", "row_of"]
 

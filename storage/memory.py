@@ -7,11 +7,11 @@ atomic by construction.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+
+from model_registry_sdk.record import InstanceKey, ModelInstance
 
 from .base import Edit, Storage
 from .index import IndexReads, InstanceIndex, expire_in_slices
-from model_registry_sdk.record import InstanceKey, ModelInstance
 
 __all__ = ["MemoryStorage"]
 

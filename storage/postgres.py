@@ -22,16 +22,15 @@ import asyncio
 import contextlib
 import logging
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import func, text, true
 from sqlalchemy.dialects.postgresql import insert
 
-from .errors import StorageUnavailable
-from .interning import clone, collector_paused
 from model_registry_sdk.record import InstanceKey, ModelInstance
 
 from .base import Census, Edit
+from .errors import StorageUnavailable
+from .interning import clone, collector_paused
 from .notify import CHANNEL, Notifier, Remote
 from .options import PoolOptions
 from .schema import instances

@@ -34,11 +34,17 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import ColumnElement
 
-from .errors import StorageUnavailable
-from model_registry_sdk.record import OVERRIDABLE_FIELDS, InstanceKey, ModelInstance, ModelSummary, apply_overrides
+from model_registry_sdk.record import (
+    OVERRIDABLE_FIELDS,
+    InstanceKey,
+    ModelInstance,
+    ModelSummary,
+    apply_overrides,
+)
 
 from . import migrations
 from .base import Census, Edit, Storage
+from .errors import StorageUnavailable
 from .options import PoolOptions
 from .schema import EVICTABLE, EXPIRABLE, instances
 

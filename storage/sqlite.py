@@ -11,13 +11,13 @@ file is loaded into the index.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+
+from model_registry_sdk.record import InstanceKey, ModelInstance
 
 from .base import Edit
 from .index import IndexReads, InstanceIndex, expire_in_slices
 from .interning import collector_paused
 from .journal import COLUMNS, Journal, record_of
-from model_registry_sdk.record import InstanceKey, ModelInstance
 from .sql import SQLStorage
 
 __all__ = ["SQLiteStorage"]

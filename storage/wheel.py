@@ -75,7 +75,9 @@ class TimingWheel:
         if keys:
             self.buckets[_DAWN_SECOND] = keys
 
-    def settle(self, records: Mapping[InstanceKey, ModelInstance], cutoff: datetime, limit: int | None) -> bool:
+    def settle(
+        self, records: Mapping[InstanceKey, ModelInstance], cutoff: datetime, limit: int | None
+    ) -> bool:
         """File every record in the buckets up to ``cutoff``'s second where its last
         beat puts it, and drop what was left behind. Then, up to that second,
         each bucket holds exactly the records last heard in it, which is what

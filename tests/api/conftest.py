@@ -6,8 +6,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from model_registry.api import create_app
 from model_registry import ManualClock
+from model_registry.api import create_app
 from model_registry.settings import Settings
 
 

@@ -8,8 +8,8 @@ import re
 import orjson
 from aiohttp.test_utils import TestClient
 
-from model_registry.api.keys import REGISTRY
 from model_registry import ManualClock
+from model_registry.api.keys import REGISTRY
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"

@@ -13,8 +13,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from model_registry_sdk import AsyncRegistryClient, Retry
 from model_registry.storage import open_storage
+from model_registry_sdk import AsyncRegistryClient, Retry
 from tests.pg import PostgresCluster
 from tests.process import ServerProcess
 

@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from model_registry.api.keys import REGISTRY
 from model_registry import ManualClock
+from model_registry.api.keys import REGISTRY
 
 INSTANCES = "/api/v1/instances"
 M = "llama"

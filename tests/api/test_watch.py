@@ -10,9 +10,9 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 
+from model_registry import ManualClock
 from model_registry.api import create_app
 from model_registry.api.keys import REGISTRY
-from model_registry import ManualClock
 from model_registry.settings import Settings
 
 WATCH = "/api/v1/watch"

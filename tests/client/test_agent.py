@@ -9,8 +9,14 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from model_registry_sdk import InvalidRequest, ModelInstance
-from model_registry_sdk import AsyncRegistryClient, HeartbeatAgent, RegistryClient, Retry
+from model_registry_sdk import (
+    AsyncRegistryClient,
+    HeartbeatAgent,
+    InvalidRequest,
+    ModelInstance,
+    RegistryClient,
+    Retry,
+)
 from tests.process import ServerProcess, free_port
 
 WORKER = ModelInstance("glm-4@llm", "10.0.0.7", 8001, weight=3.0, metadata={"gpu": "h100"})

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from model_registry import ModelInstance
+from model_registry.storage import InstanceKey, ModelSummary
 from model_registry_sdk import (
     AsyncRegistryClient,
     ClientClosed,
@@ -20,7 +21,6 @@ from model_registry_sdk import (
     Retry,
     wait_until_ready,
 )
-from model_registry.storage import InstanceKey, ModelSummary
 from tests.process import ServerProcess, free_port
 
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"

@@ -15,9 +15,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from model_registry import ManualClock, ModelInstance
 from model_registry.api import create_app
 from model_registry.api.keys import REGISTRY
-from model_registry import ManualClock, ModelInstance
+from model_registry.settings import Settings
 from model_registry_sdk import (
     AsyncRegistryClient,
     ClientClosed,
@@ -27,7 +28,6 @@ from model_registry_sdk import (
     Retry,
     WatchEvent,
 )
-from model_registry.settings import Settings
 from tests.conftest import sqlite_url
 from tests.process import ServerProcess, free_port
 

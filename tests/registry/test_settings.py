@@ -57,6 +57,8 @@ def test_help_says_which_backends_each_setting_applies_to() -> None:
 def test_serve_starts_with_only_a_short_timeout_given(tmp_path) -> None:
     from tests.process import ServerProcess
 
-    with ServerProcess("--storage", f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", "--heartbeat-timeout", "1") as server:
+    with ServerProcess(
+        "--storage", f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", "--heartbeat-timeout", "1"
+    ) as server:
         assert server.url.startswith("http://127.0.0.1:")
     assert server.proc.returncode == 0

@@ -276,7 +276,9 @@ def test_records_are_plain_dataclasses() -> None:
 async def test_override_pins_fields_over_re_registrations(storage: Storage) -> None:
     key = InstanceKey("m", "10.0.0.1", 8000)
     await storage.upsert(record(metadata={"gpu": "a100", "zone": "a"}))
-    drained = await storage.override(key, changer({"enabled": False, "weight": 0.5, "metadata": {"zone": "b"}}))
+    drained = await storage.override(
+        key, changer({"enabled": False, "weight": 0.5, "metadata": {"zone": "b"}})
+    )
     assert not drained.enabled and drained.weight == 0.5
     assert drained.metadata == {"gpu": "a100", "zone": "b"}
     assert drained.overrides == {"enabled": False, "weight": 0.5, "metadata": {"zone": "b"}}
@@ -286,7 +288,9 @@ async def test_override_pins_fields_over_re_registrations(storage: Storage) -> N
     assert again.metadata == {"gpu": "h100", "zone": "b"}
     assert await storage.get(key) == again
     # Releasing: enabled again, the metadata key gone, the weight kept until the next registration.
-    released = await storage.override(key, changer({"enabled": None, "weight": None, "metadata": {"zone": None}}))
+    released = await storage.override(
+        key, changer({"enabled": None, "weight": None, "metadata": {"zone": None}})
+    )
     assert released.enabled and released.weight == 0.5 and released.metadata == {"gpu": "h100"}
     assert released.overrides is None
     fresh, _ = await storage.upsert(record(weight=3.0))

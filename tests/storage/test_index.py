@@ -11,10 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model_registry.storage import InstanceKey, ModelInstance, Snapshot
+from model_registry.storage import Census, InstanceKey, ModelInstance, Snapshot
 from model_registry.storage.index import InstanceIndex
 from model_registry.storage.interning import collector_paused
-from model_registry.storage import Census
 
 T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
 KEYS = [InstanceKey(m, "h", p) for m in ("a", "b") for p in (1, 2, 3)]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import aiohttp
 
-from model_registry.validation import record_from
 from model_registry.storage import open_storage
+from model_registry.validation import record_from
 from tests.conftest import sqlite_url
 from tests.process import ServerProcess
 from tests.storage.test_contract import T0, record
@@ -110,8 +110,8 @@ def test_the_journal_writes_every_column_of_the_schema_and_every_field() -> None
     from dataclasses import fields
 
     from model_registry.storage.journal import COLUMNS
-    from model_registry_sdk.record import ModelInstance
     from model_registry.storage.schema import instances
+    from model_registry_sdk.record import ModelInstance
 
     assert list(COLUMNS) == [c.name for c in instances.columns] == [f.name for f in fields(ModelInstance)]
 

@@ -55,7 +55,9 @@ class HeartbeatAgent:
     ) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be above 0 s, got {interval}")
-        self.instance = check(dataclasses.replace(instance))  # a bad instance fails here, in the worker's face
+        self.instance = check(
+            dataclasses.replace(instance)
+        )  # a bad instance fails here, in the worker's face
         self.interval = interval
         self.stop_timeout = stop_timeout
         self.purge_on_stop = purge_on_stop

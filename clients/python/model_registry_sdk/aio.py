@@ -10,9 +10,9 @@ from typing import Any
 from .cache import HealthyCache
 from .clock import Clock
 from .errors import RegistryUnavailable
+from .record import InstanceKey, ModelInstance, ModelSummary, from_wire, summary_from_wire, to_wire
 from .retry import Retry
 from .transport import Transport
-from .record import InstanceKey, ModelInstance, ModelSummary, from_wire, summary_from_wire, to_wire
 from .watch import WatchEvent, watch
 
 __all__ = ["AsyncRegistryClient", "wait_until_ready"]

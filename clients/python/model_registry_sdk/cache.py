@@ -47,6 +47,7 @@ log = logging.getLogger("model_registry_sdk.cache")
 
 _REMOVED = frozenset({Change.DEREGISTERED, Change.EVICTED})
 
+
 class Watchable(Protocol):
     """What the cache follows: a client's ``watch`` and its clock
     (``AsyncRegistryClient``; named by shape, so this module imports no client)."""

@@ -166,7 +166,9 @@ class Change(StrEnum):
 _FIELDS = dataclasses.fields(ModelInstance)
 _HINTS = typing.get_type_hints(ModelInstance)
 #: Fields that travel as RFC 3339 text, derived from the annotations.
-_MOMENTS = frozenset(f.name for f in _FIELDS if datetime in (_HINTS[f.name], *typing.get_args(_HINTS[f.name])))
+_MOMENTS = frozenset(
+    f.name for f in _FIELDS if datetime in (_HINTS[f.name], *typing.get_args(_HINTS[f.name]))
+)
 _NAMES = frozenset(f.name for f in _FIELDS)
 
 
