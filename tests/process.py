@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -42,9 +43,18 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 
 
 class ServerProcess:
-    """``python -m model_registry serve`` on a free loopback port, logging JSON lines."""
+    """``python -m model_registry serve`` (or ``COMMAND serve``) on a free loopback port, logging JSON."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        command: Sequence[str] | None = None,
+    ) -> None:
+        # What runs ``model-registry``: this interpreter's package unless told otherwise
+        # (e.g. the console script of another environment, tests/test_packaging.py).
+        self.command = list(command) if command is not None else [sys.executable, "-m", "model_registry"]
         self.args = ["serve", "--port", "0", "--log-format", "json", *args]
         self.env, self.cwd = env, cwd
         self.url = ""
@@ -53,7 +63,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 30) -> ServerProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "model_registry", *self.args],
+            [*self.command, *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
