@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from model_registry import Clock, Registry
+from model_registry.fastchat import FastChat
 from model_registry.settings import Settings
 from model_registry.storage import open_storage
 
-from .keys import LIFECYCLE, REGISTRY, SETTINGS, Lifecycle
+from .fastchat import callbacks_context
+from .keys import FASTCHAT, LIFECYCLE, REGISTRY, SETTINGS, Lifecycle
 from .responses import MAX_BODY_BYTES
 from .routes import setup_routes
 
@@ -46,10 +48,12 @@ def create_app(
             ) as registry,
         ):
             app[REGISTRY] = lifecycle.registry = registry
+            app[FASTCHAT] = FastChat(registry, settings.fastchat_dispatch)
             try:
                 yield
             finally:
                 lifecycle.registry = None
 
     app.cleanup_ctx.append(registry_context)
+    app.cleanup_ctx.append(callbacks_context)
     return app

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import ClientSession, web
 
 from model_registry import Registry
+from model_registry.fastchat import FastChat
 from model_registry.settings import Settings
 
-__all__ = ["LIFECYCLE", "REGISTRY", "SETTINGS", "Lifecycle"]
+__all__ = ["CALLBACKS", "FASTCHAT", "LIFECYCLE", "REGISTRY", "SETTINGS", "Lifecycle"]
 
 
 @dataclass(slots=True)
@@ -45,3 +46,7 @@ class Lifecycle:
 REGISTRY = web.AppKey("registry", Registry)
 SETTINGS = web.AppKey("settings", Settings)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+#: FastChat's controller operations over the running registry.
+FASTCHAT = web.AppKey("fastchat", FastChat)
+#: The HTTP client that calls workers back (FastChat's /worker_get_status).
+CALLBACKS = web.AppKey("callbacks", ClientSession)

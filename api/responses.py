@@ -9,7 +9,15 @@ from aiohttp import web
 
 from .problem import ApiError
 
-__all__ = ["MAX_BODY_BYTES", "dumps", "json_body_response", "json_response", "read_object", "read_object_now"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "dumps",
+    "json_body_response",
+    "json_response",
+    "read_any_object",
+    "read_object",
+    "read_object_now",
+]
 
 #: Larger bodies are refused with 413 before they are parsed.
 MAX_BODY_BYTES = 64 * 1024
@@ -69,6 +77,12 @@ def read_object_now(request: web.Request) -> dict[str, Any] | None:
     if len(body) > MAX_BODY_BYTES:
         raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, len(body))
     return _object(body)
+
+
+async def read_any_object(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body, whatever its Content-Type says (as
+    FastChat's controller reads bodies); 400 or 422 otherwise, 413 when too large."""
+    return _object(await request.read())
 
 
 def _object(body: bytes) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import views, watch
+from . import dbgpt, fastchat, views, watch
 from .errors import guard, unrouted
 from .keys import Lifecycle
 
@@ -21,10 +21,26 @@ ROUTES = [
     ("GET", "/api/v1/select", views.select),
     ("GET", "/api/v1/watch", watch.watch),
     ("GET", "/health", views.health),
+    # DB-GPT's model controller (see api.dbgpt)
+    ("GET", "/api/health", dbgpt.health),
+    ("POST", "/api/controller/models", dbgpt.register),
+    ("GET", "/api/controller/models", dbgpt.list_instances),
+    ("DELETE", "/api/controller/models", dbgpt.deregister),
+    ("POST", "/api/controller/heartbeat", dbgpt.heartbeat),
+    # FastChat's controller (see api.fastchat)
+    ("POST", "/register_worker", fastchat.register_worker),
+    ("POST", "/receive_heart_beat", fastchat.receive_heart_beat),
+    ("POST", "/list_models", fastchat.list_models),
+    ("POST", "/list_language_models", fastchat.list_language_models),
+    ("POST", "/list_multimodal_models", fastchat.list_multimodal_models),
+    ("POST", "/refresh_all_workers", fastchat.refresh_all_workers),
+    ("POST", "/get_worker_address", fastchat.get_worker_address),
+    ("POST", "/worker_get_status", fastchat.worker_get_status),
+    ("GET", "/test_connection", fastchat.connection_check),
 ]
 
-#: Routes that still answer while the server drains (``/health`` says so itself).
-WHILE_DRAINING = {views.health}
+#: Routes that still answer while the server drains (the health checks say so themselves).
+WHILE_DRAINING = {views.health, dbgpt.health}
 
 
 def setup_routes(app: web.Application, lifecycle: Lifecycle) -> None:

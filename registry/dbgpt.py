@@ -1,4 +1,5 @@
-"""DB-GPT's method names for the in-process registry.
+"""DB-GPT: its method names for the in-process registry, and what its
+controller's listing means over HTTP (``controller_listing``).
 
 Code written against DB-GPT's ``ModelRegistry`` (``register_instance``,
 ``send_heartbeat``, ``get_all_instances``, ``select_one_health_instance``,
@@ -9,13 +10,14 @@ and an empty selection raises ``NoHealthyInstance`` rather than returning None.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Protocol
 
 from model_registry_sdk.record import InstanceKey, ModelInstance
 
 from .validation import instance_from
 
-__all__ = ["DBGPTMethods"]
+__all__ = ["DBGPTMethods", "controller_listing", "is_worker_key"]
 
 
 class _Registry(Protocol):
@@ -24,6 +26,7 @@ class _Registry(Protocol):
     async def heartbeat(self, instance: ModelInstance, queue_length: int | None = None) -> ModelInstance: ...
     async def instances(self, model_name: str | None = None, healthy_only: bool = False) -> Any: ...
     async def select(self, model_name: str) -> ModelInstance: ...
+    def now(self) -> datetime: ...
 
 
 class DBGPTMethods:
@@ -48,3 +51,30 @@ class DBGPTMethods:
 
     async def select_one_health_instance(self: _Registry, model_name: str) -> ModelInstance:
         return await self.select(model_name)
+
+
+def is_worker_key(model_name: str) -> bool:
+    """Whether DB-GPT can read ``model_name`` as a worker key, ``name@type``:
+    its worker manager unpacks ``name.split("@")`` into exactly two parts."""
+    return model_name.count("@") == 1
+
+
+async def controller_listing(
+    registry: _Registry, model_name: str | None, healthy_only: bool
+) -> list[ModelInstance]:
+    """What DB-GPT's ``GET /api/controller/models`` lists.
+
+    ``healthy_only`` means *available*: healthy, enabled and not cooling down.
+    DB-GPT routes at random among what it returns and never reads ``enabled``,
+    so a drained instance must not be returned to it at all. Without a model
+    (every model), only names DB-GPT can split (``is_worker_key``): one that it
+    cannot (a FastChat worker's or a native instance's, without ``@``) would
+    break its whole listing; asked for by name, such an instance is listed.
+    """
+    found = await registry.instances(model_name or None, healthy_only)
+    if healthy_only:
+        now = registry.now()
+        found = [r for r in found if r.enabled and not r.in_cooldown(now)]
+    if not model_name:
+        found = [r for r in found if is_worker_key(r.model_name)]
+    return found

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -135,10 +136,14 @@ class Registry(DBGPTMethods):
 
     # -- writes ------------------------------------------------------------
 
-    async def register(self, instance: ModelInstance | dict[str, Any]) -> tuple[ModelInstance, bool]:
-        """Create or update an instance; returns it as stored and whether it is new."""
+    async def register(
+        self, instance: ModelInstance | dict[str, Any], queue_length: int | None = None
+    ) -> tuple[ModelInstance, bool]:
+        """Create or update an instance, with the load it reports if it does;
+        returns it as stored and whether it is new."""
         core = self._core
         record = self._fresh(instance_from(instance))
+        record.queue_length = queue_length
         with core.noting_outages():
             stored, created = await self.storage.upsert(record)
         if created:
@@ -203,6 +208,20 @@ class Registry(DBGPTMethods):
                 core.publish(Change.REGISTERED, inserted)
                 return inserted
         raise StorageUnavailable(f"instance {key} kept changing under concurrent writes; retry")
+
+    async def beat_known(self, key: InstanceKey, queue_length: int | None = None) -> ModelInstance | None:
+        """Record a beat only if the instance exists; ``None`` when it does not.
+
+        Never registers: for beats that name a worker rather than describe an
+        instance (FastChat's), which must not bring back a model it dropped.
+        """
+        core = self._core
+        record = self.storage.beat(key, core.clock.now(), queue_length)
+        if record is not None:
+            return record
+        with core.noting_outages():
+            touched = await self.storage.touch(key, core.clock.now(), queue_length)
+        return None if touched is None else self._beaten(*touched)
 
     def _beaten(self, record: ModelInstance, revived: bool) -> ModelInstance:
         if revived:
@@ -270,6 +289,15 @@ class Registry(DBGPTMethods):
         if healthy_only:
             return await self.storage.list(model_name, True, self._core.clock.now())
         return await self.storage.list(model_name)
+
+    def now(self) -> datetime:
+        """The moment by the registry's clock (the database's, on PostgreSQL)."""
+        return self._core.clock.now()
+
+    async def at(self, host: str, port: int) -> list[ModelInstance]:
+        """Every instance at one address (one worker process), by model name."""
+        with self._core.noting_outages():
+            return await self.storage.at(host, port)
 
     @property
     def revision(self) -> int:

@@ -132,12 +132,25 @@ class Settings(BaseSettings):
         description="seconds one statement may run before it is cancelled",
         json_schema_extra=_on("postgresql"),
     )
+    fastchat_dispatch: Literal["lottery", "shortest_queue"] = Field(
+        "shortest_queue",
+        description=(
+            "how FastChat's /get_worker_address picks a worker: lottery (random, weighted by speed) "
+            "or shortest_queue (lowest queue_length / speed)"
+        ),
+    )
+    fastchat_status_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="seconds to wait for a FastChat worker's /worker_get_status when it registers without one",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug also logs every request"
     )
     log_format: Literal["text", "json"] = Field("text", description="text (key=value) or json lines")
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "fastchat_dispatch", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

@@ -176,6 +176,11 @@ class Storage(abc.ABC):
         shared with other readers (a backend's cached answer)."""
 
     @abc.abstractmethod
+    async def at(self, host: str, port: int) -> list[ModelInstance]:
+        """Every record at one address (one worker process, whatever models it
+        serves), ordered by key. ``host`` is compared as stored (normalised)."""
+
+    @abc.abstractmethod
     async def summarize(self, now: datetime | None = None) -> list[ModelSummary]:
         """Per-model counts, ordered by model name. With ``now``, ``available``
         leaves out instances in a cooldown at that moment."""

@@ -4,6 +4,8 @@
 - by model (listing and selecting one model's instances): each model's keys,
   so a read touches only that model's records, never the whole fleet, and a
   beat (which changes no membership) touches no per-model structure;
+- by address (one worker process's models, for FastChat's heartbeats, which
+  name the worker, not the model): each ``(host, port)``'s keys;
 - by heartbeat age (the checker): a timing wheel of one-second buckets holding
   the records that can expire (healthy and ``check_healthy``), so a sweep
   visits only the buckets older than the cutoff, not every record. The wheel
@@ -75,6 +77,8 @@ class InstanceIndex:
         # model -> its keys (a dict as an ordered set): membership changes only
         # when an instance comes or goes, so a beat never touches it.
         self._by_model: dict[str, dict[InstanceKey, None]] = {}
+        # (host, port) -> its keys: like ``_by_model``, changed only by comings and goings.
+        self._by_address: dict[tuple[str, int], dict[InstanceKey, None]] = {}
         # The records that can expire, by the second of their last beat (lazily: see ``wheel``).
         self._wheel = TimingWheel()
         self._expirable = 0  # how many records the checker watches
@@ -123,6 +127,7 @@ class InstanceIndex:
             if key < next(reversed(model)):
                 self._unsorted.add(record.model_name)  # sorted again by the next listing
             model[key] = None
+        self._by_address.setdefault((key.host, key.port), {})[key] = None
         self._link(record)
 
     def _put(self, record: ModelInstance) -> None:
@@ -145,6 +150,11 @@ class InstanceIndex:
         if not model:
             del self._by_model[record.model_name]
             self._unsorted.discard(record.model_name)
+        address = (record.host, record.port)
+        at = self._by_address[address]
+        del at[record.key]
+        if not at:
+            del self._by_address[address]
 
     # -- the contract's primitives, synchronously ----------------------------
 
@@ -158,6 +168,7 @@ class InstanceIndex:
         """
         assert not self.records, "load fills an empty index"
         by_key, by_model, unhealthy = self.records, self._by_model, self._unhealthy
+        by_address = self._by_address
         filed: dict[InstanceKey, None] = {}
         for record in records:
             record = compact(record)
@@ -168,6 +179,11 @@ class InstanceIndex:
                 by_model[record.model_name] = {key: None}
             else:
                 model[key] = None
+            at = by_address.get((key.host, key.port))
+            if at is None:
+                by_address[(key.host, key.port)] = {key: None}
+            else:
+                at[key] = None
             if not record.healthy:
                 unhealthy[key] = record
             elif record.check_healthy and record.last_heartbeat is not None:
@@ -338,6 +354,9 @@ class InstanceIndex:
             return [r for r in records if r.healthy and not r.in_cooldown(now)]
         return list(records)
 
+    def at(self, host: str, port: int) -> list[ModelInstance]:
+        return [self.records[k] for k in sorted(self._by_address.get((host, port), ()))]
+
     def _model(self, model_name: str) -> Iterable[ModelInstance]:
         """One model's records, in key order (sorted again after a registration)."""
         if model_name in self._unsorted:
@@ -381,6 +400,9 @@ class IndexReads:
         self, model_name: str | None = None, healthy_only: bool = False, now: datetime | None = None
     ) -> list[ModelInstance]:
         return self._index.list(model_name, healthy_only, now)
+
+    async def at(self, host: str, port: int) -> list[ModelInstance]:
+        return self._index.at(host, port)
 
     async def summarize(self, now: datetime | None = None) -> list[ModelSummary]:
         return self._index.summarize(now)

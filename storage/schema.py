@@ -100,7 +100,10 @@ EXPIRABLE = (_c.healthy == true()) & (_c.check_healthy == true())
 EVICTABLE = _c.healthy == false()
 
 #: The names of the indexes only PostgreSQL has.
-POSTGRESQL_ONLY_INDEXES = ("ix_instances_expirable", "ix_instances_evictable")
+POSTGRESQL_ONLY_INDEXES = ("ix_instances_expirable", "ix_instances_evictable", "ix_instances_address")
 
 Index("ix_instances_expirable", _c.last_heartbeat, postgresql_where=EXPIRABLE).ddl_if(dialect="postgresql")
 Index("ix_instances_evictable", _c.unhealthy_since, postgresql_where=EVICTABLE).ddl_if(dialect="postgresql")
+# One worker process's records (``Storage.at``: FastChat's heartbeats name the
+# worker, not its models). SQLite answers it from memory (migration 0004).
+Index("ix_instances_address", _c.host, _c.port).ddl_if(dialect="postgresql")

@@ -329,6 +329,11 @@ class SQLStorage(Storage):
         async with self._read("list instances") as conn:
             return [_record(row) for row in await conn.execute(statement)]
 
+    async def at(self, host: str, port: int) -> list[ModelInstance]:
+        statement = select(_t).where((_t.c.host == host) & (_t.c.port == port)).order_by(_t.c.model_name)
+        async with self._read("list an address's instances") as conn:
+            return [_record(row) for row in await conn.execute(statement)]
+
     async def summarize(self, now: datetime | None = None) -> list[ModelSummary]:
         def count(condition):
             return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)

@@ -209,6 +209,23 @@ async def test_serving_list_follows_every_change(storage: Storage) -> None:
     assert len(await storage.list("a", True, T0)) == 1
 
 
+async def test_at_lists_one_address_in_key_order_and_follows_comings_and_goings(storage: Storage) -> None:
+    for name, host, port in [("b", "10.0.0.1", 8000), ("a", "10.0.0.1", 8000), ("a", "10.0.0.1", 8001)]:
+        await storage.upsert(record(name, host, port))
+    await storage.upsert(record("c", "10.0.0.2", 8000))
+    assert [r.key for r in await storage.at("10.0.0.1", 8000)] == [
+        InstanceKey("a", "10.0.0.1", 8000),
+        InstanceKey("b", "10.0.0.1", 8000),
+    ]
+    await storage.mark_unhealthy(InstanceKey("b", "10.0.0.1", 8000), T0)
+    assert [r.healthy for r in await storage.at("10.0.0.1", 8000)] == [True, False]  # unhealthy kept
+    await storage.delete(InstanceKey("a", "10.0.0.1", 8000))
+    await storage.delete(InstanceKey("b", "10.0.0.1", 8000))
+    assert await storage.at("10.0.0.1", 8000) == []
+    assert [r.model_name for r in await storage.at("10.0.0.1", 8001)] == ["a"]
+    assert await storage.at("10.9.9.9", 1) == []
+
+
 async def test_summarize_counts_per_model(storage: Storage) -> None:
     await storage.upsert(record("a", port=1))
     await storage.upsert(record("a", port=2, enabled=False))

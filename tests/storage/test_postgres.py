@@ -10,7 +10,7 @@ import time
 import pytest
 
 from model_registry.storage import PoolOptions, StorageUnavailable, open_storage
-from model_registry.storage.migrations import current_revision
+from model_registry.storage.migrations import HEAD, current_revision
 from model_registry.storage.schema import POSTGRESQL_ONLY_INDEXES
 
 
@@ -55,7 +55,7 @@ async def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
     await asyncio.gather(*(b.__aenter__() for b in backends))
     try:
         async with backends[0]._engine.connect() as conn:
-            assert await conn.run_sync(current_revision) == "0003"
+            assert await conn.run_sync(current_revision) == HEAD
             # The checker sweeps in SQL here, so its partial indexes stay (SQLite drops them).
             indexes = await conn.exec_driver_sql(
                 "SELECT indexname FROM pg_indexes WHERE tablename = 'instances'"

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine
 from alembic import command
 from model_registry.storage import InvalidStorageURL, StorageUnavailable, open_storage
 from model_registry.storage.journal import _BEAT
-from model_registry.storage.migrations import alembic_config
+from model_registry.storage.migrations import HEAD, alembic_config
 from model_registry.storage.schema import POSTGRESQL_ONLY_INDEXES, metadata
 from tests.conftest import sqlite_url
 from tests.storage.test_contract import T0, record
@@ -38,7 +38,7 @@ async def test_migrations_create_the_declared_schema_and_are_idempotent(tmp_path
             )
     # Every difference is one of the indexes only PostgreSQL keeps (migration 0003).
     assert [d for d in diff if not (d[0] == "add_index" and d[1].name in POSTGRESQL_ONLY_INDEXES)] == []
-    assert revision == "0003"
+    assert revision == HEAD
 
 
 async def test_database_is_in_wal_mode(tmp_path: Path) -> None:
@@ -127,8 +127,6 @@ async def test_every_field_survives_a_reopen(tmp_path: Path) -> None:
 
 def test_head_names_the_newest_migration() -> None:
     from alembic.script import ScriptDirectory
-
-    from model_registry.storage.migrations import HEAD
 
     assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD
 

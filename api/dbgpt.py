@@ -1,0 +1,88 @@
+"""DB-GPT's model controller API, under ``/api/controller``, and its ``/api/health``.
+
+DB-GPT's ``ModelRegistryClient`` (and the worker managers built on it) talk
+to these paths. Its client reads every write's answer as a bare ``true`` with
+status 200, and builds ``ModelInstance(**item)`` from each listed object, so a
+listing carries exactly DB-GPT's ten keys: one more would break it.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from model_registry import InstanceNotFound, ModelInstance, Registry
+from model_registry.dbgpt import controller_listing
+from model_registry.validation import key_from
+
+from .keys import LIFECYCLE
+from .params import query_flag
+from .problem import ApiError
+from .responses import dumps, json_body_response, read_object, read_object_now
+
+__all__ = ["deregister", "health", "heartbeat", "list_instances", "register"]
+
+#: DB-GPT's ``ModelInstance`` fields, in its order (``remove_from_registry`` is always false here).
+FIELDS = (
+    "model_name",
+    "host",
+    "port",
+    "weight",
+    "check_healthy",
+    "healthy",
+    "enabled",
+    "prompt_template",
+    "last_heartbeat",
+)
+
+_TRUE = b"true"
+
+
+def _done() -> web.Response:
+    return json_body_response(_TRUE)
+
+
+async def register(request: web.Request, registry: Registry) -> web.Response:
+    await registry.register(await read_object(request))
+    return _done()
+
+
+async def heartbeat(request: web.Request, registry: Registry) -> web.Response:
+    # As /api/v1/heartbeat: the common beat is recorded without awaiting; an
+    # unknown instance is registered by its beat, as DB-GPT's controller does.
+    body = read_object_now(request)
+    if body is None:
+        body = await read_object(request)
+    if registry.beat(body) is None:
+        await registry.heartbeat(body)
+    return _done()
+
+
+async def deregister(request: web.Request, registry: Registry) -> web.Response:
+    key = key_from(request.query)
+    try:
+        await registry.deregister(key, purge=query_flag(request, "remove_from_registry"))
+    except InstanceNotFound:
+        pass  # DB-GPT's controller answers true for an unknown instance; its workers expect it
+    return _done()
+
+
+async def list_instances(request: web.Request, registry: Registry) -> web.Response:
+    found = await controller_listing(
+        registry, request.query.get("model_name"), query_flag(request, "healthy_only")
+    )
+    return json_body_response(dumps([_as_dbgpt(r) for r in found]))
+
+
+def _as_dbgpt(record: ModelInstance) -> dict[str, object]:
+    fields = record.__dict__
+    item = {name: fields[name] for name in FIELDS}
+    item["remove_from_registry"] = False
+    return item
+
+
+async def health(request: web.Request, registry: Registry) -> web.Response:
+    """DB-GPT's clients check ``/api/health`` to choose among controller URLs."""
+    if request.app[LIFECYCLE].draining:
+        raise ApiError(503, "shutting_down", "the registry is shutting down", headers={"Retry-After": "1"})
+    await registry.health()  # 503 when storage is away: send DB-GPT to another replica
+    return json_body_response(b'{"status":"ok"}')

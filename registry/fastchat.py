@@ -1,0 +1,204 @@
+"""FastChat's controller, over the registry: workers, their models, dispatch.
+
+A FastChat worker is one process, named by its URL (``worker_name``,
+``http://host:port``), serving one or more models. Here it is one instance per
+model at that address, so every model is listed, selected, watched and
+drained like any other instance. The mapping:
+
+    worker_name        host and port of each instance; kept as given in
+                       ``metadata["fastchat_worker"]``, answered by dispatch
+    model_names        one instance per name
+    speed              weight (lottery picks in proportion to it)
+    queue_length       queue_length (shortest_queue reads queue_length / weight)
+    check_heart_beat   check_healthy
+    multimodal         ``metadata["fastchat_multimodal"]``
+
+FastChat's views show only what may serve now: healthy, enabled (not drained),
+not cooling down after failure reports, with a weight above 0. Instances
+registered another way (``/api/v1``, DB-GPT) are part of the same registry and
+show here too, at ``http://host:port``.
+
+Nothing here speaks HTTP: calling a worker back for its status is the API's
+(``api.fastchat``); this module is told what the worker said.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from model_registry_sdk.record import ModelInstance
+
+from .errors import InstanceNotFound, InvalidInstance, NoHealthyInstance
+from .validation import ModelName, normalize_host, problems_of
+
+if TYPE_CHECKING:
+    from .service import Registry
+
+__all__ = [
+    "DISPATCH",
+    "MULTIMODAL",
+    "WORKER",
+    "FastChat",
+    "HeartBeat",
+    "RegisterWorker",
+    "WorkerAddressQuery",
+    "WorkerStatus",
+    "address_of",
+    "parse",
+    "worker_address",
+]
+
+#: The metadata keys that mark a FastChat worker's instances.
+WORKER, MULTIMODAL = "fastchat_worker", "fastchat_multimodal"
+
+#: FastChat's dispatch methods, as this registry's selection strategies.
+DISPATCH = {"lottery": "weighted", "shortest_queue": "least_load"}
+Dispatch = Literal["lottery", "shortest_queue"]
+
+_LENIENT = ConfigDict(extra="ignore", frozen=True)
+
+
+class WorkerStatus(BaseModel):
+    """What a worker says of itself (``worker_status``, ``/worker_get_status``)."""
+
+    model_config = _LENIENT
+
+    model_names: Annotated[list[ModelName], Field(max_length=256)]
+    speed: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
+    queue_length: Annotated[int, Field(ge=0)] = 0
+
+
+class RegisterWorker(BaseModel):
+    model_config = _LENIENT
+
+    worker_name: Annotated[str, Field(min_length=1, max_length=2048)]
+    check_heart_beat: bool = True
+    worker_status: WorkerStatus | None = None
+    multimodal: bool = False
+
+
+class HeartBeat(BaseModel):
+    model_config = _LENIENT
+
+    worker_name: Annotated[str, Field(min_length=1, max_length=2048)]
+    queue_length: Annotated[int, Field(ge=0)] = 0
+
+
+class WorkerAddressQuery(BaseModel):
+    model_config = _LENIENT
+
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+
+
+def parse(model: type[BaseModel], body: Any) -> Any:
+    """``body`` as ``model``, or ``InvalidInstance`` naming each bad field (422)."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidInstance(problems_of(exc)) from None
+
+
+def worker_address(worker_name: str) -> tuple[str, int]:
+    """The host and port a worker's URL names (``http://10.0.0.5:21002``)."""
+    problem = "must be the worker's URL, http://HOST:PORT"
+    try:
+        url = urlsplit(worker_name.strip())
+        port = url.port or {"http": 80, "https": 443}.get(url.scheme)
+        if url.scheme not in ("http", "https") or not url.hostname or port is None:
+            raise InvalidInstance([("worker_name", f"{problem}, got {worker_name!r}")])
+        return normalize_host(url.hostname), port
+    except ValueError as exc:  # a bad port, or a host that is neither name nor address
+        if isinstance(exc, InvalidInstance):
+            raise
+        raise InvalidInstance([("worker_name", f"{problem}, got {worker_name!r} ({exc})")]) from None
+
+
+def address_of(record: ModelInstance) -> str:
+    """The worker URL dispatch answers: the FastChat name as registered, else ``http://host:port``."""
+    name = record.metadata.get(WORKER)
+    if isinstance(name, str):
+        return name
+    host = f"[{record.host}]" if ":" in record.host else record.host
+    return f"http://{host}:{record.port}"
+
+
+def _serving(record: ModelInstance, now: datetime) -> bool:
+    return record.healthy and record.enabled and record.weight > 0 and not record.in_cooldown(now)
+
+
+class FastChat:
+    """FastChat's controller operations over one running ``Registry``."""
+
+    def __init__(self, registry: Registry, dispatch: Dispatch = "shortest_queue") -> None:
+        self.registry = registry
+        self.dispatch = dispatch
+        self._strategy = DISPATCH[dispatch]
+
+    async def _workers_records(self, host: str, port: int) -> list[ModelInstance]:
+        return [r for r in await self.registry.at(host, port) if WORKER in r.metadata]
+
+    async def register(self, request: RegisterWorker, status: WorkerStatus) -> list[ModelInstance]:
+        """One instance per model the worker serves; models it no longer lists are deleted."""
+        host, port = worker_address(request.worker_name)
+        names = list(dict.fromkeys(status.model_names))
+        for record in await self._workers_records(host, port):
+            if record.model_name not in names:
+                try:
+                    await self.registry.deregister(record.key, purge=True)
+                except InstanceNotFound:
+                    pass  # gone meanwhile: as wanted
+        metadata = {WORKER: request.worker_name, MULTIMODAL: request.multimodal}
+        stored = []
+        for name in names:
+            instance = ModelInstance(
+                name, host, port, weight=status.speed, check_healthy=request.check_heart_beat, metadata=metadata
+            )
+            record, _ = await self.registry.register(instance, status.queue_length)
+            stored.append(record)
+        return stored
+
+    async def beat(self, beat: HeartBeat) -> bool:
+        """Beat every model the worker currently serves; False when it has none here."""
+        host, port = worker_address(beat.worker_name)
+        exist = False
+        for record in await self._workers_records(host, port):
+            exist |= await self.registry.beat_known(record.key, beat.queue_length) is not None
+        return exist
+
+    async def _serving_records(self, multimodal: bool | None = None) -> list[ModelInstance]:
+        now = self.registry.now()
+        return [
+            r
+            for r in await self.registry.instances()
+            if _serving(r, now) and (multimodal is None or bool(r.metadata.get(MULTIMODAL)) == multimodal)
+        ]
+
+    async def models(self, multimodal: bool | None = None) -> list[str]:
+        """The models that can be dispatched now (only multimodal ones, or only language ones)."""
+        return sorted({r.model_name for r in await self._serving_records(multimodal)})
+
+    async def address(self, model: str) -> str:
+        """A worker for ``model`` by the dispatch method; ``""`` when there is none (FastChat's convention)."""
+        try:
+            return address_of(await self.registry.select(model, self._strategy))
+        except NoHealthyInstance:
+            return ""
+
+    async def status(self) -> dict[str, Any]:
+        """The registry as one worker, as FastChat's controller reports itself:
+        every model, and the speeds and queue lengths of the workers summed."""
+        workers: dict[tuple[str, int], ModelInstance] = {}
+        names: set[str] = set()
+        for record in await self._serving_records():
+            names.add(record.model_name)
+            workers.setdefault((record.host, record.port), record)
+        return {
+            "model_names": sorted(names),
+            "speed": sum(r.weight for r in workers.values()),
+            "queue_length": sum(r.queue_length or 0 for r in workers.values()),
+        }
+
