@@ -333,3 +333,31 @@ async def test_watchers_resync_when_a_replica_may_have_missed_changes(
         assert b.messages("changes made through other replicas may have been missed; watchers resync")
     finally:
         b.stop()
+
+
+async def test_the_compatibility_apis_work_across_replicas(pg_url: str) -> None:
+    a, b = replica(pg_url), replica(pg_url)
+    worker_name = "http://10.2.0.1:21002"
+    registration = {
+        "worker_name": worker_name,
+        "check_heart_beat": True,
+        "worker_status": {"model_names": ["vicuna-7b", "vicuna-13b"], "speed": 1, "queue_length": 0},
+    }
+    try:
+        async with aiohttp.ClientSession() as http:
+            assert (await http.post(a.url + "/register_worker", json=registration)).status == 200
+            beat = {"worker_name": worker_name, "queue_length": 2}
+            assert await (await http.post(b.url + "/receive_heart_beat", json=beat)).json() == {"exist": True}
+            assert await (await http.post(b.url + "/list_models")).json() == {"models": ["vicuna-13b", "vicuna-7b"]}
+            # Re-registered through B with one model: A's beats no longer keep the dropped one.
+            registration["worker_status"]["model_names"] = ["vicuna-7b"]
+            assert (await http.post(b.url + "/register_worker", json=registration)).status == 200
+            assert await (await http.post(a.url + "/receive_heart_beat", json=beat)).json() == {"exist": True}
+            assert await (await http.post(a.url + "/list_models")).json() == {"models": ["vicuna-7b"]}
+            dbgpt = {"model_name": "glm-4@llm", "host": "10.2.0.2", "port": 8001}
+            assert await (await http.post(a.url + "/api/controller/heartbeat", json=dbgpt)).read() == b"true"
+            listed = await (await http.get(b.url + "/api/controller/models", params={"healthy_only": "true"})).json()
+            assert [i["model_name"] for i in listed] == ["glm-4@llm"]
+    finally:
+        a.stop()
+        b.stop()
