@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from model_registry import Clock, Registry
+from model_registry.compat import TimeoutAdvice
 from model_registry.fastchat import FastChat
 from model_registry.settings import Settings
 from model_registry.storage import open_storage
 
 from .fastchat import callbacks_context
-from .keys import FASTCHAT, LIFECYCLE, REGISTRY, SETTINGS, Lifecycle
+from .keys import ADVICE, FASTCHAT, LIFECYCLE, REGISTRY, SETTINGS, Lifecycle
 from .responses import MAX_BODY_BYTES
 from .routes import setup_routes
 
@@ -48,7 +49,8 @@ def create_app(
             ) as registry,
         ):
             app[REGISTRY] = lifecycle.registry = registry
-            app[FASTCHAT] = FastChat(registry, settings.fastchat_dispatch)
+            app[ADVICE] = advice = TimeoutAdvice(registry.heartbeat_timeout)
+            app[FASTCHAT] = FastChat(registry, settings.fastchat_dispatch, advice)
             try:
                 yield
             finally:

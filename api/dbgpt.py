@@ -11,10 +11,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from model_registry import InstanceNotFound, ModelInstance, Registry
+from model_registry.compat import DBGPT
 from model_registry.dbgpt import controller_listing
 from model_registry.validation import key_from
 
-from .keys import LIFECYCLE
+from .keys import ADVICE, LIFECYCLE
 from .params import query_flag
 from .problem import ApiError
 from .responses import dumps, json_body_response, read_object, read_object_now
@@ -43,6 +44,7 @@ def _done() -> web.Response:
 
 async def register(request: web.Request, registry: Registry) -> web.Response:
     await registry.register(await read_object(request))
+    request.app[ADVICE].registered(DBGPT)
     return _done()
 
 
@@ -54,6 +56,7 @@ async def heartbeat(request: web.Request, registry: Registry) -> web.Response:
         body = await read_object(request)
     if registry.beat(body) is None:
         await registry.heartbeat(body)
+        request.app[ADVICE].registered(DBGPT)
     return _done()
 
 

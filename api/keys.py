@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from aiohttp import ClientSession, web
 
 from model_registry import Registry
+from model_registry.compat import TimeoutAdvice
 from model_registry.fastchat import FastChat
 from model_registry.settings import Settings
 
-__all__ = ["CALLBACKS", "FASTCHAT", "LIFECYCLE", "REGISTRY", "SETTINGS", "Lifecycle"]
+__all__ = ["ADVICE", "CALLBACKS", "FASTCHAT", "LIFECYCLE", "REGISTRY", "SETTINGS", "Lifecycle"]
 
 
 @dataclass(slots=True)
@@ -50,3 +51,5 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 FASTCHAT = web.AppKey("fastchat", FastChat)
 #: The HTTP client that calls workers back (FastChat's /worker_get_status).
 CALLBACKS = web.AppKey("callbacks", ClientSession)
+#: Tells operators, once, when the heartbeat timeout is too short for an upstream's workers.
+ADVICE = web.AppKey("advice", TimeoutAdvice)

@@ -19,6 +19,8 @@ from .validation import instance_from
 
 __all__ = ["DBGPTMethods", "controller_listing", "is_worker_key"]
 
+# (``compat.DBGPT`` says what DB-GPT's workers expect of the heartbeat timeout.)
+
 
 class _Registry(Protocol):
     async def register(self, instance: ModelInstance) -> tuple[ModelInstance, bool]: ...

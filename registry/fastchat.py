@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model_registry_sdk.record import ModelInstance
 
+from .compat import FASTCHAT, TimeoutAdvice
 from .errors import InstanceNotFound, InvalidInstance, NoHealthyInstance
 from .validation import ModelName, normalize_host, problems_of
 
@@ -133,10 +134,13 @@ def _serving(record: ModelInstance, now: datetime) -> bool:
 class FastChat:
     """FastChat's controller operations over one running ``Registry``."""
 
-    def __init__(self, registry: Registry, dispatch: Dispatch = "shortest_queue") -> None:
+    def __init__(
+        self, registry: Registry, dispatch: Dispatch = "shortest_queue", advice: TimeoutAdvice | None = None
+    ) -> None:
         self.registry = registry
         self.dispatch = dispatch
         self._strategy = DISPATCH[dispatch]
+        self._advice = advice or TimeoutAdvice(registry.heartbeat_timeout)
 
     async def _workers_records(self, host: str, port: int) -> list[ModelInstance]:
         return [r for r in await self.registry.at(host, port) if WORKER in r.metadata]
@@ -144,6 +148,8 @@ class FastChat:
     async def register(self, request: RegisterWorker, status: WorkerStatus) -> list[ModelInstance]:
         """One instance per model the worker serves; models it no longer lists are deleted."""
         host, port = worker_address(request.worker_name)
+        if request.check_heart_beat:
+            self._advice.registered(FASTCHAT)
         names = list(dict.fromkeys(status.model_names))
         for record in await self._workers_records(host, port):
             if record.model_name not in names:

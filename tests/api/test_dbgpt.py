@@ -7,7 +7,10 @@ tests/compat drives DB-GPT's own client code against the same paths.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
+
+import pytest
 
 from aiohttp.test_utils import TestClient
 
@@ -178,3 +181,13 @@ async def test_bad_input_is_refused_with_422_and_nothing_stored_changes(client: 
     assert answer.status == 422
     [item] = await listing(client)
     assert item["weight"] == 2.0 and item["healthy"] is True
+
+
+async def test_a_timeout_too_short_for_dbgpts_workers_is_pointed_out_once(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="registry")
+    await client.post("/api/controller/models", json=dbgpt())
+    await client.post("/api/controller/heartbeat", json=dbgpt(port=2))
+    [advice] = [r for r in caplog.records if "DB-GPT workers beat every 20 s" in r.getMessage()]
+    assert "--heartbeat-timeout 60" in advice.getMessage()

@@ -8,6 +8,7 @@ callback are real aiohttp servers on loopback.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -294,3 +295,24 @@ async def test_lottery_picks_in_proportion_to_speed(
     await register(client, "http://10.0.0.2:1", "m", speed=3, queue_length=50)
     picks = Counter([await address(client, "m") for _ in range(2000)])
     assert 0.70 < picks["http://10.0.0.2:1"] / 2000 < 0.80, picks
+
+
+async def test_a_timeout_too_short_for_fastchats_workers_is_pointed_out_once(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="registry")
+    await register(client, WORKER, "a")
+    await register(client, "http://10.0.0.8:21003", "a")
+    [advice] = [r for r in caplog.records if "FastChat workers beat every 45 s" in r.getMessage()]
+    assert "--heartbeat-timeout 90" in advice.getMessage()
+
+
+async def test_a_timeout_long_enough_says_nothing(
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient]],
+    clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="registry")
+    client = await aiohttp_client(create_app(Settings(storage="memory://", heartbeat_timeout=90), clock=clock))
+    await register(client, WORKER, "a")
+    assert not [r for r in caplog.records if "beat every" in r.getMessage()]
