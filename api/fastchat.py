@@ -14,10 +14,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import orjson
 from aiohttp import web
-
-from model_registry import Registry
 from pydantic import ValidationError
 
+from model_registry import Registry
 from model_registry.fastchat import (
     HeartBeat,
     RegisterWorker,
@@ -126,4 +125,3 @@ async def worker_get_status(request: web.Request, registry: Registry) -> web.Res
 
 async def connection_check(request: web.Request, registry: Registry) -> web.Response:
     return json_body_response(b'"success"')
-

@@ -1,7 +1,8 @@
 """The bare aiohttp server every figure is compared with.
 
 Same request and response shapes as the registry: a heartbeat or registration
-body parsed with orjson and a small JSON object returned; a GET returning a list
+body parsed with orjson and a small JSON object returned (``true`` and
+``{"exist": true}`` for DB-GPT's and FastChat's heartbeats); a GET returning a list
 of ``--list-size`` instance objects; a GET returning one. No validation, no
 storage: the framework's limit on this machine.
 """
@@ -54,7 +55,19 @@ def create_app(list_size: int) -> web.Application:
     async def get_one(request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(one, option=options), content_type="application/json")
 
+    async def post_true(request: web.Request) -> web.Response:  # DB-GPT's heartbeat
+        body = orjson.loads(await request.read())
+        reply = body["model_name"] is not None and body["port"] > 0
+        return web.Response(body=orjson.dumps(reply), content_type="application/json")
+
+    async def post_exist(request: web.Request) -> web.Response:  # FastChat's heartbeat
+        body = orjson.loads(await request.read())
+        reply = {"exist": bool(body["worker_name"]) and body["queue_length"] >= 0}
+        return web.Response(body=orjson.dumps(reply), content_type="application/json")
+
     app = web.Application()
+    app.router.add_post("/api/controller/heartbeat", post_true)
+    app.router.add_post("/receive_heart_beat", post_exist)
     app.router.add_post("/api/v1/heartbeat", post)
     app.router.add_post("/api/v1/instances", post)
     app.router.add_get("/api/v1/instances", get_list)

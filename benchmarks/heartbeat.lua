@@ -15,11 +15,25 @@ function init(args)
   i = id * 7919
 end
 
+-- BENCH_SHAPE: native (/api/v1/heartbeat), dbgpt (every field of DB-GPT's ModelInstance)
+-- or fastchat (a worker's name and its queue length).
+local shape = os.getenv("BENCH_SHAPE") or "native"
+
 request = function()
   i = (i + 1) % count
   local n = i + offset
-  local body = string.format(
-    '{"model_name":"model-%d","host":"10.%d.%d.%d","port":8000,"queue_length":%d}',
-    math.floor(n / per_model), math.floor(n / 62500) % 256, math.floor(n / 250) % 250, n % 250 + 1, n % 7)
+  local model = math.floor(n / per_model)
+  local host = string.format("10.%d.%d.%d", math.floor(n / 62500) % 256, math.floor(n / 250) % 250, n % 250 + 1)
+  local body
+  if shape == "fastchat" then
+    body = string.format('{"worker_name":"http://%s:8000","queue_length":%d}', host, n % 7)
+  elseif shape == "dbgpt" then
+    body = string.format(
+      '{"model_name":"model-%d","host":"%s","port":8000,"weight":1.0,"check_healthy":true,' ..
+      '"healthy":false,"enabled":true,"prompt_template":null,"last_heartbeat":null,' ..
+      '"remove_from_registry":false}', model, host)
+  else
+    body = string.format('{"model_name":"model-%d","host":"%s","port":8000,"queue_length":%d}', model, host, n % 7)
+  end
   return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
 end

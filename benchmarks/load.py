@@ -35,6 +35,25 @@ def identity(n: int, per_model: int = 10) -> dict:
     }
 
 
+def beat_body(n: int, shape: str = "native", per_model: int = 10) -> dict:
+    """Heartbeat number ``n`` of a shape, exactly as heartbeat.lua spells it."""
+    instance = identity(n, per_model)
+    if shape == "fastchat":
+        return {"worker_name": f"http://{instance['host']}:8000", "queue_length": n % 7}
+    if shape == "dbgpt":
+        return {
+            **instance,
+            "weight": 1.0,
+            "check_healthy": True,
+            "healthy": False,
+            "enabled": True,
+            "prompt_template": None,
+            "last_heartbeat": None,
+            "remove_from_registry": False,
+        }
+    return {**instance, "queue_length": n % 7}
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -186,7 +205,7 @@ async def _generate(url: str, script: str, seconds: float, connections: int) -> 
                 i += 1
                 if script == "heartbeat.lua":
                     n = i % count + offset
-                    body = {**identity(n, per_model), "queue_length": n % 7}
+                    body = beat_body(n, env.get("BENCH_SHAPE", "native"), per_model)
                     response = await http.post(
                         path, data=orjson.dumps(body), headers={"Content-Type": "application/json"}
                     )

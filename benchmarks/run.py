@@ -56,6 +56,26 @@ async def _register_over_http(url: str, count: int, offset: int = 0, per_model: 
         await asyncio.gather(*(worker() for _ in range(64)))
 
 
+async def _register_fastchat_workers(url: str, count: int, per_model: int = 10) -> None:
+    """FastChat workers, one model each, at the addresses heartbeat.lua beats."""
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(url, connector=connector) as http:
+        queue = iter(range(count))
+
+        async def worker() -> None:
+            for n in queue:
+                instance = identity(n, per_model)
+                body = {
+                    "worker_name": f"http://{instance['host']}:8000",
+                    "check_heart_beat": True,
+                    "worker_status": {"model_names": [instance["model_name"]], "speed": 1, "queue_length": 0},
+                }
+                async with http.post("/register_worker", json=body) as response:
+                    assert (await response.json())["registered"], await response.text()
+
+        await asyncio.gather(*(worker() for _ in range(64)))
+
+
 def populate(server: Server, storage: str, count: int) -> None:
     """Register ``count`` instances: in bulk on disk for SQL backends, over HTTP for memory."""
     if storage != "memory://":
@@ -197,6 +217,40 @@ def main() -> None:
                     prepare=lambda server, storage=storage: populate(server, storage, 10_000),
                 )
             )
+        # The compatibility APIs' heartbeats, on the same instances: DB-GPT's body is
+        # every field of its ModelInstance; FastChat's names a worker, found by address.
+        for shape, path in (("dbgpt", "/api/controller/heartbeat"), ("fastchat", "/receive_heart_beat")):
+            for name, storage in backends.items():
+                scenario = f"heartbeat-{shape}/{name}"
+                if not want(scenario) or name == "postgresql":
+                    continue
+                if storage != "memory://":
+                    storage = f"sqlite+aiosqlite:///{workdir / f'heartbeat-{shape}.db'}"
+                    if shape == "dbgpt":
+                        populate_database(storage, 10_000)
+
+                def prepare(server: Server, storage: str = storage, shape: str = shape) -> None:
+                    if shape == "fastchat":
+                        asyncio.run(_register_fastchat_workers(server.url, 10_000))
+                    else:
+                        populate(server, storage, 10_000)
+
+                env = {"BENCH_PATH": path, "BENCH_COUNT": "10000", "BENCH_SHAPE": shape}
+                result = compare(
+                    scenario,
+                    lambda storage=storage: registry(storage, *extra),
+                    lambda: baseline(uvloop=args.uvloop),
+                    "heartbeat.lua",
+                    env,
+                    args,
+                    prepare=prepare,
+                )
+                native = next((r for r in results if r["scenario"] == f"heartbeat/{name}"), None)
+                if native is not None:
+                    # Each against the same bare baseline: their quotient is compat / native.
+                    result["vs_native"] = round(result["ratio"] / native["ratio"], 3)
+                    sys.stderr.write(f"{'':<24} {scenario} / heartbeat/{name}: {result['vs_native']:.3f}\n")
+                results.append(result)
         for count in (10_000, 100_000):
             if not want(f"list/{count}"):
                 continue

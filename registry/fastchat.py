@@ -24,6 +24,7 @@ Nothing here speaks HTTP: calling a worker back for its status is the API's
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -153,15 +154,18 @@ class FastChat:
         names = list(dict.fromkeys(status.model_names))
         for record in await self._workers_records(host, port):
             if record.model_name not in names:
-                try:
+                with contextlib.suppress(InstanceNotFound):  # gone meanwhile: as wanted
                     await self.registry.deregister(record.key, purge=True)
-                except InstanceNotFound:
-                    pass  # gone meanwhile: as wanted
         metadata = {WORKER: request.worker_name, MULTIMODAL: request.multimodal}
         stored = []
         for name in names:
             instance = ModelInstance(
-                name, host, port, weight=status.speed, check_healthy=request.check_heart_beat, metadata=metadata
+                name,
+                host,
+                port,
+                weight=status.speed,
+                check_healthy=request.check_heart_beat,
+                metadata=metadata,
             )
             record, _ = await self.registry.register(instance, status.queue_length)
             stored.append(record)
@@ -188,7 +192,8 @@ class FastChat:
         return sorted({r.model_name for r in await self._serving_records(multimodal)})
 
     async def address(self, model: str) -> str:
-        """A worker for ``model`` by the dispatch method; ``""`` when there is none (FastChat's convention)."""
+        """A worker for ``model`` by the dispatch method; ``""`` when there is none
+        (FastChat's convention, kept on this path only)."""
         try:
             return address_of(await self.registry.select(model, self._strategy))
         except NoHealthyInstance:
@@ -207,4 +212,3 @@ class FastChat:
             "speed": sum(r.weight for r in workers.values()),
             "queue_length": sum(r.queue_length or 0 for r in workers.values()),
         }
-

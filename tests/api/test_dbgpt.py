@@ -11,7 +11,6 @@ import logging
 from datetime import timedelta
 
 import pytest
-
 from aiohttp.test_utils import TestClient
 
 from model_registry import ManualClock
@@ -101,7 +100,10 @@ async def test_heartbeat_registers_an_unknown_instance_then_beats_it(
 async def test_deregister_keeps_or_removes_and_answers_true_for_the_unknown(client: TestClient) -> None:
     await client.post("/api/controller/models", json=dbgpt())
     # As httpx spells DB-GPT's query: every field, None as empty, booleans in lower case.
-    query = {k: ("" if v is None else str(v).lower() if isinstance(v, bool) else str(v)) for k, v in dbgpt().items()}
+    query = {
+        k: ("" if v is None else str(v).lower() if isinstance(v, bool) else str(v))
+        for k, v in dbgpt().items()
+    }
     answer = await client.delete("/api/controller/models", params=query)
     assert answer.status == 200 and await answer.read() == b"true"
     [kept] = await listing(client, model_name="vicuna-13b@llm")

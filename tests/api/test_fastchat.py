@@ -63,11 +63,16 @@ async def test_a_worker_is_one_instance_per_model_and_dispatch_answers_its_name(
     assert await post(client, "/list_models") == {"models": ["vicuna-13b", "vicuna-7b"]}
     assert await address(client, "vicuna-13b") == WORKER + "/"  # exactly as registered
     native = await (await client.get("/api/v1/instances")).json()
-    assert [(i["model_name"], i["host"], i["port"], i["weight"], i["queue_length"]) for i in native["instances"]] == [
+    assert [
+        (i["model_name"], i["host"], i["port"], i["weight"], i["queue_length"]) for i in native["instances"]
+    ] == [
         ("vicuna-13b", "10.0.0.7", 21002, 2.0, 3),
         ("vicuna-7b", "10.0.0.7", 21002, 2.0, 3),
     ]
-    assert native["instances"][0]["metadata"] == {"fastchat_worker": WORKER + "/", "fastchat_multimodal": False}
+    assert native["instances"][0]["metadata"] == {
+        "fastchat_worker": WORKER + "/",
+        "fastchat_multimodal": False,
+    }
 
 
 async def test_no_worker_for_a_model_is_an_empty_address(client: TestClient) -> None:
@@ -141,7 +146,9 @@ async def test_language_and_multimodal_lists(client: TestClient) -> None:
 async def test_a_drained_worker_is_out_of_dispatch_and_lists(client: TestClient) -> None:
     await register(client, WORKER, "a")
     await register(client, "http://10.0.0.8:21003", "a")
-    drained = await client.patch("/api/v1/instances?model_name=a&host=10.0.0.7&port=21002", json={"enabled": False})
+    drained = await client.patch(
+        "/api/v1/instances?model_name=a&host=10.0.0.7&port=21002", json={"enabled": False}
+    )
     assert drained.status == 200
     assert {await address(client, "a") for _ in range(50)} == {"http://10.0.0.8:21003"}
     await client.patch("/api/v1/instances?model_name=a&host=10.0.0.8&port=21003", json={"enabled": False})
@@ -155,7 +162,9 @@ async def test_native_instances_are_dispatched_at_their_url(client: TestClient) 
     assert await address(client, "m") == "http://[::1]:9000"
 
 
-async def test_shortest_queue_picks_the_lowest_queue_per_speed_and_invents_no_load(client: TestClient) -> None:
+async def test_shortest_queue_picks_the_lowest_queue_per_speed_and_invents_no_load(
+    client: TestClient,
+) -> None:
     await register(client, "http://10.0.0.1:1", "m", speed=1, queue_length=2)  # 2 per unit of speed
     await register(client, "http://10.0.0.2:1", "m", speed=4, queue_length=4)  # 1
     await register(client, "http://10.0.0.3:1", "m", speed=1, queue_length=3)  # 3
@@ -170,7 +179,11 @@ async def test_shortest_queue_picks_the_lowest_queue_per_speed_and_invents_no_lo
 async def test_the_status_of_the_registry_as_one_worker(client: TestClient) -> None:
     await register(client, WORKER, "a", "b", speed=2, queue_length=1)
     await register(client, "http://10.0.0.8:21003", "b", speed=1, queue_length=5)
-    assert await post(client, "/worker_get_status") == {"model_names": ["a", "b"], "speed": 3.0, "queue_length": 6}
+    assert await post(client, "/worker_get_status") == {
+        "model_names": ["a", "b"],
+        "speed": 3.0,
+        "queue_length": 6,
+    }
     answer = await client.get("/test_connection")
     assert answer.status == 200 and await answer.json() == "success"
 
@@ -313,6 +326,8 @@ async def test_a_timeout_long_enough_says_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="registry")
-    client = await aiohttp_client(create_app(Settings(storage="memory://", heartbeat_timeout=90), clock=clock))
+    client = await aiohttp_client(
+        create_app(Settings(storage="memory://", heartbeat_timeout=90), clock=clock)
+    )
     await register(client, WORKER, "a")
     assert not [r for r in caplog.records if "beat every" in r.getMessage()]

@@ -348,7 +348,9 @@ async def test_the_compatibility_apis_work_across_replicas(pg_url: str) -> None:
             assert (await http.post(a.url + "/register_worker", json=registration)).status == 200
             beat = {"worker_name": worker_name, "queue_length": 2}
             assert await (await http.post(b.url + "/receive_heart_beat", json=beat)).json() == {"exist": True}
-            assert await (await http.post(b.url + "/list_models")).json() == {"models": ["vicuna-13b", "vicuna-7b"]}
+            assert await (await http.post(b.url + "/list_models")).json() == {
+                "models": ["vicuna-13b", "vicuna-7b"]
+            }
             # Re-registered through B with one model: A's beats no longer keep the dropped one.
             registration["worker_status"]["model_names"] = ["vicuna-7b"]
             assert (await http.post(b.url + "/register_worker", json=registration)).status == 200
@@ -356,7 +358,9 @@ async def test_the_compatibility_apis_work_across_replicas(pg_url: str) -> None:
             assert await (await http.post(a.url + "/list_models")).json() == {"models": ["vicuna-7b"]}
             dbgpt = {"model_name": "glm-4@llm", "host": "10.2.0.2", "port": 8001}
             assert await (await http.post(a.url + "/api/controller/heartbeat", json=dbgpt)).read() == b"true"
-            listed = await (await http.get(b.url + "/api/controller/models", params={"healthy_only": "true"})).json()
+            listed = await (
+                await http.get(b.url + "/api/controller/models", params={"healthy_only": "true"})
+            ).json()
             assert [i["model_name"] for i in listed] == ["glm-4@llm"]
     finally:
         a.stop()

@@ -60,13 +60,17 @@ async def test_a_drain_through_api_v1_takes_an_instance_out_of_dbgpt_routing(
         await client.register_instance(instance(port=port))
     async with aiohttp.ClientSession(registry_process.url) as http:
         drained = await http.patch(
-            "/api/v1/instances", params={"model_name": VICUNA, "host": "127.0.0.1", "port": "8101"},
+            "/api/v1/instances",
+            params={"model_name": VICUNA, "host": "127.0.0.1", "port": "8101"},
             json={"enabled": False},
         )
         assert drained.status == 200
     assert {(await client.select_one_health_instance(VICUNA)).port for _ in range(20)} == {8102}
     assert [i.port for i in await client.get_all_instances(VICUNA, healthy_only=True)] == [8102]
-    assert [(i.port, i.enabled) for i in await client.get_all_instances(VICUNA)] == [(8101, False), (8102, True)]
+    assert [(i.port, i.enabled) for i in await client.get_all_instances(VICUNA)] == [
+        (8101, False),
+        (8102, True),
+    ]
 
 
 async def test_the_worker_managers_closures_and_the_remote_manager(registry_process: ServerProcess) -> None:
@@ -101,7 +105,11 @@ async def test_the_worker_managers_closures_and_the_remote_manager(registry_proc
 
     remote = RemoteWorkerManager(model_registry=client_for(url))
     [service] = await remote._get_worker_service_instance("127.0.0.1", 8201)
-    assert (service.host, service.port, service.worker.worker_addr) == ("127.0.0.1", 8201, "http://127.0.0.1:8201/api/worker")
+    assert (service.host, service.port, service.worker.worker_addr) == (
+        "127.0.0.1",
+        8201,
+        "http://127.0.0.1:8201/api/worker",
+    )
     [model] = await remote.get_model_instances("llm", "vicuna-13b")
     assert (model.host, model.port, model.worker_key) == ("127.0.0.1", 8201, VICUNA)
     [same] = remote.sync_get_model_instances("llm", "vicuna-13b")

@@ -54,7 +54,9 @@ def listed(url: str, path: str = "/list_models") -> list[str]:
 
 def test_a_workers_registration_and_heart_beat(registry_process: ServerProcess, worker_class) -> None:
     url = registry_process.url
-    worker = worker_class(url, "http://127.0.0.1:21002", "w1", "/models/vicuna-7b", ["vicuna-7b", "vicuna-13b"], 5)
+    worker = worker_class(
+        url, "http://127.0.0.1:21002", "w1", "/models/vicuna-7b", ["vicuna-7b", "vicuna-13b"], 5
+    )
     worker.register_to_controller()
     assert listed(url) == ["vicuna-13b", "vicuna-7b"]
     in_time(worker.send_heart_beat)
