@@ -143,7 +143,7 @@ class Settings(BaseSettings):
         5.0,
         gt=0,
         le=60,
-        description="seconds to wait for a FastChat worker's /worker_get_status when its registration has none",
+        description="seconds to wait for a FastChat worker's /worker_get_status when its registration lacks it",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug also logs every request"
