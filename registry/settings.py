@@ -143,7 +143,9 @@ class Settings(BaseSettings):
         5.0,
         gt=0,
         le=60,
-        description="seconds to wait for a FastChat worker's /worker_get_status when its registration lacks it",
+        description=(
+            "seconds a FastChat worker has to answer /worker_get_status when it registers without its status"
+        ),
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug also logs every request"
