@@ -27,7 +27,13 @@ from model_registry.fastchat import (
 from model_registry.validation import problems_of
 
 from .keys import CALLBACKS, FASTCHAT, SETTINGS
-from .responses import MAX_BODY_BYTES, json_body_response, json_response, read_any_object
+from .responses import (
+    MAX_BODY_BYTES,
+    json_body_response,
+    json_response,
+    read_any_object,
+    read_any_object_now,
+)
 
 __all__ = [
     "callbacks_context",
@@ -90,8 +96,14 @@ async def register_worker(request: web.Request, registry: Registry) -> web.Respo
 
 
 async def receive_heart_beat(request: web.Request, registry: Registry) -> web.Response:
-    beat: HeartBeat = parse(HeartBeat, await read_any_object(request))
-    exist = await request.app[FASTCHAT].beat(beat)
+    # As /api/v1/heartbeat: the common beat is recorded without awaiting anything.
+    fastchat = request.app[FASTCHAT]
+    body = read_any_object_now(request)
+    if body is None:
+        body = await read_any_object(request)
+    exist = fastchat.beat_now(body)
+    if exist is None:
+        exist = await fastchat.beat(parse(HeartBeat, body))
     return json_body_response(b'{"exist":true}' if exist else b'{"exist":false}')
 
 

@@ -87,7 +87,7 @@ class HeartBeat(BaseModel):
     model_config = _LENIENT
 
     worker_name: Annotated[str, Field(min_length=1, max_length=2048)]
-    queue_length: Annotated[int, Field(ge=0)] = 0
+    queue_length: Annotated[int, Field(strict=True, ge=0)] = 0
 
 
 class WorkerAddressQuery(BaseModel):
@@ -128,6 +128,15 @@ def address_of(record: ModelInstance) -> str:
     return f"http://{host}:{record.port}"
 
 
+#: Worker names whose address ``FastChat`` remembers, at most.
+_ADDRESSES_KEPT = 100_000
+
+
+def _is_fastchat(record: ModelInstance) -> bool:
+    """Whether a FastChat worker registered ``record`` (and so its beats keep it)."""
+    return WORKER in record.metadata
+
+
 def _serving(record: ModelInstance, now: datetime) -> bool:
     return record.healthy and record.enabled and record.weight > 0 and not record.in_cooldown(now)
 
@@ -142,13 +151,14 @@ class FastChat:
         self.dispatch = dispatch
         self._strategy = DISPATCH[dispatch]
         self._advice = advice or TimeoutAdvice(registry.heartbeat_timeout)
+        self._addresses: dict[str, tuple[str, int]] = {}  # worker_name -> (host, port)
 
     async def _workers_records(self, host: str, port: int) -> list[ModelInstance]:
-        return [r for r in await self.registry.at(host, port) if WORKER in r.metadata]
+        return [r for r in await self.registry.at(host, port) if _is_fastchat(r)]
 
     async def register(self, request: RegisterWorker, status: WorkerStatus) -> list[ModelInstance]:
         """One instance per model the worker serves; models it no longer lists are deleted."""
-        host, port = worker_address(request.worker_name)
+        host, port = self._address(request.worker_name)
         if request.check_heart_beat:
             self._advice.registered(FASTCHAT)
         names = list(dict.fromkeys(status.model_names))
@@ -171,9 +181,32 @@ class FastChat:
             stored.append(record)
         return stored
 
+    def beat_now(self, body: dict[str, Any]) -> bool | None:
+        """``beat`` at once, for the common beat: a well-formed body naming a
+        worker seen before, on a backend that can beat without waiting.
+        ``None`` means the beat must go through ``beat``; answers as it does."""
+        name, load = body.get("worker_name"), body.get("queue_length")
+        if type(name) is not str or type(load) is not int or load < 0:
+            return None
+        address = self._addresses.get(name)
+        if address is None:
+            return None
+        beaten = self.registry.beat_at(address[0], address[1], load, _is_fastchat)
+        return None if beaten is None else beaten > 0
+
+    def _address(self, worker_name: str) -> tuple[str, int]:
+        """``worker_address``, remembered: a worker beats under one name all its life."""
+        address = self._addresses.get(worker_name)
+        if address is None:
+            address = worker_address(worker_name)
+            if len(self._addresses) >= _ADDRESSES_KEPT:
+                self._addresses.clear()  # a crude bound: names are cheap to parse again
+            self._addresses[worker_name] = address
+        return address
+
     async def beat(self, beat: HeartBeat) -> bool:
         """Beat every model the worker currently serves; False when it has none here."""
-        host, port = worker_address(beat.worker_name)
+        host, port = self._address(beat.worker_name)
         exist = False
         for record in await self._workers_records(host, port):
             exist |= await self.registry.beat_known(record.key, beat.queue_length) is not None

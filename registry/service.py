@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -208,6 +209,30 @@ class Registry(DBGPTMethods):
                 core.publish(Change.REGISTERED, inserted)
                 return inserted
         raise StorageUnavailable(f"instance {key} kept changing under concurrent writes; retry")
+
+    def beat_at(
+        self, host: str, port: int, queue_length: int | None, where: Callable[[ModelInstance], bool]
+    ) -> int | None:
+        """Beat at once every instance at an address that ``where`` accepts,
+        when the backend can do it without waiting (``Storage.at_now``,
+        ``Storage.beat``); returns how many were beaten (0: none is there).
+
+        ``None`` means "not this way"; the caller goes on with ``at`` and
+        ``beat_known``, which may beat again some that were beaten here (a
+        beat twice is a beat). Synchronous, as ``beat`` is.
+        """
+        storage = self.storage
+        records = storage.at_now(host, port)
+        if records is None:
+            return None
+        now = self._core.clock.now()
+        beaten = 0
+        for record in records:
+            if where(record):
+                if storage.beat(record.key, now, queue_length) is None:
+                    return None  # unhealthy, say: a revival is published, so not from here
+                beaten += 1
+        return beaten
 
     async def beat_known(self, key: InstanceKey, queue_length: int | None = None) -> ModelInstance | None:
         """Record a beat only if the instance exists; ``None`` when it does not.

@@ -175,6 +175,12 @@ class Storage(abc.ABC):
         cooldown at that moment. The answer may be a read-only ``Snapshot``
         shared with other readers (a backend's cached answer)."""
 
+    def at_now(self, host: str, port: int) -> list[ModelInstance] | None:
+        """``at`` at once, when the backend holds every record in memory;
+        ``None`` means "not this way": the caller awaits ``at``. Synchronous,
+        for FastChat's heartbeats, which name an address."""
+        return None
+
     @abc.abstractmethod
     async def at(self, host: str, port: int) -> list[ModelInstance]:
         """Every record at one address (one worker process, whatever models it

@@ -404,6 +404,9 @@ class IndexReads:
     async def at(self, host: str, port: int) -> list[ModelInstance]:
         return self._index.at(host, port)
 
+    def at_now(self, host: str, port: int) -> list[ModelInstance] | None:
+        return self._index.at(host, port)
+
     async def summarize(self, now: datetime | None = None) -> list[ModelSummary]:
         return self._index.summarize(now)
 

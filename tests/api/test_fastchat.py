@@ -210,10 +210,13 @@ async def test_bad_registrations_are_422_and_change_nothing(client: TestClient, 
 
 
 async def test_bad_beats_and_queries_are_refused(client: TestClient) -> None:
+    await register(client, WORKER, "a")  # a known worker: bad beats of it still go nowhere
     for path, body in [
         ("/receive_heart_beat", {"queue_length": 1}),
         ("/receive_heart_beat", {"worker_name": WORKER, "queue_length": -1}),
         ("/receive_heart_beat", {"worker_name": "nonsense", "queue_length": 0}),
+        ("/receive_heart_beat", {"worker_name": [WORKER], "queue_length": 0}),
+        ("/receive_heart_beat", {"worker_name": WORKER, "queue_length": "3"}),
         ("/get_worker_address", {}),
         ("/get_worker_address", {"model": 3}),
     ]:
