@@ -354,8 +354,9 @@ class InstanceIndex:
             return [r for r in records if r.healthy and not r.in_cooldown(now)]
         return list(records)
 
-    def at(self, host: str, port: int) -> list[ModelInstance]:
-        return [self.records[k] for k in sorted(self._by_address.get((host, port), ()))]
+    def at(self, host: str, port: int, *, ordered: bool = True) -> list[ModelInstance]:
+        keys = self._by_address.get((host, port), ())
+        return list(map(self.records.__getitem__, sorted(keys) if ordered else keys))
 
     def _model(self, model_name: str) -> Iterable[ModelInstance]:
         """One model's records, in key order (sorted again after a registration)."""
@@ -405,7 +406,7 @@ class IndexReads:
         return self._index.at(host, port)
 
     def at_now(self, host: str, port: int) -> list[ModelInstance] | None:
-        return self._index.at(host, port)
+        return self._index.at(host, port, ordered=False)
 
     async def summarize(self, now: datetime | None = None) -> list[ModelSummary]:
         return self._index.summarize(now)
