@@ -171,6 +171,7 @@ def versus_native(
     reg = make_registry()
     reg.wait_ready()
     prepare(reg)
+
     def run(env: dict[str, str], seconds: float) -> LoadResult:
         return drive(reg.url, "heartbeat.lua", env, seconds, args.connections)
 
