@@ -272,12 +272,14 @@ def main() -> None:
         for shape, path in (("dbgpt", "/api/controller/heartbeat"), ("fastchat", "/receive_heart_beat")):
             for name, storage in backends.items():
                 scenario = f"heartbeat-{shape}/{name}"
-                if not want(scenario) or name == "postgresql":
+                if not want(scenario):
                     continue
-                if storage != "memory://":
+                if name == "sqlite":
                     storage = f"sqlite+aiosqlite:///{workdir / f'heartbeat-{shape}.db'}"
-                    if shape == "dbgpt":
-                        populate_database(storage, 10_000)
+                elif name == "postgresql":
+                    storage = postgres.create_database(f"bench_heartbeat_{shape}")  # type: ignore[union-attr]
+                if storage != "memory://" and shape == "dbgpt":
+                    populate_database(storage, 10_000)
 
                 def prepare(server: Server, storage: str = storage, shape: str = shape) -> None:
                     if shape == "fastchat":

@@ -176,9 +176,11 @@ class Storage(abc.ABC):
         shared with other readers (a backend's cached answer)."""
 
     def at_now(self, host: str, port: int) -> list[ModelInstance] | None:
-        """``at`` at once, when the backend holds every record in memory;
-        ``None`` means "not this way": the caller awaits ``at``. Synchronous,
-        for FastChat's heartbeats, which name an address."""
+        """``at`` at once, when the backend can answer from memory; ``None``
+        means "not this way": the caller awaits ``at``. The records are to be
+        read at once, not kept (they may be the backend's own). A replica's
+        answer may lack a record another replica added a moment ago.
+        Synchronous, for FastChat's heartbeats, which name an address."""
         return None
 
     @abc.abstractmethod

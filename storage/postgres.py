@@ -72,6 +72,8 @@ class PostgresStorage(SQLStorage):
         super().__init__(url, migrate=migrate, pool=pool)
         self.flush_interval = flush_interval
         self._known: dict[InstanceKey, ModelInstance] = {}  # this replica's copies
+        # (host, port) -> the keys known there: FastChat's beats name an address.
+        self._addresses: dict[tuple[str, int], dict[InstanceKey, None]] = {}
         self._pending: dict[InstanceKey, ModelInstance] = {}  # beats not yet written
         self._flusher: asyncio.Task[None] | None = None
         # Set when a write failed: until one succeeds, beats are written before
@@ -86,7 +88,10 @@ class PostgresStorage(SQLStorage):
         # Know the fleet from the start, so that its beats take the fast path
         # at once rather than after a first, written, beat each.
         with collector_paused():
-            self._known = {record.key: record for record in await super().list()}
+            for record in await super().list():  # fresh from the database: kept as they are
+                key = record.key
+                self._known[key] = record
+                self._addresses.setdefault((key.host, key.port), {})[key] = None
         self._flusher = asyncio.create_task(self._flush_forever(), name="postgres-heartbeats")
         assert self._engine is not None
         dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -110,9 +115,10 @@ class PostgresStorage(SQLStorage):
                 await conn.execute(_NOTIFY, {"channel": CHANNEL, "payload": payload})
 
     def _remote(self, change: str, key: InstanceKey | None, record: ModelInstance | None) -> None:
-        if key is not None and change == "evicted":
-            self._known.pop(key, None)
-            self._pending.pop(key, None)
+        if key is not None and change in ("evicted", "deregistered"):
+            # Gone, or unhealthy: either way this replica's next beat of it must
+            # ask the database (and re-register it if it was purged).
+            self._forget(key)
         elif record is not None:
             self._remember(record)
         if self._subscriber is not None:
@@ -133,8 +139,28 @@ class PostgresStorage(SQLStorage):
 
     def _remember(self, record: ModelInstance | None) -> ModelInstance | None:
         if record is not None:
-            self._known[record.key] = clone(record)
+            key = record.key
+            if key not in self._known:
+                self._addresses.setdefault((key.host, key.port), {})[key] = None
+            self._known[key] = clone(record)
         return record
+
+    def _forget(self, key: InstanceKey) -> None:
+        self._pending.pop(key, None)
+        if self._known.pop(key, None) is not None:
+            address = (key.host, key.port)
+            keys = self._addresses[address]
+            del keys[key]
+            if not keys:
+                del self._addresses[address]
+
+    def at_now(self, host: str, port: int) -> list[ModelInstance] | None:
+        # What this replica knows there, when it knows anything: a model another
+        # replica added a moment ago is beaten by the worker's next beat.
+        keys = self._addresses.get((host, port))
+        if not keys or self._degraded:
+            return None
+        return [self._known[k] for k in keys]  # this replica's copies: read at once, not kept
 
     # -- heartbeats: behind, when they change nothing ---------------------------
 
@@ -212,8 +238,7 @@ class PostgresStorage(SQLStorage):
         return self._remember(await super().mark_unhealthy(key, now))
 
     async def delete(self, key: InstanceKey) -> ModelInstance | None:
-        self._known.pop(key, None)
-        self._pending.pop(key, None)
+        self._forget(key)
         return await super().delete(key)
 
     async def expire(self, cutoff: datetime, now: datetime) -> list[ModelInstance]:
@@ -230,8 +255,7 @@ class PostgresStorage(SQLStorage):
     async def evict(self, cutoff: datetime) -> list[ModelInstance]:
         evicted = await super().evict(cutoff)
         for record in evicted:
-            self._known.pop(record.key, None)
-            self._pending.pop(record.key, None)
+            self._forget(record.key)
         return evicted
 
     async def get(self, key: InstanceKey) -> ModelInstance | None:

@@ -365,3 +365,33 @@ async def test_the_compatibility_apis_work_across_replicas(pg_url: str) -> None:
     finally:
         a.stop()
         b.stop()
+
+
+async def test_after_a_purge_through_one_replica_the_others_next_beat_is_a_registration(pg_url: str) -> None:
+    a, b = replica(pg_url), replica(pg_url)
+    try:
+        async with aiohttp.ClientSession() as http:
+            assert (await http.post(a.url + INSTANCES, json=worker(1))).status == 201
+            assert (await http.post(b.url + HEARTBEAT, json=worker(1))).status == 200  # b knows it now
+            purge = {**{k: str(v) for k, v in worker(1).items()}, "purge": "true"}
+            assert (await http.delete(a.url + INSTANCES, params=purge)).status == 200
+
+            async def gone_everywhere() -> bool:
+                listed = await (await http.get(b.url + INSTANCES)).json()
+                return listed["count"] == 0
+
+            await until(gone_everywhere, timeout=5)
+
+            # b heard of the purge: the worker's next beat registers it again, as a
+            # registration (logged, and announced to watchers), not as a silent
+            # write-behind that brings the row back.
+            async def b_registered_it() -> bool:
+                beat = await http.post(b.url + HEARTBEAT, json=worker(1))
+                return beat.status == 200 and bool(b.messages("instance registered by its heartbeat"))
+
+            await until(b_registered_it, timeout=5)
+            listed = await (await http.get(a.url + INSTANCES)).json()
+            assert listed["count"] == 1
+    finally:
+        a.stop()
+        b.stop()
