@@ -334,3 +334,24 @@ async def test_a_timeout_long_enough_says_nothing(
     )
     await register(client, WORKER, "a")
     assert not [r for r in caplog.records if "beat every" in r.getMessage()]
+
+
+async def test_one_registry_three_views_watch_and_reports(client: TestClient) -> None:
+    """A FastChat worker is seen by /api/v1's long-poll and reports, and by DB-GPT's
+    listing when asked by name; reports that cool it down take it out of dispatch."""
+    index = (await client.get("/api/v1/instances")).headers["X-Registry-Index"]
+    await register(client, WORKER, "a")
+    await register(client, "http://10.0.0.8:21003", "a")
+    polled = await client.get("/api/v1/instances", params={"model_name": "a", "index": index, "wait": "5s"})
+    assert int(polled.headers["X-Registry-Index"]) > int(index)
+    assert (await polled.json())["count"] == 2
+    dbgpt = await (await client.get("/api/controller/models", params={"model_name": "a"})).json()
+    assert sorted(i["port"] for i in dbgpt) == [21002, 21003]
+    failed = {"model_name": "a", "host": "10.0.0.7", "port": 21002, "ok": False, "status": 502}
+    for _ in range(3):  # the default threshold
+        assert (await client.post("/api/v1/reports", json=failed)).status == 200
+    assert {await address(client, "a") for _ in range(30)} == {"http://10.0.0.8:21003"}
+    healthy = await (
+        await client.get("/api/controller/models", params={"model_name": "a", "healthy_only": "true"})
+    ).json()
+    assert [i["port"] for i in healthy] == [21003]
