@@ -23,6 +23,7 @@ from model_registry.fastchat import (
     WorkerAddressQuery,
     WorkerStatus,
     parse,
+    worker_address,
 )
 from model_registry.validation import problems_of
 
@@ -54,32 +55,50 @@ log = logging.getLogger("api")
 async def callbacks_context(app: web.Application) -> AsyncIterator[None]:
     """The HTTP client that asks workers for their status, open while the app runs."""
     timeout = aiohttp.ClientTimeout(total=app[SETTINGS].fastchat_status_timeout)
-    async with aiohttp.ClientSession(timeout=timeout, raise_for_status=True) as session:
+    async with aiohttp.ClientSession(timeout=timeout) as session:
         app[CALLBACKS] = session
         yield
 
 
 async def _ask_status(request: web.Request, worker_name: str) -> WorkerStatus | str:
-    """``POST {worker_name}/worker_get_status``: the status, or why there is none."""
+    """``POST {worker_name}/worker_get_status``: the status, or why there is none.
+
+    Bounded in time (``--fastchat-status-timeout``, in all) and size, and
+    without following redirects: the URL comes from whoever registers.
+    """
     try:
         url = worker_name.rstrip("/") + "/worker_get_status"
         async with request.app[CALLBACKS].post(url, allow_redirects=False) as answer:
-            raw = await answer.content.read(MAX_BODY_BYTES + 1)
-        if len(raw) > MAX_BODY_BYTES:
-            return f"its answer is larger than {MAX_BODY_BYTES // 1024} KiB"
+            if answer.status != 200:
+                return f"it answered {answer.status}"
+            raw = bytearray()
+            async for chunk in answer.content.iter_any():
+                raw += chunk
+                if len(raw) > MAX_BODY_BYTES:
+                    return f"its answer is larger than {MAX_BODY_BYTES // 1024} KiB"
         return WorkerStatus.model_validate(orjson.loads(raw))
     except TimeoutError:
         return f"no answer within {request.app[SETTINGS].fastchat_status_timeout:g} s"
-    except aiohttp.ClientResponseError as exc:
-        return f"it answered {exc.status}"
     except ValidationError as exc:
         return "its answer is not a worker status: " + "; ".join(f"{f}: {m}" for f, m in problems_of(exc))
-    except (aiohttp.ClientError, orjson.JSONDecodeError) as exc:  # unreachable, or not JSON
-        return f"{type(exc).__name__}: {exc}"
+    except orjson.JSONDecodeError:
+        return "its answer is not JSON"
+    except aiohttp.ClientError as exc:
+        return f"it could not be reached ({type(exc).__name__})"
+    except Exception as exc:  # whatever else a URL can make the HTTP client raise: not our failure
+        log.warning("asking a FastChat worker for its status failed", exc_info=exc)
+        return f"it could not be asked ({type(exc).__name__})"
+
+
+def _no_body(request: web.Request) -> None:
+    """These paths read no body; one too large to have been worth sending is refused."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, request.content_length)
 
 
 async def register_worker(request: web.Request, registry: Registry) -> web.Response:
     body: RegisterWorker = parse(RegisterWorker, await read_any_object(request))
+    worker_address(body.worker_name)  # 422 for a bad name, before any call to it
     status = body.worker_status
     if status is None:  # as FastChat's controller does: ask the worker
         asked = await _ask_status(request, body.worker_name)
@@ -108,14 +127,17 @@ async def receive_heart_beat(request: web.Request, registry: Registry) -> web.Re
 
 
 async def list_models(request: web.Request, registry: Registry) -> web.Response:
+    _no_body(request)
     return json_response({"models": await request.app[FASTCHAT].models()})
 
 
 async def list_language_models(request: web.Request, registry: Registry) -> web.Response:
+    _no_body(request)
     return json_response({"models": await request.app[FASTCHAT].models(multimodal=False)})
 
 
 async def list_multimodal_models(request: web.Request, registry: Registry) -> web.Response:
+    _no_body(request)
     return json_response({"models": await request.app[FASTCHAT].models(multimodal=True)})
 
 
@@ -123,6 +145,7 @@ async def refresh_all_workers(request: web.Request, registry: Registry) -> web.R
     """Answers at once. Which workers are live is known from their heartbeats;
     FastChat's controller calls every worker back here instead (one at a time,
     up to 5 s each, on every ``GET /v1/models``) and forgets those that miss."""
+    _no_body(request)
     return json_body_response(b"null")
 
 

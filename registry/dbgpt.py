@@ -66,9 +66,10 @@ async def controller_listing(
 ) -> list[ModelInstance]:
     """What DB-GPT's ``GET /api/controller/models`` lists.
 
-    ``healthy_only`` means *available*: healthy, enabled and not cooling down.
-    DB-GPT routes at random among what it returns and never reads ``enabled``,
-    so a drained instance must not be returned to it at all. Without a model
+    ``healthy_only`` means *available*: healthy, enabled, not cooling down and
+    with a weight above 0. DB-GPT routes at random among what it returns and
+    reads neither ``enabled`` nor ``weight``, so a drained instance must not
+    be returned to it at all. Without a model
     (every model), only names DB-GPT can split (``is_worker_key``): one that it
     cannot (a FastChat worker's or a native instance's, without ``@``) would
     break its whole listing; asked for by name, such an instance is listed.
@@ -76,7 +77,7 @@ async def controller_listing(
     found = await registry.instances(model_name or None, healthy_only)
     if healthy_only:
         now = registry.now()
-        found = [r for r in found if r.enabled and not r.in_cooldown(now)]
+        found = [r for r in found if r.enabled and r.weight > 0 and not r.in_cooldown(now)]
     if not model_name:
         found = [r for r in found if is_worker_key(r.model_name)]
     return found

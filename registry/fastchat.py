@@ -35,7 +35,7 @@ from model_registry_sdk.record import ModelInstance
 
 from .compat import FASTCHAT, TimeoutAdvice
 from .errors import InstanceNotFound, InvalidInstance, NoHealthyInstance
-from .validation import ModelName, normalize_host, problems_of
+from .validation import MAX_QUEUE_LENGTH, ModelName, normalize_host, problems_of
 
 if TYPE_CHECKING:
     from .service import Registry
@@ -63,6 +63,9 @@ Dispatch = Literal["lottery", "shortest_queue"]
 
 _LENIENT = ConfigDict(extra="ignore", frozen=True)
 
+#: The fastest a worker may say it is (speeds are summed: keep the sums finite).
+MAX_SPEED = 1e9
+
 
 class WorkerStatus(BaseModel):
     """What a worker says of itself (``worker_status``, ``/worker_get_status``)."""
@@ -70,8 +73,8 @@ class WorkerStatus(BaseModel):
     model_config = _LENIENT
 
     model_names: Annotated[list[ModelName], Field(max_length=256)]
-    speed: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
-    queue_length: Annotated[int, Field(ge=0)] = 0
+    speed: Annotated[float, Field(ge=0, le=MAX_SPEED, allow_inf_nan=False)] = 1.0
+    queue_length: Annotated[int, Field(ge=0, le=MAX_QUEUE_LENGTH)] = 0
 
 
 class RegisterWorker(BaseModel):
@@ -87,7 +90,7 @@ class HeartBeat(BaseModel):
     model_config = _LENIENT
 
     worker_name: Annotated[str, Field(min_length=1, max_length=2048)]
-    queue_length: Annotated[int, Field(strict=True, ge=0)] = 0
+    queue_length: Annotated[int, Field(strict=True, ge=0, le=MAX_QUEUE_LENGTH)] = 0
 
 
 class WorkerAddressQuery(BaseModel):
@@ -105,17 +108,24 @@ def parse(model: type[BaseModel], body: Any) -> Any:
 
 
 def worker_address(worker_name: str) -> tuple[str, int]:
-    """The host and port a worker's URL names (``http://10.0.0.5:21002``)."""
+    """The host and port a worker's URL names (``http://10.0.0.5:21002``).
+
+    A path is kept (in the worker's name) for dispatch to answer; credentials,
+    a query or a fragment are refused: the name is stored and handed to every
+    API server that asks where a model runs.
+    """
     problem = "must be the worker's URL, http://HOST:PORT"
     try:
         url = urlsplit(worker_name.strip())
-        port = url.port or {"http": 80, "https": 443}.get(url.scheme)
-        if url.scheme not in ("http", "https") or not url.hostname or port is None:
+        if url.username is not None or url.password is not None:
+            raise InvalidInstance([("worker_name", f"{problem}, without credentials (they would be shown)")])
+        port = {"http": 80, "https": 443}.get(url.scheme) if url.port is None else url.port
+        if url.scheme not in ("http", "https") or not url.hostname or not port or url.query or url.fragment:
             raise InvalidInstance([("worker_name", f"{problem}, got {worker_name!r}")])
         return normalize_host(url.hostname), port
+    except InvalidInstance:
+        raise
     except ValueError as exc:  # a bad port, or a host that is neither name nor address
-        if isinstance(exc, InvalidInstance):
-            raise
         raise InvalidInstance([("worker_name", f"{problem}, got {worker_name!r} ({exc})")]) from None
 
 
@@ -128,13 +138,11 @@ def address_of(record: ModelInstance) -> str:
     return f"http://{host}:{record.port}"
 
 
+#: How long a model list is kept at most, in seconds (see ``FastChat.models``).
+_LIST_KEPT_S = 1.0
+
 #: Worker names whose address ``FastChat`` remembers, at most.
 _ADDRESSES_KEPT = 100_000
-
-
-def _is_fastchat(record: ModelInstance) -> bool:
-    """Whether a FastChat worker registered ``record`` (and so its beats keep it)."""
-    return WORKER in record.metadata
 
 
 def _serving(record: ModelInstance, now: datetime) -> bool:
@@ -152,9 +160,12 @@ class FastChat:
         self._strategy = DISPATCH[dispatch]
         self._advice = advice or TimeoutAdvice(registry.heartbeat_timeout)
         self._addresses: dict[str, tuple[str, int]] = {}  # worker_name -> (host, port)
+        self._lists: dict[bool | None, tuple[int, float, list[str]]] = {}  # see ``models``
 
-    async def _workers_records(self, host: str, port: int) -> list[ModelInstance]:
-        return [r for r in await self.registry.at(host, port) if _is_fastchat(r)]
+    async def _workers_records(self, worker_name: str) -> list[ModelInstance]:
+        """The instances this worker registered (others may share its address, behind a path)."""
+        host, port = self._address(worker_name)
+        return [r for r in await self.registry.at(host, port) if r.metadata.get(WORKER) == worker_name]
 
     async def register(self, request: RegisterWorker, status: WorkerStatus) -> list[ModelInstance]:
         """One instance per model the worker serves; models it no longer lists are deleted."""
@@ -162,7 +173,7 @@ class FastChat:
         if request.check_heart_beat:
             self._advice.registered(FASTCHAT)
         names = list(dict.fromkeys(status.model_names))
-        for record in await self._workers_records(host, port):
+        for record in await self._workers_records(request.worker_name):
             if record.model_name not in names:
                 with contextlib.suppress(InstanceNotFound):  # gone meanwhile: as wanted
                     await self.registry.deregister(record.key, purge=True)
@@ -186,12 +197,12 @@ class FastChat:
         worker seen before, on a backend that can beat without waiting.
         ``None`` means the beat must go through ``beat``; answers as it does."""
         name, load = body.get("worker_name"), body.get("queue_length")
-        if type(name) is not str or type(load) is not int or load < 0:
+        if type(name) is not str or type(load) is not int or not 0 <= load <= MAX_QUEUE_LENGTH:
             return None
         address = self._addresses.get(name)
         if address is None:
             return None
-        beaten = self.registry.beat_at(address[0], address[1], load, _is_fastchat)
+        beaten = self.registry.beat_at(address[0], address[1], load, lambda r: r.metadata.get(WORKER) == name)
         return None if beaten is None else beaten > 0
 
     def _address(self, worker_name: str) -> tuple[str, int]:
@@ -206,9 +217,8 @@ class FastChat:
 
     async def beat(self, beat: HeartBeat) -> bool:
         """Beat every model the worker currently serves; False when it has none here."""
-        host, port = self._address(beat.worker_name)
         exist = False
-        for record in await self._workers_records(host, port):
+        for record in await self._workers_records(beat.worker_name):
             exist |= await self.registry.beat_known(record.key, beat.queue_length) is not None
         return exist
 
@@ -221,8 +231,19 @@ class FastChat:
         ]
 
     async def models(self, multimodal: bool | None = None) -> list[str]:
-        """The models that can be dispatched now (only multimodal ones, or only language ones)."""
-        return sorted({r.model_name for r in await self._serving_records(multimodal)})
+        """The models that can be dispatched now (only multimodal ones, or only language ones).
+
+        FastChat's API server asks before every request, and the answer walks
+        every instance: it is kept until the registry's next change (or for a
+        second, so that a cooldown's end, which is a matter of time, shows).
+        """
+        revision, moment = self.registry.revision, self.registry.monotonic()
+        kept = self._lists.get(multimodal)
+        if kept is not None and kept[0] == revision and moment - kept[1] < _LIST_KEPT_S:
+            return kept[2]
+        names = sorted({r.model_name for r in await self._serving_records(multimodal)})
+        self._lists[multimodal] = (revision, moment, names)
+        return names
 
     async def address(self, model: str) -> str:
         """A worker for ``model`` by the dispatch method; ``""`` when there is none

@@ -319,6 +319,10 @@ class Registry(DBGPTMethods):
         """The moment by the registry's clock (the database's, on PostgreSQL)."""
         return self._core.clock.now()
 
+    def monotonic(self) -> float:
+        """The registry's monotonic clock, for intervals."""
+        return self._core.clock.monotonic()
+
     async def at(self, host: str, port: int) -> list[ModelInstance]:
         """Every instance at one address (one worker process), by model name."""
         with self._core.noting_outages():

@@ -35,6 +35,7 @@ from model_registry_sdk.record import SERVER_MANAGED_FIELDS, InstanceKey, ModelI
 from .errors import InvalidInstance
 
 __all__ = [
+    "MAX_QUEUE_LENGTH",
     "heartbeat_from",
     "instance_from",
     "key_from",
@@ -96,7 +97,9 @@ Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
 Weight = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False), AfterValidator(float)]
 Flag = Annotated[bool, Strict()]
 Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata)]
-QueueLength = Annotated[int, Strict(), Field(ge=0)]
+#: The largest load a worker may report: what every backend's integer column holds.
+MAX_QUEUE_LENGTH = 2**31 - 1
+QueueLength = Annotated[int, Strict(), Field(ge=0, le=MAX_QUEUE_LENGTH)]
 
 
 PromptTemplate = Annotated[str, Strict(), Field(max_length=16 * 1024)]
@@ -239,7 +242,7 @@ def known_beat(body: dict[str, Any]) -> tuple[InstanceKey, int | None] | None:
     model_name, host, port = identity
     if type(model_name) is str and type(host) is str and type(port) is int:
         load = body.get("queue_length")
-        if load is None or (type(load) is int and load >= 0):
+        if load is None or (type(load) is int and 0 <= load <= MAX_QUEUE_LENGTH):
             return _new_key(InstanceKey, identity), load  # NamedTuple's __new__, without its frame
     return None
 

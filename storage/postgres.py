@@ -23,8 +23,7 @@ import contextlib
 import logging
 from datetime import datetime
 
-from sqlalchemy import func, text, true
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Integer, bindparam, func, text, true, update
 
 from model_registry_sdk.record import InstanceKey, ModelInstance
 
@@ -44,20 +43,34 @@ FLUSH_INTERVAL = 1.0
 _CHUNK = 1000
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
-_excluded = insert(instances).excluded
-_FLUSH = insert(instances).on_conflict_do_update(
-    index_elements=["model_name", "host", "port"],
-    set_={
-        "last_heartbeat": _excluded.last_heartbeat,
-        "queue_length": func.coalesce(_excluded.queue_length, instances.c.queue_length),
-        "healthy": true(),
-        "unhealthy_since": None,
-    },
+# Write-behind beats update what is there and create nothing: an instance
+# deleted meanwhile (purged or evicted, perhaps through another replica) stays
+# deleted, and its worker's next beat, which this replica then takes to the
+# database, registers it again in the open (logged, announced to watchers).
+_FLUSH = (
+    update(instances)
+    .where(
+        (instances.c.model_name == bindparam("b_model"))
+        & (instances.c.host == bindparam("b_host"))
+        & (instances.c.port == bindparam("b_port"))
+    )
+    .values(
+        last_heartbeat=bindparam("b_heard", type_=instances.c.last_heartbeat.type),
+        queue_length=func.coalesce(bindparam("b_load", type_=Integer), instances.c.queue_length),
+        healthy=true(),
+        unhealthy_since=None,
+    )
 )
 
 
-def _row(record: ModelInstance) -> dict:
-    return dict(record.__dict__)  # exactly the fields, which are the columns
+def _beat_row(record: ModelInstance) -> dict:
+    return {
+        "b_model": record.model_name,
+        "b_host": record.host,
+        "b_port": record.port,
+        "b_heard": record.last_heartbeat,
+        "b_load": record.queue_length,
+    }
 
 
 class PostgresStorage(SQLStorage):
@@ -115,7 +128,13 @@ class PostgresStorage(SQLStorage):
                 await conn.execute(_NOTIFY, {"channel": CHANNEL, "payload": payload})
 
     def _remote(self, change: str, key: InstanceKey | None, record: ModelInstance | None) -> None:
-        if key is not None and change in ("evicted", "deregistered"):
+        if key is None:
+            # Changes may have been missed: what this replica knows may be stale,
+            # so it knows nothing until the database tells it again (beats wait
+            # for a write each until then; those pending are still written).
+            self._known.clear()
+            self._addresses.clear()
+        elif change in ("evicted", "deregistered"):
             # Gone, or unhealthy: either way this replica's next beat of it must
             # ask the database (and re-register it if it was purged).
             self._forget(key)
@@ -199,7 +218,7 @@ class PostgresStorage(SQLStorage):
         try:
             async with self._write("write heartbeats") as conn:
                 for start in range(0, len(records), _CHUNK):
-                    await conn.execute(_FLUSH, [_row(r) for r in records[start : start + _CHUNK]])
+                    await conn.execute(_FLUSH, [_beat_row(r) for r in records[start : start + _CHUNK]])
         except BaseException:
             self._degraded = True
             for key, record in pending.items():  # keep them, unless a newer beat came meanwhile

@@ -193,3 +193,10 @@ async def test_a_timeout_too_short_for_dbgpts_workers_is_pointed_out_once(
     await client.post("/api/controller/heartbeat", json=dbgpt(port=2))
     [advice] = [r for r in caplog.records if "DB-GPT workers beat every 20 s" in r.getMessage()]
     assert "--heartbeat-timeout 60" in advice.getMessage()
+
+
+async def test_an_instance_of_weight_zero_gets_no_dbgpt_traffic(client: TestClient) -> None:
+    await client.post("/api/controller/models", json=dbgpt(port=1, weight=0))
+    await client.post("/api/controller/models", json=dbgpt(port=2))
+    assert [i["port"] for i in await listing(client, model_name="vicuna-13b@llm", healthy_only="true")] == [2]
+    assert [i["port"] for i in await listing(client, model_name="vicuna-13b@llm")] == [1, 2]

@@ -355,3 +355,86 @@ async def test_one_registry_three_views_watch_and_reports(client: TestClient) ->
         await client.get("/api/controller/models", params={"model_name": "a", "healthy_only": "true"})
     ).json()
     assert [i["port"] for i in healthy] == [21003]
+
+
+# -- what a review found -----------------------------------------------------------
+
+
+async def test_a_load_no_column_can_hold_is_refused_and_storage_keeps_working(client: TestClient) -> None:
+    await register(client, WORKER, "a")
+    huge = 2**31
+    for path, body in [
+        ("/receive_heart_beat", {"worker_name": WORKER, "queue_length": huge}),
+        ("/api/v1/heartbeat", {"model_name": "a", "host": "10.0.0.7", "port": 21002, "queue_length": huge}),
+        (
+            "/register_worker",
+            {"worker_name": WORKER, "worker_status": status("a", queue_length=huge)},
+        ),
+    ]:
+        answer = await client.post(path, json=body)
+        assert answer.status == 422, (path, await answer.text())
+    await written_behind(client)
+    assert await beat(client, queue_length=2**31 - 1) is True
+    await register(client, "http://10.0.0.8:21003", "b")
+    await written_behind(client)
+    assert await post(client, "/list_models") == {"models": ["a", "b"]}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["//a", "http://a..b:1", "http://" + "a" * 300 + ":1", "http://h:0", "http://h:1/?x=1", "http://h:1/#f"],
+)
+async def test_a_bad_worker_name_is_422_before_anything_is_called(
+    client: TestClient, worker: dict, name: str
+) -> None:
+    answer = await client.post("/register_worker", json={"worker_name": name, "worker_status": None})
+    assert answer.status == 422, await answer.text()
+    assert worker["calls"] == 0
+
+
+async def test_credentials_in_a_worker_name_are_refused_and_not_echoed(client: TestClient) -> None:
+    body = {"worker_name": "http://admin:s3cret@10.0.0.7:21002", "worker_status": status("a")}
+    answer = await client.post("/register_worker", json=body)
+    assert answer.status == 422 and "s3cret" not in await answer.text()
+
+
+async def test_workers_behind_one_address_keep_their_own_models(client: TestClient) -> None:
+    await register(client, "http://gw:8080/w1", "alpha")
+    await register(client, "http://gw:8080/w2", "beta")
+    assert await post(client, "/list_models") == {"models": ["alpha", "beta"]}
+    assert await address(client, "alpha") == "http://gw:8080/w1"
+    await client.delete(
+        "/api/v1/instances", params={"model_name": "alpha", "host": "gw", "port": "8080", "purge": "1"}
+    )
+    assert await beat(client, "http://gw:8080/w1") is False  # so w1 registers again
+    assert await beat(client, "http://gw:8080/w2") is True
+
+
+async def test_a_status_in_pieces_is_read_whole_and_a_redirect_is_not_a_status(
+    aiohttp_server: Callable[[web.Application], Awaitable[TestServer]], client: TestClient
+) -> None:
+    async def in_pieces(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"model_names": ["pieces"], ')
+        await response.write(b'"speed": 1, "queue_length": 0}')
+        await response.write_eof()
+        return response
+
+    async def redirect(request: web.Request) -> web.Response:
+        return web.json_response(status("redirected"), status=302, headers={"Location": "/elsewhere"})
+
+    app = web.Application()
+    app.router.add_post("/a/worker_get_status", in_pieces)
+    app.router.add_post("/b/worker_get_status", redirect)
+    server = await aiohttp_server(app)
+    base = f"http://127.0.0.1:{server.port}"
+    answer = await (await client.post("/register_worker", json={"worker_name": base + "/a"})).json()
+    assert answer == {"registered": True, "models": ["pieces"]}
+    refused = await (await client.post("/register_worker", json={"worker_name": base + "/b"})).json()
+    assert refused["registered"] is False and "302" in refused["detail"]
+
+
+async def test_the_list_paths_refuse_a_body_too_large_to_mean_anything(client: TestClient) -> None:
+    answer = await client.post("/list_models", data=b"x" * (65 * 1024))
+    assert answer.status == 413

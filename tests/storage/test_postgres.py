@@ -12,6 +12,7 @@ import pytest
 from model_registry.storage import PoolOptions, StorageUnavailable, open_storage
 from model_registry.storage.migrations import HEAD, current_revision
 from model_registry.storage.schema import POSTGRESQL_ONLY_INDEXES
+from tests.storage.test_contract import T0, record
 
 
 @pytest.fixture
@@ -79,3 +80,30 @@ async def test_server_time_is_the_database_clock(pg_url: str) -> None:
 def test_pool_options_are_checked(options: dict) -> None:
     with pytest.raises(ValueError):
         PoolOptions(**options)
+
+
+async def test_a_beat_written_behind_never_brings_back_a_deleted_instance(pg_url: str) -> None:
+    """Replica b still thinks the instance exists (the deletion through a was never
+    announced here); its beat is written behind, and must not create the row again."""
+    async with open_storage(pg_url) as a:
+        await a.upsert(record("x"))
+        await a.upsert(record("y"))
+        async with open_storage(pg_url) as b:  # b loads what there is: both
+            assert [r.model_name for r in b.at_now("10.0.0.1", 8000)] == ["x", "y"]
+            await a.delete(record("y").key)
+            later = T0.replace(minute=5)
+            assert b.beat(record("x").key, later, 3) is not None
+            assert b.beat(record("y").key, later, 3) is not None  # b cannot know better
+            assert await b.flush() == 2
+        assert [r.model_name for r in await a.at("10.0.0.1", 8000)] == ["x"]
+        [x] = await a.list("x")
+        assert (x.last_heartbeat, x.queue_length) == (later, 3)
+
+
+async def test_a_replica_that_may_have_missed_changes_forgets_what_it_knew(pg_url: str) -> None:
+    async with open_storage(pg_url) as a:
+        await a.upsert(record("x"))
+        assert a.at_now("10.0.0.1", 8000) is not None
+        a._remote("resync", None, None)  # what its listener says after a gap
+        assert a.at_now("10.0.0.1", 8000) is None  # ask the database
+        assert [r.model_name for r in await a.at("10.0.0.1", 8000)] == ["x"]
