@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from model_registry_sdk.record import InstanceKey, ModelInstance, ModelSummary
 
-from .base import Census, Storage
+from .base import Census, Storage, StoredToken
 from .errors import InvalidStorageURL, StorageError, StorageUnavailable
 from .options import PoolOptions
 from .readonly import Snapshot
@@ -24,6 +24,7 @@ __all__ = [
     "SCHEMES",
     "Snapshot",
     "Storage",
+    "StoredToken",
     "StorageError",
     "StorageUnavailable",
     "open_storage",

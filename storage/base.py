@@ -22,16 +22,29 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import NamedTuple
 
 from model_registry_sdk.record import InstanceKey, ModelInstance, ModelSummary
 
-__all__ = ["Census", "Edit", "Storage"]
+__all__ = ["Census", "Edit", "Storage", "StoredToken"]
 
 #: An edit of a record in place: an operator's change (see ``Storage.override``).
 Edit = Callable[[ModelInstance], None]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredToken:
+    """An API token as storage keeps it: never the secret, only its digest."""
+
+    name: str
+    digest: str  # SHA-256 of the secret, hex
+    role: str
+    models: tuple[str, ...] | None  # glob patterns of the model names it may act on; None: any
+    expires_at: datetime | None
+    created_at: datetime
 
 
 class Census(NamedTuple):
@@ -192,6 +205,20 @@ class Storage(abc.ABC):
     async def summarize(self, now: datetime | None = None) -> list[ModelSummary]:
         """Per-model counts, ordered by model name. With ``now``, ``available``
         leaves out instances in a cooldown at that moment."""
+
+    # -- API tokens ----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def tokens(self) -> list[StoredToken]:
+        """Every token, by name."""
+
+    @abc.abstractmethod
+    async def add_token(self, token: StoredToken) -> bool:
+        """Store ``token`` unless one has its name (or digest); whether it was stored."""
+
+    @abc.abstractmethod
+    async def remove_token(self, name: str) -> StoredToken | None:
+        """Delete the token named ``name``. Returns it, or ``None`` when unknown."""
 
     # -- changes between processes ------------------------------------------
 

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from model_registry_sdk.record import InstanceKey, ModelInstance
 
-from .base import Edit, Storage
+from .base import Edit, Storage, StoredToken
 from .index import IndexReads, InstanceIndex, expire_in_slices
 
 __all__ = ["MemoryStorage"]
@@ -23,6 +23,7 @@ class MemoryStorage(IndexReads, Storage):
     def __init__(self) -> None:
         super().__init__()
         self._index = InstanceIndex()
+        self._tokens: dict[str, StoredToken] = {}
         # The index's own method, without a frame of ours around it: every beat calls it.
         self.beat = self._index.beat  # type: ignore[method-assign]
 
@@ -54,6 +55,18 @@ class MemoryStorage(IndexReads, Storage):
 
     async def evict(self, cutoff: datetime) -> list[ModelInstance]:
         return self._index.evict(cutoff)
+
+    async def tokens(self) -> list[StoredToken]:
+        return [self._tokens[name] for name in sorted(self._tokens)]
+
+    async def add_token(self, token: StoredToken) -> bool:
+        if token.name in self._tokens or any(t.digest == token.digest for t in self._tokens.values()):
+            return False
+        self._tokens[token.name] = token
+        return True
+
+    async def remove_token(self, name: str) -> StoredToken | None:
+        return self._tokens.pop(name, None)
 
     async def ping(self) -> None:
         return None

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["EXPIRABLE", "EVICTABLE", "instances", "metadata"]
+__all__ = ["EXPIRABLE", "EVICTABLE", "instances", "metadata", "tokens"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -89,6 +89,18 @@ instances = Table(
     Column("queue_length", Integer, nullable=True),
     Column("overrides", JSON, nullable=True),
     Column("cooldown_until", UTCDateTime, nullable=True),
+)
+
+#: API tokens: a digest of each secret, never the secret (see ``model_registry.auth``).
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("models", JSON, nullable=True),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
 )
 
 _c = instances.c

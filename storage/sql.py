@@ -28,6 +28,8 @@ from typing import Any
 
 import orjson
 from sqlalchemy import case, delete, event, func, select, text, true, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -43,10 +45,10 @@ from model_registry_sdk.record import (
 )
 
 from . import migrations
-from .base import Census, Edit, Storage
+from .base import Census, Edit, Storage, StoredToken
 from .errors import StorageUnavailable
 from .options import PoolOptions
-from .schema import EVICTABLE, EXPIRABLE, instances
+from .schema import EVICTABLE, EXPIRABLE, instances, tokens
 
 __all__ = ["SQLStorage"]
 
@@ -74,6 +76,16 @@ def _json_dumps(value: Any) -> str:
 
 def _record(row: Any) -> ModelInstance:
     return ModelInstance(**row._mapping)
+
+
+def _models(models: tuple[str, ...] | None) -> list[str] | None:
+    return None if models is None else list(models)
+
+
+def _token(row: Any) -> StoredToken:
+    fields = dict(row._mapping)
+    models = fields["models"]
+    return StoredToken(**{**fields, "models": None if models is None else tuple(models)})
 
 
 def _where_key(key: InstanceKey):
@@ -354,6 +366,25 @@ class SQLStorage(Storage):
         )
         async with self._read("count instances") as conn:
             return [ModelSummary(*row) for row in await conn.execute(statement)]
+
+    # -- API tokens ----------------------------------------------------------
+
+    async def tokens(self) -> list[StoredToken]:
+        async with self._read("read the tokens") as conn:
+            rows = await conn.execute(select(tokens).order_by(tokens.c.name))
+            return [_token(row) for row in rows]
+
+    async def add_token(self, token: StoredToken) -> bool:
+        row = {**{f: getattr(token, f) for f in StoredToken.__slots__}, "models": _models(token.models)}
+        statement = sqlite_insert if self._engine.dialect.name == "sqlite" else pg_insert  # type: ignore[union-attr]
+        async with self._write("store a token") as conn:
+            stored = await conn.execute(statement(tokens).values(row).on_conflict_do_nothing())
+            return stored.rowcount == 1
+
+    async def remove_token(self, name: str) -> StoredToken | None:
+        async with self._write("revoke a token") as conn:
+            row = (await conn.execute(delete(tokens).where(tokens.c.name == name).returning(tokens))).first()
+        return None if row is None else _token(row)
 
     async def server_time(self) -> datetime | None:
         if not self._postgres:

@@ -334,3 +334,17 @@ async def test_census_counts_what_a_sweep_would_act_on_without_acting(storage: S
     census = await storage.census(T0 + timedelta(seconds=50), T0 + timedelta(seconds=1))
     assert census == (3, 2, 5, 1)
     assert len(await storage.list(healthy_only=True)) == 4  # nothing was marked
+
+
+async def test_tokens_are_stored_by_name_listed_and_removed(storage: Storage) -> None:
+    from model_registry.storage import StoredToken
+
+    worker = StoredToken("gpu-pool-a", "a" * 64, "worker", ("glm-4*",), T0 + timedelta(days=30), T0)
+    admin = StoredToken("admin", "b" * 64, "admin", None, None, T0)
+    assert await storage.add_token(worker) and await storage.add_token(admin)
+    assert not await storage.add_token(dataclasses.replace(worker, digest="c" * 64))  # the name is taken
+    assert not await storage.add_token(dataclasses.replace(admin, name="other"))  # so is the digest
+    assert await storage.tokens() == [admin, worker]
+    assert await storage.remove_token("gpu-pool-a") == worker
+    assert await storage.remove_token("gpu-pool-a") is None
+    assert await storage.tokens() == [admin]
