@@ -2,23 +2,55 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import random
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from model_registry import Clock, Registry
+from model_registry.auth import Tokens
 from model_registry.compat import TimeoutAdvice
 from model_registry.fastchat import FastChat
 from model_registry.settings import Settings
 from model_registry.storage import open_storage
 
+from .auth import Auth
 from .fastchat import callbacks_context
-from .keys import ADVICE, FASTCHAT, LIFECYCLE, REGISTRY, SETTINGS, Lifecycle
+from .keys import ADVICE, FASTCHAT, LIFECYCLE, REGISTRY, SETTINGS, TOKENS, Lifecycle
 from .responses import MAX_BODY_BYTES
 from .routes import setup_routes
 
-__all__ = ["create_app"]
+__all__ = ["StartupError", "create_app"]
+
+log = logging.getLogger("api.server")
+
+_NO_TOKEN = (
+    "authentication is on (listening on {host}), but there is no token to authenticate with: "
+    "set REGISTRY_ADMIN_TOKEN or pass --admin-token-file, or listen on 127.0.0.1, or pass "
+    "--insecure-no-auth to let anyone register, drain and purge"
+)
+#: Seconds between the warnings that a non-loopback registry is open to anyone.
+OPEN_WARNING_PERIOD_S = 3600.0
+
+
+class StartupError(Exception):
+    """The service cannot start; the message names the cause and the fix."""
+
+
+def _warn_open(settings: Settings) -> asyncio.Task[None]:
+    async def warn() -> None:
+        while True:
+            log.warning(
+                "authentication is off on a non-loopback address (--insecure-no-auth): anyone who can "
+                "reach this port can register, drain or purge instances; set REGISTRY_ADMIN_TOKEN",
+                extra={"host": settings.host},
+            )
+            await asyncio.sleep(OPEN_WARNING_PERIOD_S)
+
+    return asyncio.create_task(warn(), name="registry-open-warning")
 
 
 def create_app(
@@ -48,13 +80,28 @@ def create_app(
                 rng=rng,
             ) as registry,
         ):
+            tokens = Tokens(storage, registry.clock, bootstrap=settings.bootstrap_token)
+            await tokens.load()
+            if settings.auth:
+                if tokens.empty:
+                    raise StartupError(_NO_TOKEN.format(host=settings.host))
+                lifecycle.auth = Auth(tokens)
+            if storage.durable:  # replicas may share it: see their revocations within 2 s
+                tokens.start()
+            app[TOKENS] = tokens
             app[REGISTRY] = lifecycle.registry = registry
             app[ADVICE] = advice = TimeoutAdvice(registry.heartbeat_timeout)
             app[FASTCHAT] = FastChat(registry, settings.fastchat_dispatch, advice)
+            warning = _warn_open(settings) if not settings.auth and not settings.loopback else None
             try:
                 yield
             finally:
                 lifecycle.registry = None
+                await tokens.stop()
+                if warning is not None:
+                    warning.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await warning
 
     app.cleanup_ctx.append(registry_context)
     app.cleanup_ctx.append(callbacks_context)

@@ -30,8 +30,9 @@ __all__ = ["main"]
 
 log = logging.getLogger("model-registry")
 
-#: Every setting is a flag of ``serve``.
-_SERVE_FLAGS = tuple(Settings.model_fields)
+#: Every setting is a flag of ``serve``, but the admin token: only its file or
+#: REGISTRY_ADMIN_TOKEN, since a flag's value shows in every process listing.
+_SERVE_FLAGS = tuple(name for name in Settings.model_fields if name != "admin_token")
 
 
 def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
@@ -39,6 +40,15 @@ def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
     annotation = field.annotation
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # float | None: a derived default
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if annotation is bool:  # a switch: --insecure-no-auth
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help=f"{field.description} (env REGISTRY_{name.upper()})",
+        )
+        return
     kind = annotation if annotation in (int, float) else str
     choices = typing.get_args(annotation) or None  # a Literal's values
     default = DERIVED.get(name, field.default)

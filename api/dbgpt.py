@@ -13,10 +13,13 @@ import contextlib
 from aiohttp import web
 
 from model_registry import InstanceNotFound, ModelInstance, Registry
+from model_registry.auth import Action
 from model_registry.compat import DBGPT
 from model_registry.dbgpt import controller_listing
 from model_registry.validation import key_from
 
+from .audit import audit_deregistration
+from .auth import PRINCIPAL, in_scope
 from .keys import ADVICE, LIFECYCLE
 from .params import query_flag
 from .problem import ApiError
@@ -45,7 +48,9 @@ def _done() -> web.Response:
 
 
 async def register(request: web.Request, registry: Registry) -> web.Response:
-    await registry.register(await read_object(request))
+    body = await read_object(request)
+    in_scope(request, body.get("model_name"), Action.REGISTER)
+    await registry.register(body)
     request.app[ADVICE].registered(DBGPT)
     return _done()
 
@@ -56,6 +61,8 @@ async def heartbeat(request: web.Request, registry: Registry) -> web.Response:
     body = read_object_now(request)
     if body is None:
         body = await read_object(request)
+    if PRINCIPAL in request:
+        in_scope(request, body.get("model_name"), Action.HEARTBEAT)
     if registry.beat(body) is None:
         await registry.heartbeat(body)
         request.app[ADVICE].registered(DBGPT)
@@ -64,9 +71,12 @@ async def heartbeat(request: web.Request, registry: Registry) -> web.Response:
 
 async def deregister(request: web.Request, registry: Registry) -> web.Response:
     key = key_from(request.query)
+    in_scope(request, key.model_name, Action.DEREGISTER)
+    purge = query_flag(request, "remove_from_registry")
     # DB-GPT's controller answers true for an unknown instance; its workers expect it.
     with contextlib.suppress(InstanceNotFound):
-        await registry.deregister(key, purge=query_flag(request, "remove_from_registry"))
+        await registry.deregister(key, purge=purge)
+        audit_deregistration(request, key, purge)
     return _done()
 
 

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from model_registry import Registry, RegistryClientError, StorageUnavailable
+from model_registry.auth import Action
 
 from .keys import Lifecycle
 from .problem import ApiError
@@ -54,11 +55,12 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Re
     return error_response(exc.status, code, detail or exc.text or exc.reason, headers=headers)
 
 
-def guard(view: View, lifecycle: Lifecycle, *, while_draining: bool = False) -> Handler:
+def guard(view: View, lifecycle: Lifecycle, action: Action, *, while_draining: bool = False) -> Handler:
     """``view`` as an aiohttp handler, wrapped in the API's policy: turn
-    requests away while draining (unless ``while_draining``), count those in
-    flight (so shutdown can wait for them), hand the view the running
-    registry, and map every failure to its answer.
+    requests away while draining (unless ``while_draining``), authenticate
+    the caller and check that ``action`` is theirs (when authentication is
+    on), count the requests in flight (so shutdown can wait for them), hand
+    the view the running registry, and map every failure to its answer.
 
     A wrapper per route rather than an aiohttp middleware: aiohttp builds a
     chain of partials for every request that passes through middlewares,
@@ -74,6 +76,9 @@ def guard(view: View, lifecycle: Lifecycle, *, while_draining: bool = False) -> 
                     "the registry is shutting down; retry against another replica or after restart",
                     headers={"Retry-After": "1", "Connection": "close"},
                 )
+            auth = lifecycle.auth
+            if auth is not None:
+                auth.check(request, action)
             lifecycle.in_flight += 1
             try:
                 return await view(request, lifecycle.registry)  # type: ignore[arg-type]

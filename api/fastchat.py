@@ -17,6 +17,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from model_registry import Registry
+from model_registry.auth import Action
 from model_registry.fastchat import (
     HeartBeat,
     RegisterWorker,
@@ -27,6 +28,7 @@ from model_registry.fastchat import (
 )
 from model_registry.validation import problems_of
 
+from .auth import PRINCIPAL, in_scope
 from .keys import CALLBACKS, FASTCHAT, SETTINGS
 from .responses import (
     MAX_BODY_BYTES,
@@ -110,6 +112,8 @@ async def register_worker(request: web.Request, registry: Registry) -> web.Respo
             detail = f"{body.worker_name}/worker_get_status: {asked}; nothing was registered"
             return json_response({"registered": False, "models": [], "detail": detail})
         status = asked
+    for name in status.model_names:
+        in_scope(request, name, Action.REGISTER)
     stored = await request.app[FASTCHAT].register(body, status)
     return json_response({"registered": True, "models": [r.model_name for r in stored]})
 
@@ -120,9 +124,11 @@ async def receive_heart_beat(request: web.Request, registry: Registry) -> web.Re
     body = read_any_object_now(request)
     if body is None:
         body = await read_any_object(request)
-    exist = fastchat.beat_now(body)
+    principal = request.get(PRINCIPAL)
+    allows = principal.allows if principal is not None and principal.scoped else None
+    exist = fastchat.beat_now(body, allows)
     if exist is None:
-        exist = await fastchat.beat(parse(HeartBeat, body))
+        exist = await fastchat.beat(parse(HeartBeat, body), allows)
     return json_body_response(b'{"exist":true}' if exist else b'{"exist":false}')
 
 

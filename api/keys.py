@@ -8,11 +8,14 @@ from dataclasses import dataclass
 from aiohttp import ClientSession, web
 
 from model_registry import Registry
+from model_registry.auth import Tokens
 from model_registry.compat import TimeoutAdvice
 from model_registry.fastchat import FastChat
 from model_registry.settings import Settings
 
-__all__ = ["ADVICE", "CALLBACKS", "FASTCHAT", "LIFECYCLE", "REGISTRY", "SETTINGS", "Lifecycle"]
+from .auth import Auth
+
+__all__ = ["ADVICE", "CALLBACKS", "FASTCHAT", "TOKENS", "LIFECYCLE", "REGISTRY", "SETTINGS", "Lifecycle"]
 
 
 @dataclass(slots=True)
@@ -29,6 +32,8 @@ class Lifecycle:
     registry: Registry | None = None
     draining: bool = False
     in_flight: int = 0
+    #: Set when requests must authenticate (``api.auth``); ``None`` leaves every route open.
+    auth: Auth | None = None
 
     async def wait_idle(self, timeout: float, poll: float = 0.02) -> bool:
         """Wait up to ``timeout`` s for the requests in flight; True if none is left.
@@ -53,3 +58,5 @@ FASTCHAT = web.AppKey("fastchat", FastChat)
 CALLBACKS = web.AppKey("callbacks", ClientSession)
 #: Tells operators, once, when the heartbeat timeout is too short for an upstream's workers.
 ADVICE = web.AppKey("advice", TimeoutAdvice)
+#: The API tokens (managed through /api/v1/tokens even while authentication is off).
+TOKENS = web.AppKey("tokens", Tokens)

@@ -4,39 +4,46 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import dbgpt, fastchat, views, watch
-from .errors import guard, unrouted
+from model_registry.auth import Action
+
+from . import dbgpt, fastchat, tokens, views, watch
+from .errors import View, guard, unrouted
 from .keys import Lifecycle
 
 __all__ = ["setup_routes"]
 
-ROUTES = [
-    ("POST", "/api/v1/instances", views.register),
-    ("GET", "/api/v1/instances", views.list_instances),
-    ("DELETE", "/api/v1/instances", views.deregister),
-    ("PATCH", "/api/v1/instances", views.patch),
-    ("POST", "/api/v1/reports", views.report),
-    ("POST", "/api/v1/heartbeat", views.heartbeat),
-    ("GET", "/api/v1/models", views.models),
-    ("GET", "/api/v1/select", views.select),
-    ("GET", "/api/v1/watch", watch.watch),
-    ("GET", "/health", views.health),
+#: Every route, with the action it needs (``model_registry.auth.GRANTS`` says
+#: which roles have it). Scoped actions are checked again, per model, by the view.
+ROUTES: list[tuple[str, str, View, Action]] = [
+    ("POST", "/api/v1/instances", views.register, Action.REGISTER),
+    ("GET", "/api/v1/instances", views.list_instances, Action.READ),
+    ("DELETE", "/api/v1/instances", views.deregister, Action.DEREGISTER),
+    ("PATCH", "/api/v1/instances", views.patch, Action.PATCH),
+    ("POST", "/api/v1/reports", views.report, Action.REPORT),
+    ("POST", "/api/v1/heartbeat", views.heartbeat, Action.HEARTBEAT),
+    ("GET", "/api/v1/models", views.models, Action.READ),
+    ("GET", "/api/v1/select", views.select, Action.READ),
+    ("GET", "/api/v1/watch", watch.watch, Action.READ),
+    ("POST", "/api/v1/tokens", tokens.create, Action.TOKENS),
+    ("GET", "/api/v1/tokens", tokens.listing, Action.TOKENS),
+    ("DELETE", "/api/v1/tokens/{name}", tokens.revoke, Action.TOKENS),
+    ("GET", "/health", views.health, Action.PUBLIC),
     # DB-GPT's model controller (see api.dbgpt)
-    ("GET", "/api/health", dbgpt.health),
-    ("POST", "/api/controller/models", dbgpt.register),
-    ("GET", "/api/controller/models", dbgpt.list_instances),
-    ("DELETE", "/api/controller/models", dbgpt.deregister),
-    ("POST", "/api/controller/heartbeat", dbgpt.heartbeat),
+    ("GET", "/api/health", dbgpt.health, Action.PUBLIC),
+    ("POST", "/api/controller/models", dbgpt.register, Action.REGISTER),
+    ("GET", "/api/controller/models", dbgpt.list_instances, Action.READ),
+    ("DELETE", "/api/controller/models", dbgpt.deregister, Action.DEREGISTER),
+    ("POST", "/api/controller/heartbeat", dbgpt.heartbeat, Action.HEARTBEAT),
     # FastChat's controller (see api.fastchat)
-    ("POST", "/register_worker", fastchat.register_worker),
-    ("POST", "/receive_heart_beat", fastchat.receive_heart_beat),
-    ("POST", "/list_models", fastchat.list_models),
-    ("POST", "/list_language_models", fastchat.list_language_models),
-    ("POST", "/list_multimodal_models", fastchat.list_multimodal_models),
-    ("POST", "/refresh_all_workers", fastchat.refresh_all_workers),
-    ("POST", "/get_worker_address", fastchat.get_worker_address),
-    ("POST", "/worker_get_status", fastchat.worker_get_status),
-    ("GET", "/test_connection", fastchat.connection_check),
+    ("POST", "/register_worker", fastchat.register_worker, Action.REGISTER),
+    ("POST", "/receive_heart_beat", fastchat.receive_heart_beat, Action.HEARTBEAT),
+    ("POST", "/list_models", fastchat.list_models, Action.READ),
+    ("POST", "/list_language_models", fastchat.list_language_models, Action.READ),
+    ("POST", "/list_multimodal_models", fastchat.list_multimodal_models, Action.READ),
+    ("POST", "/refresh_all_workers", fastchat.refresh_all_workers, Action.READ),
+    ("POST", "/get_worker_address", fastchat.get_worker_address, Action.READ),
+    ("POST", "/worker_get_status", fastchat.worker_get_status, Action.READ),
+    ("GET", "/test_connection", fastchat.connection_check, Action.READ),
 ]
 
 #: Routes that still answer while the server drains (the health checks say so themselves).
@@ -45,8 +52,8 @@ WHILE_DRAINING = {views.health, dbgpt.health}
 
 def setup_routes(app: web.Application, lifecycle: Lifecycle) -> None:
     allowed: dict[str, set[str]] = {}
-    for method, path, view in ROUTES:
-        handler = guard(view, lifecycle, while_draining=view in WHILE_DRAINING)
+    for method, path, view, action in ROUTES:
+        handler = guard(view, lifecycle, action, while_draining=view in WHILE_DRAINING)
         if method == "GET":  # and HEAD, as aiohttp's add_get does
             app.router.add_get(path, handler)
             allowed.setdefault(path, set()).update({"GET", "HEAD"})

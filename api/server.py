@@ -29,16 +29,12 @@ from model_registry import Clock
 from model_registry.settings import Settings
 from model_registry.storage import redact
 
-from .app import create_app
+from .app import StartupError, create_app
 from .keys import LIFECYCLE, REGISTRY
 
 __all__ = ["StartupError", "serve"]
 
 log = logging.getLogger("api.server")
-
-
-class StartupError(Exception):
-    """The service cannot start; the message names the cause and the fix."""
 
 
 def _bind_error(exc: OSError, settings: Settings) -> StartupError:

@@ -9,8 +9,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from model_registry import ModelInstance, Registry, Snapshot
+from model_registry.auth import Action
 from model_registry.validation import key_from
 
+from .audit import audit, audit_deregistration
+from .auth import PRINCIPAL, in_scope
 from .keys import LIFECYCLE, SETTINGS
 from .params import duration_param, model_name_param, query_flag, revision_param, strategy_param
 from .problem import ApiError
@@ -30,7 +33,9 @@ __all__ = [
 
 
 async def register(request: web.Request, registry: Registry) -> web.Response:
-    instance, created = await registry.register(await read_object(request))
+    body = await read_object(request)
+    in_scope(request, body.get("model_name"), Action.REGISTER)
+    instance, created = await registry.register(body)
     return json_response(instance, status=201 if created else 200)
 
 
@@ -39,6 +44,8 @@ async def heartbeat(request: web.Request, registry: Registry) -> web.Response:
     body = read_object_now(request)
     if body is None:
         body = await read_object(request)
+    if PRINCIPAL in request:
+        in_scope(request, body.get("model_name"), Action.HEARTBEAT)
     record = registry.beat(body)
     if record is None:
         record = await registry.heartbeat(body)
@@ -47,7 +54,10 @@ async def heartbeat(request: web.Request, registry: Registry) -> web.Response:
 
 async def deregister(request: web.Request, registry: Registry) -> web.Response:
     key, purge = key_from(request.query), query_flag(request, "purge")
-    return json_response(await registry.deregister(key, purge=purge))
+    in_scope(request, key.model_name, Action.DEREGISTER)
+    record = await registry.deregister(key, purge=purge)
+    audit_deregistration(request, key, purge)
+    return json_response(record)
 
 
 #: The response header that carries the registry's revision (for ``?index=``).
@@ -89,7 +99,10 @@ async def models(request: web.Request, registry: Registry) -> web.Response:
 
 async def patch(request: web.Request, registry: Registry) -> web.Response:
     key = key_from(request.query)
-    return json_response(await registry.patch(key, await read_object(request)))
+    changes = await read_object(request)
+    record = await registry.patch(key, changes)
+    audit(request, "instance changed", model=key.model_name, addr=key.address, changes=changes)
+    return json_response(record)
 
 
 async def report(request: web.Request, registry: Registry) -> web.Response:

@@ -25,6 +25,7 @@ Nothing here speaks HTTP: calling a worker back for its status is the API's
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -192,7 +193,7 @@ class FastChat:
             stored.append(record)
         return stored
 
-    def beat_now(self, body: dict[str, Any]) -> bool | None:
+    def beat_now(self, body: dict[str, Any], allows: Callable[[str], bool] | None = None) -> bool | None:
         """``beat`` at once, for the common beat: a well-formed body naming a
         worker seen before, on a backend that can beat without waiting.
         ``None`` means the beat must go through ``beat``; answers as it does."""
@@ -202,7 +203,17 @@ class FastChat:
         address = self._addresses.get(name)
         if address is None:
             return None
-        beaten = self.registry.beat_at(address[0], address[1], load, lambda r: r.metadata.get(WORKER) == name)
+        if allows is None:
+            beaten = self.registry.beat_at(
+                address[0], address[1], load, lambda r: r.metadata.get(WORKER) == name
+            )
+        else:
+            beaten = self.registry.beat_at(
+                address[0],
+                address[1],
+                load,
+                lambda r: r.metadata.get(WORKER) == name and allows(r.model_name),
+            )
         return None if beaten is None else beaten > 0
 
     def _address(self, worker_name: str) -> tuple[str, int]:
@@ -215,10 +226,13 @@ class FastChat:
             self._addresses[worker_name] = address
         return address
 
-    async def beat(self, beat: HeartBeat) -> bool:
-        """Beat every model the worker currently serves; False when it has none here."""
+    async def beat(self, beat: HeartBeat, allows: Callable[[str], bool] | None = None) -> bool:
+        """Beat every model the worker currently serves (that ``allows`` lets it);
+        False when it has none here."""
         exist = False
         for record in await self._workers_records(beat.worker_name):
+            if allows is not None and not allows(record.model_name):
+                continue
             exist |= await self.registry.beat_known(record.key, beat.queue_length) is not None
         return exist
 

@@ -315,6 +315,11 @@ class Registry(DBGPTMethods):
             return await self.storage.list(model_name, True, self._core.clock.now())
         return await self.storage.list(model_name)
 
+    @property
+    def clock(self) -> Clock:
+        """The clock the registry stamps and judges by (the database's, on PostgreSQL)."""
+        return self._core.clock
+
     def now(self) -> datetime:
         """The moment by the registry's clock (the database's, on PostgreSQL)."""
         return self._core.clock.now()

@@ -14,9 +14,11 @@ backends it applies to (``--help`` shows it).
 
 from __future__ import annotations
 
+import ipaddress
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .checker import check_timing
@@ -147,6 +149,21 @@ class Settings(BaseSettings):
             "seconds a FastChat worker has to answer /worker_get_status when it registers without its status"
         ),
     )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="the first admin token (turns authentication on, on loopback too); env only",
+    )
+    admin_token_file: str | None = Field(
+        None, description="a file holding the first admin token (a Docker or Kubernetes secret)"
+    )
+    insecure_no_auth: bool = Field(
+        False, description="serve a non-loopback address without authentication (anyone may hijack traffic)"
+    )
+    tls_cert: str | None = Field(None, description="serve HTTPS (TLS 1.2+) with this certificate chain (PEM)")
+    tls_key: str | None = Field(None, description="the private key of --tls-cert (PEM)")
+    tls_client_ca: str | None = Field(
+        None, description="require client certificates signed by this CA (PEM): mutual TLS"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug also logs every request"
     )
@@ -185,6 +202,53 @@ class Settings(BaseSettings):
                 f"({self.heartbeat_timeout / 4:g} s), or leave --flush-interval out to have it derived"
             )
         return self
+
+    @model_validator(mode="after")
+    def _security(self) -> Settings:
+        if self.admin_token is not None and self.admin_token_file is not None:
+            raise ValueError(
+                "give the admin token once: --admin-token-file or REGISTRY_ADMIN_TOKEN, not both"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (clients are checked over TLS)")
+        for name in ("admin_token_file", "tls_cert", "tls_key", "tls_client_ca"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name.replace('_', '-')}: no such file {path!r}")
+        bootstrap = self.bootstrap_token
+        if bootstrap is not None and len(bootstrap) < 32:
+            raise ValueError(
+                "the admin token is too short to be secret: use at least 32 characters, e.g. "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return self
+
+    @property
+    def bootstrap_token(self) -> str | None:
+        """The first admin token, from the environment or its file (without the trailing newline)."""
+        if self.admin_token is not None:
+            return self.admin_token.get_secret_value()
+        if self.admin_token_file is not None:
+            return Path(self.admin_token_file).read_text().rstrip("\r\n")
+        return None
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the registry listens on loopback only."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def auth(self) -> bool:
+        """Whether requests must authenticate: with an admin token, or off loopback
+        unless --insecure-no-auth."""
+        return self.bootstrap_token is not None or (not self.loopback and not self.insecure_no_auth)
 
     @property
     def failures(self) -> FailurePolicy:

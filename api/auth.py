@@ -1,0 +1,137 @@
+"""Authentication at the API's edge: who a request comes from, and whether
+the route's action is theirs (``model_registry.auth`` holds the policy).
+
+Credentials: ``Authorization: Bearer <token>``, or HTTP Basic with the token
+as the password (any user name), so that a client configured with only an
+address works with ``http://worker:<token>@registry:8000``; or, under mutual
+TLS, a client certificate whose subject's common name is a token's name.
+Never a query string: those end up in logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+
+from aiohttp import web
+
+from model_registry.auth import Action, Principal, Tokens
+
+from .problem import ApiError
+
+__all__ = ["PRINCIPAL", "Auth", "in_scope", "principal_of"]
+
+log = logging.getLogger("api.auth")
+
+#: Where the guard leaves the request's principal for the views (scope checks, audit).
+PRINCIPAL = "principal"
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="model-registry"'}
+#: Failed attempts are logged once per source per this many seconds, with a count.
+FAILURE_LOG_WINDOW_S = 60.0
+
+
+def principal_of(request: web.Request) -> Principal | None:
+    """The authenticated caller, or ``None`` when authentication is off."""
+    return request.get(PRINCIPAL)
+
+
+def in_scope(request: web.Request, model_name: object, action: Action) -> None:
+    """403 unless the caller's scope covers ``model_name`` (a worker token's globs)."""
+    principal = request.get(PRINCIPAL)
+    if principal is not None and type(model_name) is str:
+        principal.require_model(model_name, action)
+
+
+class Auth:
+    def __init__(self, tokens: Tokens) -> None:
+        self.tokens = tokens
+        self._seen: dict[str, Principal] = {}  # Authorization header -> principal, for this table version
+        self._seen_version = -1
+        self._failures: dict[str, list[float]] = {}  # source -> [window start, count]
+
+    def check(self, request: web.Request, action: Action) -> Principal | None:
+        """The request's principal, allowed ``action``; raises 401 or 403."""
+        if action is Action.PUBLIC:
+            return None
+        header = request.headers.get("Authorization")
+        principal = self._principal(request, header)
+        if principal is None:
+            self._failed(
+                request, "no credentials" if header is None and not _peer_name(request) else "bad token"
+            )
+            detail = (
+                "this registry needs a token: send Authorization: Bearer <token> (or use it as the "
+                "password of the URL, http://user:<token>@host:port)"
+                if header is None
+                else "the token is unknown, revoked or expired, or the Authorization header is malformed"
+            )
+            raise ApiError(401, "unauthorized", detail, headers=_CHALLENGE)
+        principal.require(action)
+        request[PRINCIPAL] = principal
+        return principal
+
+    def _principal(self, request: web.Request, header: str | None) -> Principal | None:
+        tokens = self.tokens
+        if header is None:
+            name = _peer_name(request)
+            return None if name is None else tokens.by_name(name)
+        if self._seen_version != tokens.version:
+            self._seen.clear()
+            self._seen_version = tokens.version
+        principal = self._seen.get(header)
+        if principal is not None:
+            return None if principal.expired(tokens.now()) else principal
+        secret = _secret(header)
+        principal = None if secret is None else tokens.authenticate(secret)
+        if principal is not None and len(self._seen) < 10_000:
+            self._seen[header] = principal
+        return principal
+
+    def _failed(self, request: web.Request, why: str) -> None:
+        source = request.remote or "?"
+        now = time.monotonic()
+        entry = self._failures.get(source)
+        if entry is not None and now - entry[0] < FAILURE_LOG_WINDOW_S:
+            entry[1] += 1
+            return
+        if len(self._failures) > 10_000:
+            self._failures.clear()
+        if entry is not None and entry[1] > 1:
+            log.warning(
+                "authentication failures",
+                extra={"source": source, "count": entry[1], "window_s": FAILURE_LOG_WINDOW_S},
+            )
+        self._failures[source] = [now, 1]
+        log.warning("authentication failed", extra={"source": source, "reason": why, "path": request.path})
+
+
+def _secret(header: str) -> str | None:
+    scheme, _, value = header.strip().partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return value.strip() or None
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        _, colon, password = decoded.partition(":")
+        return password if colon and password else None
+    return None
+
+
+def _peer_name(request: web.Request) -> str | None:
+    """The common name of a verified client certificate (mutual TLS), if any."""
+    transport = request.transport
+    if transport is None:
+        return None
+    cert = transport.get_extra_info("peercert")
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return None
