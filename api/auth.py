@@ -26,7 +26,7 @@ __all__ = ["PRINCIPAL", "Auth", "in_scope", "principal_of"]
 log = logging.getLogger("api.auth")
 
 #: Where the guard leaves the request's principal for the views (scope checks, audit).
-PRINCIPAL = "principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="model-registry"'}
 #: Failed attempts are logged once per source per this many seconds, with a count.
 FAILURE_LOG_WINDOW_S = 60.0
