@@ -22,6 +22,7 @@ import errno
 import gc
 import logging
 import signal
+import ssl
 
 from aiohttp import web
 
@@ -64,7 +65,7 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
     stop = asyncio.Event()
     try:
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=_tls(settings))
         try:
             await site.start()
         except OSError as exc:
@@ -80,7 +81,8 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
         log.info(
             "serving",
             extra={
-                "url": f"http://{shown}:{port}",
+                "url": f"{'https' if settings.tls_cert else 'http'}://{shown}:{port}",
+                "auth": "on" if settings.auth else "off",
                 "storage": redact(settings.storage),
                 "loop": _loop_name(loop),
             },
@@ -101,6 +103,26 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
             loop.remove_signal_handler(signum)
         await runner.cleanup()
     log.info("stopped")
+
+
+def _tls(settings: Settings) -> ssl.SSLContext | None:
+    """The server's TLS context (1.2 or newer), requiring client certificates
+    with ``--tls-client-ca``; ``None`` without ``--tls-cert``."""
+    if settings.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        if settings.tls_client_ca is not None:
+            context.load_verify_locations(settings.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(
+            f"cannot use the TLS files ({exc}): check that --tls-cert and --tls-key are a PEM "
+            "certificate chain and its private key, and --tls-client-ca a PEM CA bundle"
+        ) from None
+    return context
 
 
 def _loop_name(loop: asyncio.AbstractEventLoop) -> str:

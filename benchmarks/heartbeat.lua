@@ -18,6 +18,11 @@ end
 -- BENCH_SHAPE: native (/api/v1/heartbeat), dbgpt (every field of DB-GPT's ModelInstance)
 -- or fastchat (a worker's name and its queue length).
 local shape = os.getenv("BENCH_SHAPE") or "native"
+-- BENCH_TOKEN: sent as Authorization: Bearer (the auth-on scenarios).
+local headers = {["Content-Type"] = "application/json"}
+if os.getenv("BENCH_TOKEN") then
+  headers["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")
+end
 
 request = function()
   i = (i + 1) % count
@@ -35,5 +40,5 @@ request = function()
   else
     body = string.format('{"model_name":"model-%d","host":"%s","port":8000,"queue_length":%d}', model, host, n % 7)
   end
-  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", path, headers, body)
 end

@@ -121,13 +121,13 @@ def baseline(list_size: int = 10, uvloop: bool = False) -> Server:
     return Server(argv + (["--uvloop"] if uvloop else []), port)
 
 
-def registry(storage: str, *extra: str) -> Server:
+def registry(storage: str, *extra: str, env: dict[str, str] | None = None) -> Server:
     """A registry server. Its instances stay healthy for the whole session: a
     scenario lasts longer than the default timeout, and reads of instances
     that expired meanwhile would measure empty answers."""
     port = free_port()
     argv = [sys.executable, "-m", "model_registry", "serve", "--port", str(port), "--storage", storage]
-    return Server(argv + ["--log-level", "warning", "--heartbeat-timeout", "3600", *extra], port)
+    return Server(argv + ["--log-level", "warning", "--heartbeat-timeout", "3600", *extra], port, env)
 
 
 @dataclass
@@ -192,6 +192,9 @@ async def _generate(url: str, script: str, seconds: float, connections: int) -> 
     models = int(env.get("BENCH_MODELS", "1000"))
     path = env.get("BENCH_PATH", "/api/v1/heartbeat" if script == "heartbeat.lua" else "/api/v1/instances")
     query = env.get("BENCH_QUERY", "&healthy_only=true")
+    headers = {"Content-Type": "application/json"}
+    if env.get("BENCH_TOKEN"):
+        headers["Authorization"] = f"Bearer {env['BENCH_TOKEN']}"
     done = errors = 0
     stop_at = time.monotonic() + seconds
     connector = aiohttp.TCPConnector(limit=connections)
@@ -206,9 +209,7 @@ async def _generate(url: str, script: str, seconds: float, connections: int) -> 
                 if script == "heartbeat.lua":
                     n = i % count + offset
                     body = beat_body(n, env.get("BENCH_SHAPE", "native"), per_model)
-                    response = await http.post(
-                        path, data=orjson.dumps(body), headers={"Content-Type": "application/json"}
-                    )
+                    response = await http.post(path, data=orjson.dumps(body), headers=headers)
                 else:
                     response = await http.get(f"{path}?model_name=model-{i % models}{query}")
                 await response.read()

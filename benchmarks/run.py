@@ -36,6 +36,7 @@ from benchmarks.load import ROOT, LoadResult, Server, baseline, drive, identity,
 
 TARGETS = {
     "heartbeat/memory": 0.80,
+    "heartbeat-auth/memory": 0.75,
     "heartbeat/sqlite": 0.75,
     "heartbeat/postgresql": 0.60,
     "list/100000": 0.70,
@@ -43,9 +44,12 @@ TARGETS = {
 }
 
 
-async def _register_over_http(url: str, count: int, offset: int = 0, per_model: int = 10) -> None:
+async def _register_over_http(
+    url: str, count: int, offset: int = 0, per_model: int = 10, token: str | None = None
+) -> None:
     connector = aiohttp.TCPConnector(limit=64)
-    async with aiohttp.ClientSession(url, connector=connector) as http:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with aiohttp.ClientSession(url, connector=connector, headers=headers) as http:
         queue = iter(range(offset, offset + count))
 
         async def worker() -> None:
@@ -74,6 +78,14 @@ async def _register_fastchat_workers(url: str, count: int, per_model: int = 10) 
                     assert (await response.json())["registered"], await response.text()
 
         await asyncio.gather(*(worker() for _ in range(64)))
+
+
+async def _worker_token(url: str, admin: str) -> str:
+    """A worker token scoped to the benchmark's models, made with the admin token."""
+    async with aiohttp.ClientSession(url, headers={"Authorization": f"Bearer {admin}"}) as http:
+        body = {"name": "bench-worker", "role": "worker", "models": ["model-*"]}
+        async with http.post("/api/v1/tokens", json=body) as response:
+            return (await response.json())["token"]  # type: ignore[no-any-return]
 
 
 def populate(server: Server, storage: str, count: int) -> None:
@@ -308,6 +320,26 @@ def main() -> None:
                         prepare,
                     )
                 )
+        if want("heartbeat-auth/memory"):
+            # Authentication on: every beat carries a worker token scoped to model-*.
+            admin = "bench-admin-" + "x" * 32
+            beats_with_token = {"BENCH_PATH": "/api/v1/heartbeat", "BENCH_COUNT": "10000"}
+
+            def prepare_auth(server: Server) -> None:
+                beats_with_token["BENCH_TOKEN"] = asyncio.run(_worker_token(server.url, admin))
+                asyncio.run(_register_over_http(server.url, 10_000, token=admin))
+
+            results.append(
+                compare(
+                    "heartbeat-auth/memory",
+                    lambda: registry("memory://", *extra, env={"REGISTRY_ADMIN_TOKEN": admin}),
+                    lambda: baseline(uvloop=args.uvloop),
+                    "heartbeat.lua",
+                    beats_with_token,
+                    args,
+                    prepare=prepare_auth,
+                )
+            )
         for count in (10_000, 100_000):
             if not want(f"list/{count}"):
                 continue

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 from .cache import HealthyCache
 from .clock import Clock
@@ -40,9 +42,16 @@ class AsyncRegistryClient:
         retry: Retry | bool = True,
         reset_after: int = 3,
         clock: Clock | None = None,
+        token: str | None = None,
+        ca: str | None = None,
     ) -> None:
+        """``token``: the API token (default ``$REGISTRY_TOKEN``), sent as
+        ``Authorization: Bearer``. ``ca``: a CA bundle (PEM) to verify an HTTPS
+        registry with (default ``$REGISTRY_CA_BUNDLE``, else the system's)."""
         policy = retry if isinstance(retry, Retry) else Retry() if retry else Retry(attempts=1)
-        self._transport = Transport(urls, policy, reset_after=reset_after, clock=clock)
+        token = os.environ.get("REGISTRY_TOKEN") if token is None else token
+        ca = os.environ.get("REGISTRY_CA_BUNDLE") if ca is None else ca
+        self._transport = Transport(urls, policy, reset_after=reset_after, clock=clock, token=token, ca=ca)
 
     @property
     def urls(self) -> list[str]:
@@ -167,6 +176,26 @@ class AsyncRegistryClient:
         ``watch``: ``async with client.healthy_cache(name) as cache: cache.instances()``.
         Cooldowns end by ``clock`` (the client's by default)."""
         return HealthyCache(self, model_name, clock=clock)
+
+    # -- tokens (an admin's) ------------------------------------------------
+
+    async def create_token(
+        self, name: str, role: str, models: Sequence[str] | None = None, expires: str | None = None
+    ) -> dict[str, Any]:
+        """A new token; the answer's ``token`` is its secret, shown this once."""
+        body: dict[str, Any] = {"name": name, "role": role}
+        if models:
+            body["models"] = list(models)
+        if expires is not None:
+            body["expires"] = expires
+        return await self._transport.request("POST", f"{_V1}/tokens", json=body, idempotent=False)  # type: ignore[no-any-return]
+
+    async def list_tokens(self) -> list[dict[str, Any]]:
+        """Every token's name, role, scope and expiry (never a secret)."""
+        return (await self._transport.request("GET", f"{_V1}/tokens"))["tokens"]  # type: ignore[no-any-return]
+
+    async def revoke_token(self, name: str) -> None:
+        await self._transport.request("DELETE", f"{_V1}/tokens/{quote(name, safe='')}")
 
     async def health(self) -> dict[str, Any]:
         return await self._transport.request("GET", "/health")

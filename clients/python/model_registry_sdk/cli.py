@@ -1,7 +1,9 @@
 """The client's command line: subcommands that talk to a running registry through the sync client:
 ``list``, ``models``, ``register``, ``deregister``, ``heartbeat``, ``select``,
-and the operator's ``drain``, ``undrain`` and ``set-weight``, which pin their
-change over the worker's re-registrations.
+the operator's ``drain``, ``undrain`` and ``set-weight``, which pin their
+change over the worker's re-registrations, and the admin's ``token create``,
+``token list`` and ``token revoke``. The caller's token comes from
+``$REGISTRY_TOKEN``.
 
 Output is a readable table, or JSON with ``--json`` (for scripts). A registry
 that cannot be reached or refuses the request ends in one line on stderr and
@@ -39,6 +41,7 @@ COMMANDS = (
     "drain",
     "undrain",
     "set-weight",
+    "token",
 )
 #: Commands that print one instance.
 _SINGLE = ("select", "register", "deregister", "heartbeat", "drain", "undrain", "set-weight")
@@ -68,6 +71,11 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
         help="registry URL, or several comma-separated (default: $REGISTRY_URL or %(default)s)",
     )
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    common.add_argument(
+        "--ca-bundle",
+        default=os.environ.get("REGISTRY_CA_BUNDLE"),
+        help="CA certificates (PEM) to verify an https:// registry with (default: $REGISTRY_CA_BUNDLE)",
+    )
 
     listing = commands.add_parser("list", parents=[common], help="list instances")
     listing.add_argument("--model", dest="model_name", help="only this model")
@@ -112,6 +120,54 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     )
     _identity(weight)
     weight.add_argument("weight", type=_weight, help="the weight, or 'worker' to let the worker's own apply")
+    _add_token_commands(commands, common)
+
+
+def _add_token_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    token = commands.add_parser(
+        "token", help="create, list and revoke API tokens (an admin's; the caller's from $REGISTRY_TOKEN)"
+    )
+    actions = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = actions.add_parser("create", parents=[common], help="create a token and print its secret, once")
+    create.add_argument("--name", required=True, help="its name, for logs and revocation")
+    create.add_argument("--role", required=True, choices=("worker", "router", "operator", "admin"))
+    create.add_argument(
+        "--models", help="for a worker: the model names it may act on, globs, comma-separated"
+    )
+    create.add_argument("--expires", help="a lifetime like 30d, 12h or 90m (default: never)")
+    actions.add_parser("list", parents=[common], help="list tokens (names, roles, scopes; never secrets)")
+    revoke = actions.add_parser("revoke", parents=[common], help="revoke a token: refused within 2 s")
+    revoke.add_argument("name")
+
+
+def _token_command(client: RegistryClient, args: argparse.Namespace) -> int:
+    action = args.token_command
+    if action == "create":
+        models = [p.strip() for p in args.models.split(",") if p.strip()] if args.models else None
+        made = client.create_token(args.name, args.role, models, args.expires)
+        # The secret alone on stdout (for $(...)), or everything as JSON.
+        sys.stdout.write((orjson.dumps(made).decode() if args.json else made["token"]) + "\n")
+    elif action == "list":
+        tokens = client.list_tokens()
+        if args.json:
+            sys.stdout.write(orjson.dumps(tokens).decode() + "\n")
+        else:
+            rows = [
+                [
+                    t["name"],
+                    t["role"],
+                    ",".join(t["models"] or ["*"]),
+                    t["expires_at"] or "never",
+                    "yes" if t["expired"] else "no",
+                ]
+                for t in tokens
+            ]
+            _table(["NAME", "ROLE", "MODELS", "EXPIRES", "EXPIRED"], rows)
+    else:
+        client.revoke_token(args.name)
+        if args.json:
+            sys.stdout.write(orjson.dumps({"revoked": args.name}).decode() + "\n")
+    return 0
 
 
 def _weight(text: str) -> float | None:
@@ -160,7 +216,9 @@ def _call(client: RegistryClient, args: argparse.Namespace) -> Any:
 
 def run_client_command(args: argparse.Namespace) -> int:
     try:
-        with RegistryClient(args.url, retry=Retry(attempts=3, deadline=5.0)) as client:
+        with RegistryClient(args.url, retry=Retry(attempts=3, deadline=5.0), ca=args.ca_bundle) as client:
+            if args.command == "token":
+                return _token_command(client, args)
             result = _call(client, args)
     except RegistryUnavailable as exc:
         return _error(args, f"cannot reach the registry: {exc}; start it, or pass --url / set REGISTRY_URL")

@@ -28,9 +28,15 @@ class RegistryClient:
     """Synchronous twin of ``AsyncRegistryClient``; use as ``with RegistryClient(url) as client:``."""
 
     def __init__(
-        self, urls: str | Sequence[str], *, retry: Retry | bool = True, reset_after: int = 3
+        self,
+        urls: str | Sequence[str],
+        *,
+        retry: Retry | bool = True,
+        reset_after: int = 3,
+        token: str | None = None,
+        ca: str | None = None,
     ) -> None:
-        self._aio = AsyncRegistryClient(urls, retry=retry, reset_after=reset_after)
+        self._aio = AsyncRegistryClient(urls, retry=retry, reset_after=reset_after, token=token, ca=ca)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="registry-client", daemon=True)
         self._thread.start()
@@ -89,6 +95,17 @@ class RegistryClient:
 
     def register(self, instance: ModelInstance) -> ModelInstance:
         return self.run(self._aio.register(instance))
+
+    def create_token(
+        self, name: str, role: str, models: Sequence[str] | None = None, expires: str | None = None
+    ) -> dict[str, Any]:
+        return self.run(self._aio.create_token(name, role, models, expires))
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        return self.run(self._aio.list_tokens())
+
+    def revoke_token(self, name: str) -> None:
+        self.run(self._aio.revoke_token(name))
 
     def heartbeat(self, instance: ModelInstance, queue_length: int | None = None) -> ModelInstance:
         return self.run(self._aio.heartbeat(instance, queue_length))

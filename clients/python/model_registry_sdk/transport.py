@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -71,8 +72,13 @@ class Transport:
         *,
         reset_after: int = 3,
         clock: Clock | None = None,
+        token: str | None = None,
+        ca: str | None = None,
     ) -> None:
         self.urls = parse_urls(urls)
+        # Sent with every request and the watch's handshake; never in a URL's query.
+        self._headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else True
         self.retry = retry
         self.reset_after = reset_after
         self.sessions_created = 0
@@ -104,7 +110,9 @@ class Transport:
 
     def _session_for_call(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, connector=aiohttp.TCPConnector(ssl=self._ssl)
+            )
             self.sessions_created += 1
         return self._session
 
