@@ -37,11 +37,11 @@ def principal_of(request: web.Request) -> Principal | None:
     return request.get(PRINCIPAL)
 
 
-def in_scope(request: web.Request, model_name: object, action: Action) -> None:
-    """403 unless the caller's scope covers ``model_name`` (a worker token's globs)."""
-    principal = request.get(PRINCIPAL)
-    if principal is not None and type(model_name) is str:
-        principal.require_model(model_name, action)
+def in_scope(caller: Principal | None, model_name: object, action: Action) -> None:
+    """403 unless the caller's scope covers ``model_name`` (a worker token's globs).
+    ``caller`` is ``None`` when authentication is off."""
+    if caller is not None and type(model_name) is str:
+        caller.require_model(model_name, action)
 
 
 class Auth:

@@ -13,13 +13,13 @@ import contextlib
 from aiohttp import web
 
 from model_registry import InstanceNotFound, ModelInstance, Registry
-from model_registry.auth import Action
+from model_registry.auth import Action, Principal
 from model_registry.compat import DBGPT
 from model_registry.dbgpt import controller_listing
 from model_registry.validation import key_from
 
 from .audit import audit_deregistration
-from .auth import PRINCIPAL, in_scope
+from .auth import in_scope
 from .keys import ADVICE, LIFECYCLE
 from .params import query_flag
 from .problem import ApiError
@@ -47,31 +47,31 @@ def _done() -> web.Response:
     return json_body_response(_TRUE)
 
 
-async def register(request: web.Request, registry: Registry) -> web.Response:
+async def register(request: web.Request, registry: Registry, caller: Principal | None) -> web.Response:
     body = await read_object(request)
-    in_scope(request, body.get("model_name"), Action.REGISTER)
+    in_scope(caller, body.get("model_name"), Action.REGISTER)
     await registry.register(body)
     request.app[ADVICE].registered(DBGPT)
     return _done()
 
 
-async def heartbeat(request: web.Request, registry: Registry) -> web.Response:
+async def heartbeat(request: web.Request, registry: Registry, caller: Principal | None) -> web.Response:
     # As /api/v1/heartbeat: the common beat is recorded without awaiting; an
     # unknown instance is registered by its beat, as DB-GPT's controller does.
     body = read_object_now(request)
     if body is None:
         body = await read_object(request)
-    if PRINCIPAL in request:
-        in_scope(request, body.get("model_name"), Action.HEARTBEAT)
+    if caller is not None:
+        in_scope(caller, body.get("model_name"), Action.HEARTBEAT)
     if registry.beat(body) is None:
         await registry.heartbeat(body)
         request.app[ADVICE].registered(DBGPT)
     return _done()
 
 
-async def deregister(request: web.Request, registry: Registry) -> web.Response:
+async def deregister(request: web.Request, registry: Registry, caller: Principal | None) -> web.Response:
     key = key_from(request.query)
-    in_scope(request, key.model_name, Action.DEREGISTER)
+    in_scope(caller, key.model_name, Action.DEREGISTER)
     purge = query_flag(request, "remove_from_registry")
     # DB-GPT's controller answers true for an unknown instance; its workers expect it.
     with contextlib.suppress(InstanceNotFound):

@@ -17,7 +17,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from model_registry import Registry
-from model_registry.auth import Action
+from model_registry.auth import Action, Principal
 from model_registry.fastchat import (
     HeartBeat,
     RegisterWorker,
@@ -28,7 +28,7 @@ from model_registry.fastchat import (
 )
 from model_registry.validation import problems_of
 
-from .auth import PRINCIPAL, in_scope
+from .auth import in_scope
 from .keys import CALLBACKS, FASTCHAT, SETTINGS
 from .responses import (
     MAX_BODY_BYTES,
@@ -98,7 +98,7 @@ def _no_body(request: web.Request) -> None:
         raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, request.content_length)
 
 
-async def register_worker(request: web.Request, registry: Registry) -> web.Response:
+async def register_worker(request: web.Request, registry: Registry, caller: Principal | None) -> web.Response:
     body: RegisterWorker = parse(RegisterWorker, await read_any_object(request))
     worker_address(body.worker_name)  # 422 for a bad name, before any call to it
     status = body.worker_status
@@ -113,19 +113,20 @@ async def register_worker(request: web.Request, registry: Registry) -> web.Respo
             return json_response({"registered": False, "models": [], "detail": detail})
         status = asked
     for name in status.model_names:
-        in_scope(request, name, Action.REGISTER)
+        in_scope(caller, name, Action.REGISTER)
     stored = await request.app[FASTCHAT].register(body, status)
     return json_response({"registered": True, "models": [r.model_name for r in stored]})
 
 
-async def receive_heart_beat(request: web.Request, registry: Registry) -> web.Response:
+async def receive_heart_beat(
+    request: web.Request, registry: Registry, caller: Principal | None
+) -> web.Response:
     # As /api/v1/heartbeat: the common beat is recorded without awaiting anything.
     fastchat = request.app[FASTCHAT]
     body = read_any_object_now(request)
     if body is None:
         body = await read_any_object(request)
-    principal = request.get(PRINCIPAL)
-    allows = principal.allows if principal is not None and principal.scoped else None
+    allows = caller.allows if caller is not None and caller.scoped else None
     exist = fastchat.beat_now(body, allows)
     if exist is None:
         exist = await fastchat.beat(parse(HeartBeat, body), allows)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from model_registry import ModelInstance, Registry, Snapshot
-from model_registry.auth import Action
+from model_registry.auth import Action, Principal
 from model_registry.validation import key_from
 
 from .audit import audit, audit_deregistration
-from .auth import PRINCIPAL, in_scope
+from .auth import in_scope
 from .keys import LIFECYCLE, SETTINGS
 from .params import duration_param, model_name_param, query_flag, revision_param, strategy_param
 from .problem import ApiError
@@ -32,29 +32,29 @@ __all__ = [
 ]
 
 
-async def register(request: web.Request, registry: Registry) -> web.Response:
+async def register(request: web.Request, registry: Registry, caller: Principal | None) -> web.Response:
     body = await read_object(request)
-    in_scope(request, body.get("model_name"), Action.REGISTER)
+    in_scope(caller, body.get("model_name"), Action.REGISTER)
     instance, created = await registry.register(body)
     return json_response(instance, status=201 if created else 200)
 
 
-async def heartbeat(request: web.Request, registry: Registry) -> web.Response:
+async def heartbeat(request: web.Request, registry: Registry, caller: Principal | None) -> web.Response:
     # The hottest path: most beats are read and recorded without awaiting anything.
     body = read_object_now(request)
     if body is None:
         body = await read_object(request)
-    if PRINCIPAL in request:
-        in_scope(request, body.get("model_name"), Action.HEARTBEAT)
+    if caller is not None:
+        in_scope(caller, body.get("model_name"), Action.HEARTBEAT)
     record = registry.beat(body)
     if record is None:
         record = await registry.heartbeat(body)
     return json_response(record)
 
 
-async def deregister(request: web.Request, registry: Registry) -> web.Response:
+async def deregister(request: web.Request, registry: Registry, caller: Principal | None) -> web.Response:
     key, purge = key_from(request.query), query_flag(request, "purge")
-    in_scope(request, key.model_name, Action.DEREGISTER)
+    in_scope(caller, key.model_name, Action.DEREGISTER)
     record = await registry.deregister(key, purge=purge)
     audit_deregistration(request, key, purge)
     return json_response(record)
