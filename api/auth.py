@@ -17,7 +17,7 @@ import time
 
 from aiohttp import web
 
-from model_registry.auth import Action, Principal, Tokens
+from model_registry.auth import Action, Principal, Role, Tokens
 
 from .problem import ApiError
 
@@ -68,8 +68,10 @@ class Auth:
                 else "the token is unknown, revoked or expired, or the Authorization header is malformed"
             )
             raise ApiError(401, "unauthorized", detail, headers=_CHALLENGE)
-        principal.require(action)
-        request[PRINCIPAL] = principal
+        if action not in principal.actions:
+            principal.require(action)  # raises, naming what is missing
+        if principal.role is not Role.WORKER:  # for the audit log (workers' actions are not audited)
+            request[PRINCIPAL] = principal
         return principal
 
     def _principal(self, request: web.Request, header: str | None) -> Principal | None:
@@ -82,7 +84,9 @@ class Auth:
             self._seen_version = tokens.version
         principal = self._seen.get(header)
         if principal is not None:
-            return None if principal.expired(tokens.now()) else principal
+            if principal.expires_at is not None and principal.expired(tokens.now()):
+                return None
+            return principal
         secret = _secret(header)
         principal = None if secret is None else tokens.authenticate(secret)
         if principal is not None and len(self._seen) < 10_000:

@@ -98,6 +98,10 @@ class Principal:
     expires_at: datetime | None = None
     _allowed: dict[str, bool] = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        #: What the role grants (``GRANTS``), at hand for every request.
+        self.actions = GRANTS[self.role]
+
     def may(self, action: Action) -> bool:
         return action in GRANTS[self.role]
 
