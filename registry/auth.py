@@ -101,6 +101,8 @@ class Principal:
     def __post_init__(self) -> None:
         #: What the role grants (``GRANTS``), at hand for every request.
         self.actions = GRANTS[self.role]
+        #: Whether a scope limits this principal's actions (a worker token with models).
+        self.scoped = self.models is not None and self.role is Role.WORKER
 
     def may(self, action: Action) -> bool:
         return action in GRANTS[self.role]
@@ -112,11 +114,6 @@ class Principal:
                 f"token {self.name!r} has role {self.role.value}; "
                 f"{action.value} needs one of: {', '.join(needed)}"
             )
-
-    @property
-    def scoped(self) -> bool:
-        """Whether a scope limits this principal's actions (a worker token with models)."""
-        return self.models is not None and self.role is Role.WORKER
 
     def allows(self, model_name: str) -> bool:
         """Whether the scope covers ``model_name`` (always, without a scope)."""
@@ -131,6 +128,8 @@ class Principal:
 
     def require_model(self, model_name: str, action: Action) -> None:
         """Refuse a model outside a worker's scope (only workers' actions are scoped)."""
+        if self._allowed.get(model_name) is True:  # the common case: a name seen before
+            return
         if action in SCOPED and not self.allows(model_name):
             raise Forbidden(
                 f"token {self.name!r} may only {action.value} models matching "
