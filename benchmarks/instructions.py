@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.load import HERE, Server, drive, free_port  # noqa: E402
-from benchmarks.run import _register_over_http  # noqa: E402
+from benchmarks.run import _register_over_http, _worker_token  # noqa: E402
 
 _SECONDS = 15
 _TOTALS = re.compile(r"^\s*([\d,]+) \(100\.0%\)(.*)PROGRAM TOTALS", re.M)
@@ -44,7 +44,7 @@ def _l2_bytes() -> int:
         return 512 * 1024
 
 
-def _server(argv: list[str], out: Path) -> Server:
+def _server(argv: list[str], out: Path, env: dict[str, str] | None = None) -> Server:
     port = free_port()
     valgrind = [
         "valgrind",
@@ -56,7 +56,7 @@ def _server(argv: list[str], out: Path) -> Server:
         f"--LL={_l2_bytes()},8,64",
         f"--callgrind-out-file={out}",
     ]
-    return Server(valgrind + argv + ["--port", str(port)], port)
+    return Server(valgrind + argv + ["--port", str(port)], port, env)
 
 
 def _instrument(server: Server, state: str) -> None:
@@ -70,13 +70,19 @@ def _count(which: str, scenario: str, instances: int, workdir: Path) -> dict[str
     else:
         argv = [sys.executable, "-m", "model_registry", "serve", "--storage", "memory://"]
         argv += ["--log-level", "warning", "--heartbeat-timeout", "3600"]
-    server = _server(argv, out)
+    # heartbeat-auth: authentication on, every beat with a worker token scoped to model-*.
+    admin = "bench-admin-" + "x" * 32 if scenario == "heartbeat-auth" else None
+    server = _server(argv, out, {"REGISTRY_ADMIN_TOKEN": admin} if admin and which == "registry" else None)
     try:
         server.wait_ready(timeout=600)
+        token = None
         if which == "registry":
-            asyncio.run(_register_over_http(server.url, instances))
-        if scenario == "heartbeat":
+            asyncio.run(_register_over_http(server.url, instances, token=admin))
+            token = asyncio.run(_worker_token(server.url, admin)) if admin else None
+        if scenario.startswith("heartbeat"):
             script, env = "heartbeat.lua", {"BENCH_PATH": "/api/v1/heartbeat", "BENCH_COUNT": str(instances)}
+            if admin:
+                env["BENCH_TOKEN"] = token or admin
         else:
             script, env = "get.lua", {"BENCH_PATH": "/api/v1/instances", "BENCH_MODELS": str(instances // 10)}
         drive(server.url, script, env, 2, 8)  # warm up
@@ -112,7 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("scenario", choices=("heartbeat", "list"))
+    parser.add_argument("scenario", choices=("heartbeat", "heartbeat-auth", "list"))
     parser.add_argument("--instances", type=int, default=10_000, help="registered (default: %(default)s)")
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate", "wrk"):
