@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -16,6 +15,7 @@ from model_registry.compat import TimeoutAdvice
 from model_registry.fastchat import FastChat
 from model_registry.settings import Settings
 from model_registry.storage import open_storage
+from model_registry.storage.tasks import cancelled
 
 from .auth import Auth
 from .fastchat import callbacks_context
@@ -98,10 +98,7 @@ def create_app(
             finally:
                 lifecycle.registry = None
                 await tokens.stop()
-                if warning is not None:
-                    warning.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await warning
+                await cancelled([warning])
 
     app.cleanup_ctx.append(registry_context)
     app.cleanup_ctx.append(callbacks_context)

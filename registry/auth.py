@@ -18,7 +18,6 @@ or expired token is refused by all of them within two.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import hashlib
 import logging
@@ -32,6 +31,7 @@ from enum import StrEnum
 from .clock import Clock
 from .errors import RegistryClientError
 from .storage import Storage, StorageUnavailable, StoredToken
+from .storage.tasks import cancelled
 
 __all__ = [
     "ACTIONS",
@@ -204,11 +204,8 @@ class Tokens:
         self._task = asyncio.create_task(self._refresh_forever(), name="registry-tokens")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancelled([self._task])
+        self._task = None
 
     async def _refresh_forever(self) -> None:
         while True:

@@ -11,7 +11,6 @@ workers may not have been able to record a beat through no fault of theirs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from .core import Core, fields_of
 from .preservation import Guard, Preservation
 from .reports import Cooldowns
 from .storage import StorageUnavailable
+from .storage.tasks import cancelled
 
 __all__ = ["CLOCK_SYNC_PERIOD", "MIN_TIMEOUT_INTERVALS", "CheckResult", "Checker", "check_timing"]
 
@@ -97,10 +97,7 @@ class Checker:
         self._task = asyncio.create_task(self._run(), name="registry-checker")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancelled([self._task])
         self._task = None
 
     @property

@@ -10,13 +10,13 @@ makes every watcher resync.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from model_registry_sdk.record import Change, InstanceKey, ModelInstance
 
 from .core import Core
 from .storage import StorageUnavailable
+from .storage.tasks import cancelled
 
 __all__ = ["Replication"]
 
@@ -32,10 +32,7 @@ class Replication:
     async def close(self) -> None:
         """Stop listening, and wait for the reads under way to be cancelled."""
         self._core.storage.subscribe(None)
-        for task in list(self._reads):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancelled(list(self._reads))
 
     def _heard(self, change: str, key: InstanceKey | None, record: ModelInstance | None) -> None:
         feed = self._core.feed

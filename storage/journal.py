@@ -38,6 +38,7 @@ from model_registry_sdk.record import InstanceKey, ModelInstance
 from .errors import StorageUnavailable
 from .index import InstanceIndex
 from .schema import ExactFloat, UTCDateTime, instances
+from .tasks import cancelled
 
 __all__ = ["Journal", "beat_rows", "record_of", "row_of"]
 
@@ -165,11 +166,8 @@ class Journal:
 
     async def stop(self) -> None:
         """Stop the writer after one last transaction: a clean stop loses nothing."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancelled([self._task])
+        self._task = None
         with contextlib.suppress(StorageUnavailable):
             await self._write_pending()
 

@@ -28,6 +28,8 @@ import orjson
 
 from model_registry_sdk.record import InstanceKey, ModelInstance
 
+from .tasks import cancelled
+
 __all__ = ["CHANNEL", "RESYNC", "Notifier", "Remote"]
 
 log = logging.getLogger(__name__)
@@ -80,11 +82,7 @@ class Notifier:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancelled(self._tasks)
         if self._outbox:
             with contextlib.suppress(Exception):
                 await self._flush()

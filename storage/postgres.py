@@ -19,7 +19,6 @@ an unknown instance does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime
 
@@ -34,6 +33,7 @@ from .notify import CHANNEL, Notifier, Remote
 from .options import PoolOptions
 from .schema import instances
 from .sql import SQLStorage
+from .tasks import cancelled
 
 __all__ = ["PostgresStorage"]
 
@@ -146,10 +146,7 @@ class PostgresStorage(SQLStorage):
     async def _close(self) -> None:
         if self._notifier is not None:
             await self._notifier.stop()
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        await cancelled([self._flusher])
         try:
             await self.flush()
         except Exception as exc:  # closing anyway; say what was lost
