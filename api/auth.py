@@ -15,7 +15,7 @@ import binascii
 import logging
 import time
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from model_registry.auth import Action, Principal, Role, Tokens
 
@@ -55,7 +55,7 @@ class Auth:
         """The request's principal, allowed ``action``; raises 401 or 403."""
         if action is Action.PUBLIC:
             return None
-        header = request.headers.get("Authorization")
+        header = request.headers.get(hdrs.AUTHORIZATION)  # an istr: no case folding per request
         # The common request: a token seen before, that never expires, allowed the action.
         if header is not None and self._seen_version == self.tokens.version:
             seen = self._seen.get(header)
