@@ -346,3 +346,21 @@ def test_the_sync_client_has_a_cache_readable_from_any_thread(server: ServerProc
             client.register(worker(8002))
             assert ports(cache.wait_for(lambda i: len(i) == 2, timeout=5)) == [8001, 8002]
             assert cache.revision is not None
+
+
+async def test_a_watch_sends_the_clients_token_and_is_refused_without_one(app_server) -> None:
+    from model_registry_sdk.errors import RegistryClientError
+
+    token = "bootstrap-admin-token-for-the-tests-0123456789"
+    server = await app_server(admin_token=token)
+    async with AsyncRegistryClient(url_of(server), retry=FAST, token=token) as client:
+        await client.register(worker(8001))
+        async with contextlib.aclosing(client.watch()) as events:
+            snapshot = await next_event(events)
+            await client.register(worker(8002))
+            change = await next_event(events)
+    assert [i.port for i in snapshot.instances] == [8001] and change.instance.port == 8002
+    async with AsyncRegistryClient(url_of(server), retry=FAST, token="") as anonymous:
+        with pytest.raises(RegistryClientError) as refused:
+            await next_event(anonymous.watch())
+    assert refused.value.status == 401
