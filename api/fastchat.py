@@ -23,10 +23,9 @@ from model_registry.fastchat import (
     RegisterWorker,
     WorkerAddressQuery,
     WorkerStatus,
-    parse,
     worker_address,
 )
-from model_registry.validation import problems_of
+from model_registry.validation import parse, problems_of
 
 from .auth import in_scope
 from .keys import CALLBACKS, FASTCHAT, SETTINGS

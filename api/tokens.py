@@ -9,13 +9,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model_registry import Registry
 from model_registry.auth import NAME, Role, parse_expiry
-from model_registry.errors import InvalidInstance
 from model_registry.storage import StoredToken
-from model_registry.validation import problems_of
+from model_registry.validation import parse
 
 from .audit import audit
 from .keys import TOKENS
@@ -58,10 +57,7 @@ def _public(token: StoredToken, now: Any) -> dict[str, Any]:
 
 
 async def create(request: web.Request, registry: Registry) -> web.Response:
-    try:
-        asked = _NewToken.model_validate(await read_object(request))
-    except ValidationError as exc:
-        raise InvalidInstance(problems_of(exc)) from None
+    asked: _NewToken = parse(_NewToken, await read_object(request))
     expires = None if asked.expires is None else parse_expiry(asked.expires)
     models = None if not asked.models else tuple(asked.models)
     made = await request.app[TOKENS].create(asked.name, asked.role, models, expires)

@@ -22,7 +22,7 @@ import platform
 import shutil
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,40 +44,42 @@ TARGETS = {
 }
 
 
+async def _post_each(
+    url: str, path: str, bodies: Iterable[dict], token: str | None = None, connections: int = 64
+) -> None:
+    """POST every body to ``path``, ``connections`` at a time; each must answer 200 or 201."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(url, connector=connector, headers=headers) as http:
+        queue = iter(bodies)
+
+        async def worker() -> None:
+            for body in queue:
+                async with http.post(path, json=body) as response:
+                    assert response.status in (200, 201), await response.text()
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+
+
 async def _register_over_http(
     url: str, count: int, offset: int = 0, per_model: int = 10, token: str | None = None
 ) -> None:
-    connector = aiohttp.TCPConnector(limit=64)
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    async with aiohttp.ClientSession(url, connector=connector, headers=headers) as http:
-        queue = iter(range(offset, offset + count))
-
-        async def worker() -> None:
-            for n in queue:
-                async with http.post("/api/v1/instances", json=identity(n, per_model)) as response:
-                    assert response.status in (200, 201), await response.text()
-
-        await asyncio.gather(*(worker() for _ in range(64)))
+    bodies = (identity(n, per_model) for n in range(offset, offset + count))
+    await _post_each(url, "/api/v1/instances", bodies, token)
 
 
 async def _register_fastchat_workers(url: str, count: int, per_model: int = 10) -> None:
     """FastChat workers, one model each, at the addresses heartbeat.lua beats."""
-    connector = aiohttp.TCPConnector(limit=64)
-    async with aiohttp.ClientSession(url, connector=connector) as http:
-        queue = iter(range(count))
 
-        async def worker() -> None:
-            for n in queue:
-                instance = identity(n, per_model)
-                body = {
-                    "worker_name": f"http://{instance['host']}:8000",
-                    "check_heart_beat": True,
-                    "worker_status": {"model_names": [instance["model_name"]], "speed": 1, "queue_length": 0},
-                }
-                async with http.post("/register_worker", json=body) as response:
-                    assert (await response.json())["registered"], await response.text()
+    def registration(n: int) -> dict:
+        instance = identity(n, per_model)
+        return {
+            "worker_name": f"http://{instance['host']}:8000",
+            "check_heart_beat": True,
+            "worker_status": {"model_names": [instance["model_name"]], "speed": 1, "queue_length": 0},
+        }
 
-        await asyncio.gather(*(worker() for _ in range(64)))
+    await _post_each(url, "/register_worker", map(registration, range(count)))
 
 
 async def _worker_token(url: str, admin: str) -> str:

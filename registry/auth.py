@@ -23,7 +23,6 @@ import hashlib
 import logging
 import re
 import secrets
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -180,6 +179,7 @@ class Tokens:
         self._bootstrap = (
             {digest_of(bootstrap): Principal("bootstrap-admin", Role.ADMIN)} if bootstrap else {}
         )
+        self._loaded: list[StoredToken] | None = None  # what storage held at the last load
         self._task: asyncio.Task[None] | None = None
         #: Bumped whenever the table changes (callers may cache by it).
         self.version = 0
@@ -187,17 +187,15 @@ class Tokens:
     async def load(self) -> None:
         self._install(await self._storage.tokens())
 
-    def _install(self, stored: Iterable[StoredToken]) -> None:
-        table = {**self._bootstrap}
-        for token in stored:
-            table[token.digest] = Principal(token.name, Role(token.role), token.models, token.expires_at)
-        if table.keys() != self._by_digest.keys() or any(
-            (p.name, p.role, p.models, p.expires_at) != (q.name, q.role, q.models, q.expires_at)
-            for d, p in table.items()
-            if (q := self._by_digest.get(d)) is not None
-        ):
-            self._by_digest = table
-            self.version += 1
+    def _install(self, stored: list[StoredToken]) -> None:
+        if self._loaded == stored:  # the replicas' refresh, nearly always: nothing changed
+            return
+        self._loaded = stored
+        self._by_digest = {
+            **self._bootstrap,
+            **{t.digest: Principal(t.name, Role(t.role), t.models, t.expires_at) for t in stored},
+        }
+        self.version += 1
 
     def start(self) -> None:
         """Read the table again every second (for storage shared by replicas)."""

@@ -30,13 +30,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from model_registry_sdk.record import ModelInstance
 
 from .compat import FASTCHAT, TimeoutAdvice
 from .errors import InstanceNotFound, InvalidInstance, NoHealthyInstance
-from .validation import MAX_QUEUE_LENGTH, ModelName, normalize_host, problems_of
+from .validation import MAX_QUEUE_LENGTH, ModelName, normalize_host
 
 if TYPE_CHECKING:
     from .service import Registry
@@ -51,7 +51,6 @@ __all__ = [
     "WorkerAddressQuery",
     "WorkerStatus",
     "address_of",
-    "parse",
     "worker_address",
 ]
 
@@ -98,14 +97,6 @@ class WorkerAddressQuery(BaseModel):
     model_config = _LENIENT
 
     model: Annotated[str, Field(min_length=1, max_length=256)]
-
-
-def parse(model: type[BaseModel], body: Any) -> Any:
-    """``body`` as ``model``, or ``InvalidInstance`` naming each bad field (422)."""
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise InvalidInstance(problems_of(exc)) from None
 
 
 def worker_address(worker_name: str) -> tuple[str, int]:
@@ -203,17 +194,12 @@ class FastChat:
         address = self._addresses.get(name)
         if address is None:
             return None
-        if allows is None:
-            beaten = self.registry.beat_at(
-                address[0], address[1], load, lambda r: r.metadata.get(WORKER) == name
-            )
-        else:
-            beaten = self.registry.beat_at(
-                address[0],
-                address[1],
-                load,
-                lambda r: r.metadata.get(WORKER) == name and allows(r.model_name),
-            )
+        beaten = self.registry.beat_at(
+            address[0],
+            address[1],
+            load,
+            lambda r: r.metadata.get(WORKER) == name and (allows is None or allows(r.model_name)),
+        )
         return None if beaten is None else beaten > 0
 
     def _address(self, worker_name: str) -> tuple[str, int]:

@@ -18,7 +18,7 @@ import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .checker import check_timing
@@ -50,6 +50,7 @@ def backends_of(name: str) -> str:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore", frozen=True)
+    _bootstrap: str | None = PrivateAttr(None)  # the admin token, read once (``bootstrap_token``)
 
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for every interface)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free one)")
@@ -217,7 +218,11 @@ class Settings(BaseSettings):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name.replace('_', '-')}: no such file {path!r}")
-        bootstrap = self.bootstrap_token
+        # Read once, here: the file is a secret mounted at start, not something to reread.
+        bootstrap = self.admin_token.get_secret_value() if self.admin_token is not None else None
+        if self.admin_token_file is not None:
+            bootstrap = Path(self.admin_token_file).read_text().rstrip("\r\n")
+        self._bootstrap = bootstrap
         if bootstrap is not None and len(bootstrap) < 32:
             raise ValueError(
                 "the admin token is too short to be secret: use at least 32 characters, e.g. "
@@ -228,11 +233,7 @@ class Settings(BaseSettings):
     @property
     def bootstrap_token(self) -> str | None:
         """The first admin token, from the environment or its file (without the trailing newline)."""
-        if self.admin_token is not None:
-            return self.admin_token.get_secret_value()
-        if self.admin_token_file is not None:
-            return Path(self.admin_token_file).read_text().rstrip("\r\n")
-        return None
+        return self._bootstrap
 
     @property
     def loopback(self) -> bool:

@@ -42,6 +42,7 @@ __all__ = [
     "known_beat",
     "normalize_host",
     "override_from",
+    "parse",
     "problems_of",
     "report_from",
     "record_from",
@@ -201,6 +202,11 @@ def _validate(adapter: TypeAdapter, value: Any) -> Any:
         return adapter.validate_python(value)
     except ValidationError as exc:
         raise InvalidInstance(problems_of(exc)) from None
+
+
+def parse(model: type[BaseModel], body: Any) -> Any:
+    """``body`` as ``model``, or ``InvalidInstance`` naming each bad field (422)."""
+    return _validate(TypeAdapter(model), body)
 
 
 def record_from(value: dict[str, Any]) -> ModelInstance:
