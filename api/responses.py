@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from .problem import ApiError
 
 __all__ = [
     "MAX_BODY_BYTES",
+    "SERVER_OPTIONS",
     "dumps",
     "json_body_response",
     "json_response",
@@ -71,6 +72,8 @@ def read_object_now(request: web.Request) -> dict[str, Any] | None:
             "unsupported_media_type",
             f"the body must be JSON sent with Content-Type: application/json, not {request.content_type!r}",
         )
+    if hdrs.CONTENT_ENCODING in request.headers:
+        _refuse_encoded(request)
     content = request.content
     if not content.is_eof():
         return None
@@ -89,10 +92,32 @@ async def read_any_object(request: web.Request) -> dict[str, Any]:
 
 def read_any_object_now(request: web.Request) -> dict[str, Any] | None:
     """``read_any_object`` without waiting, as ``read_object_now`` is to ``read_object``."""
+    if hdrs.CONTENT_ENCODING in request.headers:
+        _refuse_encoded(request)
     content = request.content
     if not content.is_eof():
         return None
     return _object(_whole(content.read_nowait()))
+
+
+#: How the server is run (``web.AppRunner``'s options): bodies are never inflated
+#: by aiohttp, so that a small compressed body cannot expand to hundreds of
+#: megabytes on the event loop before the size limit is checked; compressed
+#: bodies are refused instead (``_refuse_encoded``).
+SERVER_OPTIONS = {"auto_decompress": False}
+
+
+def _refuse_encoded(request: web.Request) -> None:
+    """415 for a compressed body (any ``Content-Encoding`` but ``identity``)."""
+    encoding = request.headers[hdrs.CONTENT_ENCODING].strip().lower()
+    if encoding not in ("", "identity"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"compressed request bodies are not accepted (Content-Encoding: {encoding[:40]}); "
+            "send the JSON uncompressed: bodies are small (at most "
+            f"{MAX_BODY_BYTES // 1024} KiB)",
+        )
 
 
 def _whole(body: bytes) -> bytes:

@@ -32,6 +32,7 @@ from model_registry.storage import redact
 
 from .app import StartupError, create_app
 from .keys import LIFECYCLE, REGISTRY
+from .responses import SERVER_OPTIONS
 
 __all__ = ["StartupError", "serve"]
 
@@ -60,7 +61,9 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
     app = create_app(settings, clock=clock)
     access_log = logging.getLogger("aiohttp.access") if settings.log_level == "debug" else None
     reserve = min(1.0, settings.shutdown_timeout / 4)  # for aiohttp's own wait, step 4
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=reserve, access_log=access_log)
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=reserve, access_log=access_log, **SERVER_OPTIONS
+    )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     try:

@@ -10,7 +10,9 @@ honours it.
 
 Each threshold can be set per instance in its metadata, under the same names
 as the settings: ``unhealthy_threshold``, ``failure_window``,
-``failure_cooldown``.
+``failure_cooldown``. Values outside ``LIMITS`` (as for the settings: a
+threshold of at most 1,000 failures, a window or cooldown of at most a day),
+and values that are not positive numbers, are ignored: the setting applies.
 
 ``Cooldowns`` applies the rules: it counts a report, stores a cooldown when
 the count is reached, and ends the cooldowns this process set once they are
@@ -32,7 +34,7 @@ from .errors import InstanceNotFound
 from .storage import InstanceKey
 from .validation import Report, report_from
 
-__all__ = ["Cooldowns", "FailurePolicy", "FailureTracker"]
+__all__ = ["LIMITS", "Cooldowns", "FailurePolicy", "FailureTracker"]
 
 log = logging.getLogger("registry")
 
@@ -52,10 +54,15 @@ class FailurePolicy:
         )
 
 
+#: The largest value of each failure setting, in the settings and in an instance's metadata.
+LIMITS = {"unhealthy_threshold": 1000, "failure_window": 86_400.0, "failure_cooldown": 86_400.0}
+
+
 def _number(metadata: dict[str, Any], name: str, default: Any, kind: type) -> Any:
     value = metadata.get(name)
-    # bool is an int to Python, never a threshold; ignore what does not fit.
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+    # bool is an int to Python, never a threshold; ignore what does not fit
+    # (NaN fails both comparisons, infinity and 2**80 the upper one).
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= LIMITS[name]:
         return kind(value)
     return default
 

@@ -96,11 +96,19 @@ class Settings(BaseSettings):
         300.0, gt=0, description="the longest a long-poll (?index=N&wait=) may block, in seconds"
     )
     unhealthy_threshold: int = Field(
-        3, ge=1, description="failures routers report, with no success between, before an instance cools down"
+        3,
+        ge=1,
+        le=1000,
+        description="failures routers report, with no success between, before an instance cools down",
     )
-    failure_window: float = Field(60.0, gt=0, description="seconds within which those failures must fall")
+    failure_window: float = Field(
+        60.0, gt=0, le=86_400, description="seconds within which those failures must fall"
+    )
     failure_cooldown: float = Field(
-        30.0, gt=0, description="seconds a failing instance is left out of selection and healthy listings"
+        30.0,
+        gt=0,
+        le=86_400,
+        description="seconds a failing instance is left out of selection and healthy listings",
     )
     preservation_share: float = Field(
         0.5,

@@ -8,6 +8,7 @@ from aiohttp.test_utils import TestClient
 
 from model_registry import ManualClock
 from model_registry.api import create_app
+from model_registry.api.responses import SERVER_OPTIONS
 from model_registry.settings import Settings
 
 
@@ -26,4 +27,4 @@ async def client(
     app: web.Application, aiohttp_client: Callable[[web.Application], Awaitable[TestClient]]
 ) -> TestClient:
     """A real HTTP server on loopback, built by the same factory as `serve`."""
-    return await aiohttp_client(app)
+    return await aiohttp_client(app, server_kwargs=SERVER_OPTIONS)

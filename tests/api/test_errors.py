@@ -242,3 +242,18 @@ async def test_arbitrary_json_never_causes_a_500(client: TestClient, fields: dic
         response = await client.post(path, json=fields)
         assert response.status in (200, 201, 422), await response.text()
         assert response.content_type == "application/json"
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/instances", "/api/v1/heartbeat", "/register_worker", "/receive_heart_beat"]
+)
+async def test_compressed_bodies_are_refused_on_every_path_that_reads_one(
+    client: TestClient, path: str
+) -> None:
+    import gzip
+
+    body = gzip.compress(b'{"model_name": "m", "host": "10.0.0.1", "port": 1}')
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    answer = await client.post(path, data=body, headers=headers)
+    assert answer.status == 415
+    assert (await answer.json())["error"] == "unsupported_media_type"

@@ -222,3 +222,47 @@ async def test_sigterm_closes_watchers_at_once(tmp_path: Path) -> None:
             assert message.type is aiohttp.WSMsgType.CLOSE and message.data == 1001
             assert server.wait(timeout=10) == 0
         assert time.monotonic() - started < 10  # not the 30 s shutdown timeout
+
+
+async def test_a_compressed_body_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
+    """A 200 KiB gzip body that would inflate to 200 MiB: 415 at once (the
+    server never inflates bodies), nothing stored, and /health stays quick
+    while two clients keep sending such bombs."""
+    import gzip
+
+    bomb = gzip.compress(b" " * (200 * 1024 * 1024), compresslevel=9)
+    assert len(bomb) < 400 * 1024
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    with ServerProcess("--storage", sqlite_url(tmp_path / "r.db")) as server:
+        async with aiohttp.ClientSession(server.url) as http:
+
+            async def attack() -> list[int]:
+                statuses = []
+                for _ in range(5):
+                    async with http.post(INSTANCES, data=bomb, headers=headers) as response:
+                        statuses.append(response.status)
+                        problem = await response.json()
+                        assert problem["error"] == "unsupported_media_type"
+                        assert "uncompressed" in problem["detail"] and "Brotli" not in problem["detail"]
+                return statuses
+
+            async def health() -> float:
+                worst = 0.0
+                for _ in range(20):
+                    started = time.monotonic()
+                    async with http.get("/health") as response:
+                        assert response.status == 200
+                    worst = max(worst, time.monotonic() - started)
+                return worst
+
+            *attacks, worst = await asyncio.gather(attack(), attack(), health())
+            assert all(status == 415 for statuses in attacks for status in statuses)
+            assert worst < 0.25, f"/health took {worst:.3f} s during the attack"
+            for encoding in ("br", "deflate", "zstd"):
+                answer = await http.post(
+                    INSTANCES, data=b"{}", headers={**headers, "Content-Encoding": encoding}
+                )
+                assert answer.status == 415
+            plain = await http.post(INSTANCES, json=instance(1), headers={"Content-Encoding": "identity"})
+            assert plain.status == 201
+            assert (await (await http.get(INSTANCES)).json())["count"] == 1

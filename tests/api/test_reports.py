@@ -4,6 +4,7 @@ workers that fail on demand, and reports what it sees."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import pytest
@@ -115,6 +116,23 @@ async def test_one_success_report_restores_a_cooled_instance(
         await client.post("/api/v1/reports", json={**bad, "ok": False, "status": 502})
     answer = await (await client.post("/api/v1/reports", json={**bad, "ok": True})).json()
     assert answer["failures"] == 0 and answer["instance"]["cooldown_until"] is None
+
+
+@pytest.mark.parametrize("cooldown", [1e13, 2**80, 86_401])
+async def test_an_out_of_range_cooldown_in_metadata_is_ignored_not_a_500(
+    client: TestClient, cooldown: float
+) -> None:
+    """Metadata too large for the cooldown arithmetic (past the documented day):
+    the server's setting applies, and the instance still goes into cooldown."""
+    instance = {"model_name": M, "host": "10.0.0.9", "port": 8001}
+    metadata = {"unhealthy_threshold": 1, "failure_cooldown": cooldown}
+    body = json.dumps({**instance, "metadata": metadata})  # orjson does not write 2**80
+    registered = await client.post(INSTANCES, data=body, headers={"Content-Type": "application/json"})
+    assert registered.status == 201, await registered.text()
+    answer = await client.post("/api/v1/reports", json={**instance, "ok": False, "status": 500})
+    assert answer.status == 200, await answer.text()
+    cooled = (await answer.json())["instance"]
+    assert cooled["cooldown_until"] is not None  # the server's 30 s, not the metadata's
 
 
 @pytest.mark.parametrize(

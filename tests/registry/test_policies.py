@@ -231,3 +231,28 @@ async def test_eviction_of_most_instances_at_once_is_guarded_too(
     clock.advance(121)
     await guarded.heartbeat(body(8010))
     assert len((await guarded.check_once()).evicted) == 9
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"unhealthy_threshold": 10**30},
+        {"failure_window": 1e300},
+        {"failure_cooldown": 2**80},
+        {"failure_cooldown": float("nan")},
+        {"failure_cooldown": float("inf")},
+        {"failure_cooldown": -1},
+        {"failure_cooldown": True},
+        {"failure_cooldown": "30"},
+    ],
+)
+def test_out_of_range_failure_settings_in_metadata_are_ignored(metadata: dict) -> None:
+    default = FailurePolicy(threshold=3, window=60, cooldown=30)
+    assert default.for_instance(metadata) == default
+
+
+def test_failure_settings_up_to_their_limits_apply() -> None:
+    policy = FailurePolicy().for_instance(
+        {"unhealthy_threshold": 1000, "failure_window": 86_400, "failure_cooldown": 86_400}
+    )
+    assert policy == FailurePolicy(threshold=1000, window=86_400.0, cooldown=86_400.0)
