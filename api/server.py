@@ -21,6 +21,7 @@ import asyncio
 import errno
 import gc
 import logging
+import resource
 import signal
 import ssl
 
@@ -56,8 +57,32 @@ def _bind_error(exc: OSError, settings: Settings) -> StartupError:
     )
 
 
+#: Descriptors kept for what is not a client's connection (database files, sockets, logs).
+RESERVED_FILES = 32
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard one (a registry holds a
+    connection per watcher and per long-poll, far past the usual 1,024), and
+    return the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit cannot be a soft one on Linux (nr_open caps it).
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft if soft != resource.RLIM_INFINITY else target
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning(
+            "could not raise the open-files limit", extra={"soft": soft, "hard": hard, "why": str(exc)}
+        )
+        return soft
+    return target
+
+
 async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain and return."""
+    open_files = raise_open_files_limit()
     app = create_app(settings, clock=clock)
     access_log = logging.getLogger("aiohttp.access") if settings.log_level == "debug" else None
     reserve = min(1.0, settings.shutdown_timeout / 4)  # for aiohttp's own wait, step 4
@@ -88,6 +113,8 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
                 "auth": "on" if settings.auth else "off",
                 "storage": redact(settings.storage),
                 "loop": _loop_name(loop),
+                # Each connection holds a descriptor; keep a few for storage and logs.
+                "connections_max": max(0, open_files - RESERVED_FILES),
             },
         )
         await stop.wait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -266,3 +267,53 @@ async def test_a_compressed_body_is_refused_before_it_is_inflated(tmp_path: Path
             plain = await http.post(INSTANCES, json=instance(1), headers={"Content-Encoding": "identity"})
             assert plain.status == 201
             assert (await (await http.get(INSTANCES)).json())["count"] == 1
+
+
+async def test_the_open_files_limit_is_raised_and_1200_connections_are_served(tmp_path: Path) -> None:
+    """Started with the usual soft limit of 1,024 descriptors, the server raises it to
+    the hard limit, says how many connections it can hold, and holds 1,200 at once."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard == resource.RLIM_INFINITY or hard >= 4096, "this machine's hard limit is too low for the test"
+    low = "import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (1024, {hard})); "
+    low += "sys.argv[0] = 'model-registry'; runpy.run_module('model_registry', run_name='__main__')"
+    command = [sys.executable, "-c", low.format(hard=hard)]
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (min(hard, 8192) if hard != resource.RLIM_INFINITY else 8192, hard)
+    )
+    try:
+        with ServerProcess("--storage", sqlite_url(tmp_path / "r.db"), command=command) as server:
+            serving = server.messages("serving")[0]
+            assert serving["connections_max"] > 1200
+            limits = Path(f"/proc/{server.proc.pid}/limits").read_text()
+            line = next(row for row in limits.splitlines() if row.startswith("Max open files"))
+            assert int(line.split()[3]) > 1024, line
+            connector = aiohttp.TCPConnector(limit=0, force_close=False)
+            async with aiohttp.ClientSession(server.url, connector=connector) as http:
+                gate = asyncio.Event()
+
+                async def hold() -> int:
+                    await gate.wait()
+                    async with http.get("/health") as response:
+                        return response.status
+
+                # Each request is on its own connection while all are open: slow enough
+                # answers would reuse connections, so open them all first, then ask.
+                readers = [
+                    await asyncio.open_connection("127.0.0.1", int(server.url.rsplit(":", 1)[1]))
+                    for _ in range(1200)
+                ]
+                try:
+                    gate.set()
+                    statuses = await asyncio.gather(*(hold() for _ in range(50)))
+                    assert statuses == [200] * 50
+                    for reader, writer in readers[-10:]:  # the last connections are really served
+                        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                        await writer.drain()
+                        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+                finally:
+                    for _, writer in readers:
+                        writer.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
