@@ -20,7 +20,7 @@ from model_registry.storage.tasks import cancelled
 from .auth import Auth
 from .fastchat import callbacks_context
 from .keys import ADVICE, FASTCHAT, LIFECYCLE, REGISTRY, SETTINGS, TOKENS, Lifecycle
-from .responses import MAX_BODY_BYTES
+from .responses import BODY_TIMEOUT, MAX_BODY_BYTES
 from .routes import setup_routes
 
 __all__ = ["StartupError", "create_app"]
@@ -58,6 +58,7 @@ def create_app(
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
+    app[BODY_TIMEOUT] = settings.body_timeout
     app[LIFECYCLE] = lifecycle = Lifecycle()
     setup_routes(app, lifecycle)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -10,6 +11,7 @@ from aiohttp import hdrs, web
 from .problem import ApiError
 
 __all__ = [
+    "BODY_TIMEOUT",
     "MAX_BODY_BYTES",
     "SERVER_OPTIONS",
     "dumps",
@@ -58,7 +60,7 @@ async def read_object(request: web.Request) -> dict[str, Any]:
     Reading enforces the application's body-size limit (413).
     """
     data = read_object_now(request)
-    return _object(await request.read()) if data is None else data
+    return _object(await _read_slowly(request)) if data is None else data
 
 
 def read_object_now(request: web.Request) -> dict[str, Any] | None:
@@ -87,7 +89,7 @@ async def read_any_object(request: web.Request) -> dict[str, Any]:
     """The request's JSON object body, whatever its Content-Type says (as
     FastChat's controller reads bodies); 400 or 422 otherwise, 413 when too large."""
     data = read_any_object_now(request)
-    return _object(await request.read()) if data is None else data
+    return _object(await _read_slowly(request)) if data is None else data
 
 
 def read_any_object_now(request: web.Request) -> dict[str, Any] | None:
@@ -98,6 +100,25 @@ def read_any_object_now(request: web.Request) -> dict[str, Any] | None:
     if not content.is_eof():
         return None
     return _object(_whole(content.read_nowait()))
+
+
+#: Seconds a body may take to arrive (``Settings.body_timeout``; set by ``create_app``).
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
+
+
+async def _read_slowly(request: web.Request) -> bytes:
+    """A body that did not come with its headers, within the body timeout (408 after it)."""
+    limit = request.app.get(BODY_TIMEOUT, 30.0)
+    try:
+        async with asyncio.timeout(limit):
+            return await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "request_timeout",
+            f"the request body did not arrive within {limit:g} s; send it at once",
+            headers={"Connection": "close"},
+        ) from None
 
 
 #: How the server is run (``web.AppRunner``'s options): bodies are never inflated

@@ -87,7 +87,12 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
     access_log = logging.getLogger("aiohttp.access") if settings.log_level == "debug" else None
     reserve = min(1.0, settings.shutdown_timeout / 4)  # for aiohttp's own wait, step 4
     runner = web.AppRunner(
-        app, handle_signals=False, shutdown_timeout=reserve, access_log=access_log, **SERVER_OPTIONS
+        app,
+        handle_signals=False,
+        shutdown_timeout=reserve,
+        access_log=access_log,
+        keepalive_timeout=settings.idle_timeout,  # aiohttp starts it at connect, too
+        **SERVER_OPTIONS,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

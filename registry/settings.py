@@ -80,6 +80,18 @@ class Settings(BaseSettings):
         description="seconds heartbeats may wait before they are written (what a crash can lose)",
         json_schema_extra=_on("sqlite", "postgresql"),
     )
+    idle_timeout: float = Field(
+        30.0,  # past aiohttp's and httpx's client-side 15 s and 5 s, so that clients close first
+        gt=0,
+        le=3600,
+        description=(
+            "seconds a connection may stay open without a complete request: idle keep-alive, "
+            "a client that never sends, or headers trickled in (slowloris)"
+        ),
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, le=3600, description="seconds a request's body may take to arrive before 408"
+    )
     request_timeout: float = Field(
         10.0, gt=0, description="seconds a storage operation may take before the request is answered 503"
     )

@@ -317,3 +317,37 @@ async def test_the_open_files_limit_is_raised_and_1200_connections_are_served(tm
                         writer.close()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_idle_trickling_and_slow_body_connections_are_timed_out(tmp_path: Path) -> None:
+    """A connection that never sends, one that trickles its headers a byte at a
+    time (slowloris), and one whose body stalls: each is ended by its timeout,
+    while a well-behaved client is served throughout."""
+    args = ("--storage", sqlite_url(tmp_path / "r.db"), "--idle-timeout", "1", "--body-timeout", "1")
+    with ServerProcess(*args) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        idle = await asyncio.open_connection("127.0.0.1", port)
+        trickle = await asyncio.open_connection("127.0.0.1", port)
+        stalled = await asyncio.open_connection("127.0.0.1", port)
+        head = b"POST /api/v1/instances HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        stalled[1].write(head + b"Content-Length: 100\r\n\r\n{")
+        started = time.monotonic()
+
+        async def slowloris() -> None:
+            for byte in b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 20:
+                if trickle[0].at_eof():
+                    return
+                trickle[1].write(bytes([byte]))
+                await asyncio.sleep(0.2)
+
+        sender = asyncio.create_task(slowloris())
+        async with aiohttp.ClientSession(server.url) as http:
+            for reader, _ in (idle, trickle):
+                assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+            assert time.monotonic() - started < 4
+            answer = await asyncio.wait_for(stalled[0].read(4096), 5)
+            assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer
+            assert (await http.get("/health")).status == 200
+        sender.cancel()
+        for _, writer in (idle, trickle, stalled):
+            writer.close()
