@@ -32,6 +32,7 @@ from model_registry.settings import Settings
 from model_registry.storage import redact
 
 from .app import StartupError, create_app
+from .connections import ConnectionCap
 from .keys import LIFECYCLE, REGISTRY
 from .responses import SERVER_OPTIONS
 
@@ -98,6 +99,9 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
     stop = asyncio.Event()
     try:
         await runner.setup()
+        if settings.max_connections_per_client:
+            assert runner.server is not None
+            ConnectionCap(settings.max_connections_per_client).attach(runner.server)
         site = web.TCPSite(runner, settings.host, settings.port, ssl_context=_tls(settings))
         try:
             await site.start()

@@ -89,6 +89,11 @@ class Settings(BaseSettings):
             "a client that never sends, or headers trickled in (slowloris)"
         ),
     )
+    max_connections_per_client: int = Field(
+        4096,
+        ge=0,
+        description="connections one client address may hold open; past it new ones are closed (0: no limit)",
+    )
     body_timeout: float = Field(
         30.0, gt=0, le=3600, description="seconds a request's body may take to arrive before 408"
     )

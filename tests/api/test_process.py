@@ -351,3 +351,31 @@ async def test_idle_trickling_and_slow_body_connections_are_timed_out(tmp_path: 
         sender.cancel()
         for _, writer in (idle, trickle, stalled):
             writer.close()
+
+
+async def test_one_client_address_may_hold_only_so_many_connections(tmp_path: Path) -> None:
+    args = ("--storage", sqlite_url(tmp_path / "r.db"), "--max-connections-per-client", "5")
+    with ServerProcess(*args) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+        extra = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        for reader, _ in extra:  # closed by the server before any request
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        for reader, writer in held:  # the first five are served
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+        held.pop()[1].close()
+        # Once the server has seen that close, a new connection is served again.
+        deadline = time.monotonic() + 5
+        while True:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            if (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200"):
+                break
+            writer.close()
+            assert time.monotonic() < deadline, "a freed slot was never reused"
+        warnings = server.messages("connection refused: too many from one client")
+        assert len(warnings) == 1 and warnings[0]["limit"] == 5  # once per minute, not per refusal
+        for _, w in [*held, *extra, (reader, writer)]:
+            w.close()

@@ -1,0 +1,88 @@
+"""Connection-level limits: how many connections one client address may hold.
+
+A client that opens connection after connection (a leak, or an attack) would
+otherwise take every descriptor the process has, and health checks with them.
+Past ``--max-connections-per-client`` a new connection from that address is
+closed at once, before any request on it is read; a warning says so, once per
+address per minute, with a count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+__all__ = ["ConnectionCap"]
+
+log = logging.getLogger("api")
+
+#: Refusals are logged once per address per this many seconds, with a count.
+LOG_WINDOW_S = 60.0
+
+
+class ConnectionCap:
+    """Counts a server's open connections by client address and closes those past ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: dict[str, int] = {}
+        self.refused = 0
+        self._address_of: dict[RequestHandler, str] = {}
+        self._logged: dict[str, list[float]] = {}  # address -> [window start, refusals]
+
+    def attach(self, server: web.Server) -> None:
+        """Count ``server``'s connections (aiohttp tells its server of each one)."""
+        made, lost = server.connection_made, server.connection_lost
+
+        def connection_made(handler: RequestHandler, transport: asyncio.Transport) -> None:
+            made(handler, transport)
+            address = self._address_of[handler] = _address(transport)
+            count = self.open.get(address, 0) + 1
+            self.open[address] = count
+            if count > self.limit:
+                self.refused += 1
+                self._log(address)
+                transport.close()
+
+        def connection_lost(handler: RequestHandler, exc: BaseException | None = None) -> None:
+            address = self._address_of.pop(handler, None)
+            if address is not None:
+                count = self.open.get(address, 1) - 1
+                if count > 0:
+                    self.open[address] = count
+                else:
+                    self.open.pop(address, None)
+            lost(handler, exc)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+
+    def _log(self, address: str) -> None:
+        now = time.monotonic()
+        entry = self._logged.get(address)
+        if entry is not None and now - entry[0] < LOG_WINDOW_S:
+            entry[1] += 1
+            return
+        if len(self._logged) > 10_000:
+            self._logged.clear()
+        self._logged[address] = [now, 1]
+        log.warning(
+            "connection refused: too many from one client",
+            extra={
+                "client": address,
+                "limit": self.limit,
+                "refused_before": entry[1] if entry is not None else 0,
+                "fix": "close idle connections, or raise --max-connections-per-client",
+            },
+        )
+
+
+def _address(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer or "?")
