@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import threading
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -150,6 +151,7 @@ class SQLStorage(Storage):
         )
         if self.name == "sqlite":
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
+        threads_before = set(threading.enumerate())
         try:
             async with self._guard("open"):
                 if self._migrate:
@@ -160,6 +162,12 @@ class SQLStorage(Storage):
                 await self.ping()
         except BaseException:
             await self._engine.dispose()
+            # aiosqlite stops a connection that failed to open on its own thread, and that
+            # thread then answers on this loop: wait for it, so that it does not find the
+            # loop closed (a traceback on stderr) when the process exits at once.
+            started = [t for t in threading.enumerate() if t not in threads_before]
+            for thread in started:
+                await asyncio.to_thread(thread.join, 1.0)
             raise
 
     async def _close(self) -> None:
