@@ -13,12 +13,12 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import time
 
 from aiohttp import hdrs, web
 
 from model_registry.auth import Action, Principal, Role, Tokens
 
+from .logs import Throttle
 from .problem import ApiError
 
 __all__ = ["PRINCIPAL", "Auth", "in_scope", "principal_of"]
@@ -49,7 +49,7 @@ class Auth:
         self.tokens = tokens
         self._seen: dict[str, Principal] = {}  # Authorization header -> principal, for this table version
         self._seen_version = -1
-        self._failures: dict[str, list[float]] = {}  # source -> [window start, count]
+        self._failures = Throttle(FAILURE_LOG_WINDOW_S)  # one line per source per window
 
     def check(self, request: web.Request, action: Action) -> Principal | None:
         """The request's principal, allowed ``action``; raises 401 or 403."""
@@ -102,19 +102,14 @@ class Auth:
 
     def _failed(self, request: web.Request, why: str) -> None:
         source = request.remote or "?"
-        now = time.monotonic()
-        entry = self._failures.get(source)
-        if entry is not None and now - entry[0] < FAILURE_LOG_WINDOW_S:
-            entry[1] += 1
+        before = self._failures.admit(source)
+        if before is None:
             return
-        if len(self._failures) > 10_000:
-            self._failures.clear()
-        if entry is not None and entry[1] > 1:
+        if before > 1:
             log.warning(
                 "authentication failures",
-                extra={"source": source, "count": entry[1], "window_s": FAILURE_LOG_WINDOW_S},
+                extra={"source": source, "count": before, "window_s": FAILURE_LOG_WINDOW_S},
             )
-        self._failures[source] = [now, 1]
         log.warning("authentication failed", extra={"source": source, "reason": why, "path": request.path})
 
 

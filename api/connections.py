@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+
+from .logs import Throttle
 
 __all__ = ["ConnectionCap"]
 
@@ -32,7 +33,7 @@ class ConnectionCap:
         self.open: dict[str, int] = {}
         self.refused = 0
         self._address_of: dict[RequestHandler, str] = {}
-        self._logged: dict[str, list[float]] = {}  # address -> [window start, refusals]
+        self._throttle = Throttle(LOG_WINDOW_S)
 
     def attach(self, server: web.Server) -> None:
         """Count ``server``'s connections (aiohttp tells its server of each one)."""
@@ -62,20 +63,15 @@ class ConnectionCap:
         server.connection_lost = connection_lost  # type: ignore[method-assign]
 
     def _log(self, address: str) -> None:
-        now = time.monotonic()
-        entry = self._logged.get(address)
-        if entry is not None and now - entry[0] < LOG_WINDOW_S:
-            entry[1] += 1
+        before = self._throttle.admit(address)
+        if before is None:
             return
-        if len(self._logged) > 10_000:
-            self._logged.clear()
-        self._logged[address] = [now, 1]
         log.warning(
             "connection refused: too many from one client",
             extra={
                 "client": address,
                 "limit": self.limit,
-                "refused_before": entry[1] if entry is not None else 0,
+                "refused_before": before,
                 "fix": "close idle connections, or raise --max-connections-per-client",
             },
         )

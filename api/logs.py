@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from datetime import datetime, timezone
 
 import orjson
 
-__all__ = ["configure_logging"]
+__all__ = ["Throttle", "configure_logging"]
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -64,3 +65,27 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     quiet = logging.DEBUG if level == "debug" else logging.WARNING
     for name in ("aiohttp", "sqlalchemy", "alembic", "aiosqlite", "asyncio"):
         logging.getLogger(name).setLevel(quiet)
+
+
+class Throttle:
+    """At most one log line per key (a client address, say) per ``window_s``,
+    so that a flood cannot flood the log; the lines in between are counted."""
+
+    def __init__(self, window_s: float, *, max_keys: int = 10_000) -> None:
+        self.window_s = window_s
+        self._max_keys = max_keys
+        self._seen: dict[str, list[float]] = {}  # key -> [window start, events in it]
+
+    def admit(self, key: str) -> int | None:
+        """``None`` when ``key`` was logged within the window (this event is
+        counted); otherwise the events of its previous window (0 if none), and a
+        new window starts."""
+        now = time.monotonic()
+        entry = self._seen.get(key)
+        if entry is not None and now - entry[0] < self.window_s:
+            entry[1] += 1
+            return None
+        if len(self._seen) > self._max_keys:
+            self._seen.clear()
+        self._seen[key] = [now, 1]
+        return 0 if entry is None else entry[1]
