@@ -57,7 +57,7 @@ def open_storage(
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in SCHEMES:
         valid = ", ".join(SCHEMES.values())
-        raise InvalidStorageURL(f"unsupported storage URL {url!r}: use one of {valid}")
+        raise InvalidStorageURL(f"unsupported storage URL {redact(url)!r}: use one of {valid}")
     if scheme == "memory":
         from .memory import MemoryStorage
 
@@ -85,8 +85,10 @@ def open_storage(
 def redact(url: str) -> str:
     """``url`` with any password replaced by ``***``, for logs and messages."""
     scheme, sep, rest = url.partition("://")
+    if not sep:  # a misspelt URL ("postgres:/user:pw@db") may still hold a password
+        scheme, rest = "", url
     credentials, at, location = rest.rpartition("@")
-    if not sep or not at or ":" not in credentials:
+    if not at or ":" not in credentials:
         return url
     user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{location}"
+    return f"{scheme}{sep}{user}:***@{location}"

@@ -152,3 +152,26 @@ def test_an_up_to_date_file_opens_without_loading_alembic(tmp_path: Path) -> Non
     ).stdout.split()
     assert run() == ["0", "True"]  # a new file: migrated by Alembic
     assert run() == ["0", "False"]  # the same file again: nothing to do, nothing loaded
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://reg:S3cretPW@db:5432/registry",  # the driver left out
+        "postgres+asyncpg://reg:S3cretPW@db/registry",
+        "postgresql+asyncpg:/reg:S3cretPW@db/registry",  # one slash short
+        "reg:S3cretPW@db",
+    ],
+)
+def test_a_misspelt_url_never_shows_its_password(url: str) -> None:
+    with pytest.raises(InvalidStorageURL) as refused:
+        open_storage(url)
+    assert "S3cretPW" not in str(refused.value) and "***" in str(refused.value)
+
+
+def test_the_cli_never_prints_a_misspelt_urls_password() -> None:
+    from tests.process import run_cli
+
+    result = run_cli("serve", "--storage", "postgresql://reg:S3cretPW@db/registry")
+    assert result.returncode == 2
+    assert "S3cretPW" not in result.stderr + result.stdout and "unsupported storage URL" in result.stderr
