@@ -69,16 +69,17 @@ def raise_open_files_limit() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # An unlimited hard limit cannot be a soft one on Linux (nr_open caps it).
     target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return soft if soft != resource.RLIM_INFINITY else target
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError) as exc:
-        log.warning(
-            "could not raise the open-files limit", extra={"soft": soft, "hard": hard, "why": str(exc)}
-        )
-        return soft
-    return target
+    if soft == resource.RLIM_INFINITY:
+        return target
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning(
+                "could not raise the open-files limit", extra={"soft": soft, "hard": hard, "why": str(exc)}
+            )
+            return soft
+    return max(soft, target)
 
 
 async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
