@@ -18,8 +18,9 @@ from model_registry.storage import open_storage
 from model_registry.storage.tasks import cancelled
 
 from .auth import Auth
+from .connections import Disconnects
 from .fastchat import callbacks_context
-from .keys import ADVICE, FASTCHAT, LIFECYCLE, REGISTRY, SETTINGS, TOKENS, Lifecycle
+from .keys import ADVICE, DISCONNECTS, FASTCHAT, LIFECYCLE, REGISTRY, SETTINGS, TOKENS, Lifecycle
 from .responses import BODY_TIMEOUT, MAX_BODY_BYTES
 from .routes import setup_routes
 
@@ -60,6 +61,7 @@ def create_app(
     app[SETTINGS] = settings
     app[BODY_TIMEOUT] = settings.body_timeout
     app[LIFECYCLE] = lifecycle = Lifecycle()
+    app[DISCONNECTS] = Disconnects()
     setup_routes(app, lifecycle)
 
     async def registry_context(app: web.Application) -> AsyncIterator[None]:

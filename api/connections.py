@@ -1,4 +1,5 @@
-"""Connection-level limits: how many connections one client address may hold.
+"""Connection-level limits and events: how many connections one client
+address may hold, and telling a waiting handler that its client has gone.
 
 A client that opens connection after connection (a leak, or an attack) would
 otherwise take every descriptor the process has, and health checks with them.
@@ -11,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from .logs import Throttle
 
-__all__ = ["ConnectionCap"]
+__all__ = ["ConnectionCap", "Disconnects"]
 
 log = logging.getLogger("api")
 
@@ -82,3 +85,44 @@ def _address(transport: asyncio.BaseTransport) -> str:
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
     return str(peer or "?")
+
+
+class Disconnects:
+    """Tells a handler at once that its client has gone.
+
+    aiohttp tells only its server when a connection is lost (and cancels no
+    handler, so that no write is cut in half): a long-poll would otherwise
+    hold its place until its ``wait`` ran out, up to minutes after the client
+    left. Attached to the server that serves the application.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[object, asyncio.Future[None]] = {}
+
+    def attach(self, server: web.Server) -> None:
+        lost = server.connection_lost
+
+        def connection_lost(handler: RequestHandler, exc: BaseException | None = None) -> None:
+            gone = self._waiting.pop(handler, None)
+            if gone is not None and not gone.done():
+                gone.set_result(None)
+            lost(handler, exc)
+
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+
+    @contextmanager
+    def watch(self, request: web.BaseRequest) -> Iterator[asyncio.Future[None]]:
+        """A future done when ``request``'s client goes, while in the block."""
+        gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            gone.set_result(None)
+            yield gone
+            return
+        handler = request.protocol
+        self._waiting[handler] = gone
+        try:
+            yield gone
+        finally:
+            if self._waiting.get(handler) is gone:
+                del self._waiting[handler]

@@ -14,8 +14,19 @@ from model_registry.fastchat import FastChat
 from model_registry.settings import Settings
 
 from .auth import Auth
+from .connections import Disconnects
 
-__all__ = ["ADVICE", "CALLBACKS", "FASTCHAT", "TOKENS", "LIFECYCLE", "REGISTRY", "SETTINGS", "Lifecycle"]
+__all__ = [
+    "ADVICE",
+    "CALLBACKS",
+    "DISCONNECTS",
+    "FASTCHAT",
+    "TOKENS",
+    "LIFECYCLE",
+    "REGISTRY",
+    "SETTINGS",
+    "Lifecycle",
+]
 
 
 @dataclass(slots=True)
@@ -60,3 +71,5 @@ CALLBACKS = web.AppKey("callbacks", ClientSession)
 ADVICE = web.AppKey("advice", TimeoutAdvice)
 #: The API tokens (managed through /api/v1/tokens even while authentication is off).
 TOKENS = web.AppKey("tokens", Tokens)
+#: Tells long-polls that their client has gone (attached to the server by ``serve``).
+DISCONNECTS = web.AppKey("disconnects", Disconnects)

@@ -33,7 +33,7 @@ from model_registry.storage import redact
 
 from .app import StartupError, create_app
 from .connections import ConnectionCap
-from .keys import LIFECYCLE, REGISTRY
+from .keys import DISCONNECTS, LIFECYCLE, REGISTRY
 from .responses import SERVER_OPTIONS
 
 __all__ = ["StartupError", "serve"]
@@ -100,8 +100,9 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
     stop = asyncio.Event()
     try:
         await runner.setup()
+        assert runner.server is not None
+        app[DISCONNECTS].attach(runner.server)
         if settings.max_connections_per_client:
-            assert runner.server is not None
             ConnectionCap(settings.max_connections_per_client).attach(runner.server)
         site = web.TCPSite(runner, settings.host, settings.port, ssl_context=_tls(settings))
         try:

@@ -14,12 +14,13 @@ from model_registry.validation import key_from
 
 from .audit import audit, audit_deregistration
 from .auth import in_scope
-from .keys import LIFECYCLE, SETTINGS
+from .keys import DISCONNECTS, LIFECYCLE, SETTINGS
 from .params import duration_param, model_name_param, query_flag, revision_param, strategy_param
 from .problem import ApiError
 from .responses import dumps, json_body_response, json_response, read_object, read_object_now
 
 __all__ = [
+    "BUSY_RETRY_AFTER_S",
     "deregister",
     "health",
     "heartbeat",
@@ -30,6 +31,9 @@ __all__ = [
     "report",
     "select",
 ]
+
+#: What a client past --max-long-polls or --max-watchers is told to wait, in seconds.
+BUSY_RETRY_AFTER_S = 5
 
 
 async def register(request: web.Request, registry: Registry, caller: Principal | None) -> web.Response:
@@ -128,7 +132,17 @@ async def _long_poll(request: web.Request, registry: Registry, model_name: str |
             "wait: only means something with index=N (the X-Registry-Index of your last answer)",
             field="wait",
         )
-    await registry.wait_for_change(index, model_name, max_wait if wait is None else wait)
+    settings = request.app[SETTINGS]
+    if registry.feed.polls >= settings.max_long_polls:
+        raise ApiError(
+            503,
+            "too_many_long_polls",
+            f"{settings.max_long_polls} long-polls are already waiting (--max-long-polls): "
+            "retry later, or watch the changes over GET /api/v1/watch",
+            headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+        )
+    with request.app[DISCONNECTS].watch(request) as gone:
+        await registry.wait_for_change(index, model_name, max_wait if wait is None else wait, gone)
 
 
 async def select(request: web.Request, registry: Registry) -> web.Response:

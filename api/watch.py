@@ -31,6 +31,7 @@ from .keys import SETTINGS
 from .params import model_name_param, revision_param
 from .problem import ApiError
 from .responses import dumps
+from .views import BUSY_RETRY_AFTER_S
 
 __all__ = ["watch"]
 
@@ -51,6 +52,13 @@ async def watch(request: web.Request, registry: Registry) -> web.StreamResponse:
             "websocket_required",
             "GET /api/v1/watch is a WebSocket: connect with a WebSocket client, "
             "or long-poll GET /api/v1/instances?index=N&wait=30s",
+        )
+    if registry.feed.watchers >= settings.max_watchers:
+        raise ApiError(
+            503,
+            "too_many_watchers",
+            f"{settings.max_watchers} watchers are already open (--max-watchers): retry later",
+            headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
         )
     await ws.prepare(request)
     try:

@@ -60,7 +60,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _pin(core: int):
+def pin(core: int):
     def pin() -> None:
         if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > core:
             os.sched_setaffinity(0, {core})
@@ -80,7 +80,7 @@ class Server:
             env={**os.environ, **(env or {})},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=_pin(SERVER_CORE),
+            preexec_fn=pin(SERVER_CORE),
         )
         self.started = time.monotonic()
 
@@ -150,7 +150,7 @@ def _run_on_load_core(argv: list[str], env: dict[str, str]) -> str:
         capture_output=True,
         text=True,
         env={**os.environ, **env},
-        preexec_fn=_pin(LOAD_CORE),
+        preexec_fn=pin(LOAD_CORE),
         check=True,
     ).stdout
 

@@ -20,7 +20,9 @@ import importlib.util
 import os
 import platform
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -32,7 +34,18 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import inprocess  # noqa: E402
-from benchmarks.load import ROOT, LoadResult, Server, baseline, drive, identity, registry  # noqa: E402
+from benchmarks.load import (  # noqa: E402
+    HERE,
+    LOAD_CORE,
+    ROOT,
+    LoadResult,
+    Server,
+    baseline,
+    drive,
+    identity,
+    pin,
+    registry,
+)
 
 TARGETS = {
     "heartbeat/memory": 0.80,
@@ -41,6 +54,7 @@ TARGETS = {
     "heartbeat/postgresql": 0.60,
     "list/100000": 0.70,
     "register/sqlite": 0.25,
+    "register-waiters/memory": 0.80,
 }
 
 
@@ -115,6 +129,23 @@ def populate_database(storage: str, count: int) -> None:
     asyncio.run(inprocess.bulk_insert(storage, count))
 
 
+def alternate(
+    first: Callable[[float], LoadResult], second: Callable[[float], LoadResult], args: argparse.Namespace
+) -> tuple[list[LoadResult], list[LoadResult]]:
+    """Warm both up, then ``--rounds`` runs of each, alternating who goes first."""
+    first(1)
+    second(1)
+    firsts: list[LoadResult] = []
+    seconds: list[LoadResult] = []
+    for round_ in range(args.rounds):
+        if round_ % 2:
+            seconds.append(second(args.duration))
+        firsts.append(first(args.duration))
+        if not round_ % 2:
+            seconds.append(second(args.duration))
+    return firsts, seconds
+
+
 def compare(
     name: str,
     make_registry: Callable[[], Server],
@@ -126,22 +157,17 @@ def compare(
     verify: Callable[[Server], None] = lambda server: None,
 ) -> dict:
     """Alternate baseline and registry runs; medians, and the median ratio."""
-    base_runs: list[LoadResult] = []
-    reg_runs: list[LoadResult] = []
     reg = make_registry()
     reg.wait_ready()
     prepare(reg)
     base = make_baseline()
     base.wait_ready()
     try:
-        drive(reg.url, script, env, 1, args.connections)  # warm up both
-        drive(base.url, script, env, 1, args.connections)
-        for round_ in range(args.rounds):
-            if round_ % 2:
-                reg_runs.append(drive(reg.url, script, env, args.duration, args.connections))
-            base_runs.append(drive(base.url, script, env, args.duration, args.connections))
-            if not round_ % 2:
-                reg_runs.append(drive(reg.url, script, env, args.duration, args.connections))
+        base_runs, reg_runs = alternate(
+            lambda seconds: drive(base.url, script, env, seconds, args.connections),
+            lambda seconds: drive(reg.url, script, env, seconds, args.connections),
+            args,
+        )
         verify(reg)
     finally:
         reg.stop()
@@ -156,9 +182,7 @@ def compare(
         # apart, so a noisy neighbour slowing the machine for a while shifts
         # both sides of a ratio alike, where it would skew a ratio of medians.
         "ratio": round(statistics.median(r.rps / b.rps for b, r in zip(base_runs, reg_runs, strict=True)), 3),
-        "registry_p99_ms": statistics.median(r.p99_ms for r in reg_runs if r.p99_ms is not None)
-        if any(r.p99_ms is not None for r in reg_runs)
-        else None,
+        "registry_p99_ms": _median_p99(reg_runs),
         "errors": sum(r.errors for r in reg_runs),
         "runs": {"baseline": [round(r.rps) for r in base_runs], "registry": [round(r.rps) for r in reg_runs]},
     }
@@ -180,8 +204,6 @@ def versus_native(
     """A compatibility API's heartbeats against native ones, on one registry
     and the same instances, alternating as ``compare`` does: the median of the
     rounds' compat / native ratios."""
-    native_runs: list[LoadResult] = []
-    compat_runs: list[LoadResult] = []
     reg = make_registry()
     reg.wait_ready()
     prepare(reg)
@@ -190,14 +212,9 @@ def versus_native(
         return drive(reg.url, "heartbeat.lua", env, seconds, args.connections)
 
     try:
-        run(native_env, 1)
-        run(compat_env, 1)
-        for round_ in range(args.rounds):
-            if round_ % 2:
-                compat_runs.append(run(compat_env, args.duration))
-            native_runs.append(run(native_env, args.duration))
-            if not round_ % 2:
-                compat_runs.append(run(compat_env, args.duration))
+        native_runs, compat_runs = alternate(
+            lambda seconds: run(native_env, seconds), lambda seconds: run(compat_env, seconds), args
+        )
     finally:
         reg.stop()
     ratios = [c.rps / n.rps for n, c in zip(native_runs, compat_runs, strict=True)]
@@ -217,6 +234,78 @@ def versus_native(
         f"  ratio {result['ratio']:.3f}  errors {result['errors']}\n"
     )
     return result
+
+
+def under_pressure(
+    name: str,
+    make_registry: Callable[[], Server],
+    pressure: list[str],
+    script: str,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    prepare: Callable[[Server], None] = lambda server: None,
+) -> dict:
+    """The same load on two like registries, one of them under a side load
+    (``pressure.py``), which is paused (SIGSTOP) while the other is measured:
+    the median of the rounds' pressed / quiet ratios."""
+    quiet, pressed = make_registry(), make_registry()
+    side = None
+    try:
+        for server in (quiet, pressed):
+            server.wait_ready()
+            prepare(server)
+        argv = [sys.executable, str(HERE / "pressure.py"), pressure[0], pressed.url, *pressure[1:]]
+        side = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, preexec_fn=pin(LOAD_CORE))
+        if side.stdout is None or side.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"{name}: the side load did not start ({' '.join(pressure)})")
+
+        def run(server: Server, side_signal: signal.Signals, seconds: float) -> LoadResult:
+            side.send_signal(side_signal)  # type: ignore[union-attr]
+            return drive(server.url, script, env, seconds, args.connections)
+
+        # The side load pauses while the quiet one is measured: it shares its core.
+        quiet_runs, pressed_runs = alternate(
+            lambda seconds: run(quiet, signal.SIGSTOP, seconds),
+            lambda seconds: run(pressed, signal.SIGCONT, seconds),
+            args,
+        )
+    finally:
+        if side is not None:
+            side.send_signal(signal.SIGCONT)
+            side.terminate()
+            side.wait(timeout=30)
+        quiet.stop()
+        pressed.stop()
+    ratios = [p.rps / q.rps for q, p in zip(quiet_runs, pressed_runs, strict=True)]
+    result = {
+        "scenario": name,
+        "pressure": " ".join(pressure),
+        "quiet_rps": round(statistics.median(r.rps for r in quiet_runs)),
+        "pressed_rps": round(statistics.median(r.rps for r in pressed_runs)),
+        "ratio": round(statistics.median(ratios), 3),
+        "quiet_p99_ms": _median_p99(quiet_runs),
+        "pressed_p99_ms": _median_p99(pressed_runs),
+        "errors": sum(r.errors for r in quiet_runs) + sum(r.errors for r in pressed_runs),
+        "runs": {
+            "quiet": [round(r.rps) for r in quiet_runs],
+            "pressed": [round(r.rps) for r in pressed_runs],
+        },
+    }
+    if name in TARGETS:
+        result["target"] = TARGETS[name]
+        result["met"] = result["ratio"] >= TARGETS[name] and result["errors"] == 0
+    met = f"  ≥ {result['target']:.2f} {'ok' if result['met'] else 'MISSED'}" if "target" in result else ""
+    sys.stderr.write(
+        f"{name:<24} quiet    {result['quiet_rps']:>7}/s  pressed  {result['pressed_rps']:>7}/s"
+        f"  ratio {result['ratio']:.3f}  p99 {result['quiet_p99_ms']} → {result['pressed_p99_ms']} ms"
+        f"  errors {result['errors']}{met}\n"
+    )
+    return result
+
+
+def _median_p99(runs: list[LoadResult]) -> float | None:
+    known = [r.p99_ms for r in runs if r.p99_ms is not None]
+    return statistics.median(known) if known else None
 
 
 def _print_row(result: dict) -> None:
@@ -384,6 +473,34 @@ def main() -> None:
                     "heartbeat.lua",
                     registrations,
                     args,
+                )
+            )
+        if want("register-waiters"):
+            # Registrations of fresh instances, with 1,000 long-polls and 1,000 watchers
+            # open on other models, against the same registrations with none open.
+            fresh = {"BENCH_PATH": "/api/v1/instances", "BENCH_COUNT": "1000000", "BENCH_OFFSET": "0"}
+            results.append(
+                under_pressure(
+                    "register-waiters/memory",
+                    lambda: registry("memory://", *extra),
+                    ["waiters", "--long-polls", "1000", "--watchers", "1000"],
+                    "heartbeat.lua",
+                    fresh,
+                    args,
+                )
+            )
+        if want("heartbeat-gzip"):
+            # Heartbeats while two clients post gzip bodies that would inflate to 200 MiB.
+            bombed = {"BENCH_PATH": "/api/v1/heartbeat", "BENCH_COUNT": "10000"}
+            results.append(
+                under_pressure(
+                    "heartbeat-gzip/memory",
+                    lambda: registry("memory://", *extra),
+                    ["gzip", "--clients", "2"],
+                    "heartbeat.lua",
+                    bombed,
+                    args,
+                    prepare=lambda server: populate(server, "memory://", 10_000),
                 )
             )
         if want("inprocess"):

@@ -47,7 +47,9 @@ class Closed(Exception):
 
 @dataclass(eq=False)
 class Watcher:
-    """One subscriber: the events of one model (or all), queued until read."""
+    """One subscriber: the events of one model (or all), queued until read.
+
+    The feed hands a watcher only the events of its model (``Feed.watch``)."""
 
     model_name: str | None
     limit: int
@@ -60,7 +62,7 @@ class Watcher:
     on_overflow: Callable[[], object] | None = None
 
     def offer(self, event: Event) -> None:
-        if self.overflowed or (self.model_name is not None and event.instance.model_name != self.model_name):
+        if self.overflowed:
             return
         if len(self._queue) >= self.limit:
             self.overflowed = True
@@ -93,26 +95,43 @@ class Watcher:
 
 
 class Feed:
+    """Watchers and long-polls are kept by the model they follow (``None``:
+    every model), so a change reaches only its model's and the all-models
+    ones, whatever else is open; and whether a model changed after a revision
+    is one lookup (``_latest``), whatever the length of the history."""
+
     def __init__(self, history: int = 10_000, start: int | None = None) -> None:
         self.revision = time.time_ns() // 1000 if start is None else start
         self._history: deque[Event] = deque(maxlen=max(1, history))
-        self._watchers: set[Watcher] = set()
-        self._tick = asyncio.Event()
+        #: Each model's newest event still in the history (no entry: none is).
+        self._latest: dict[str, int] = {}
+        self._watchers: dict[str | None, set[Watcher]] = {}
+        self._pollers: dict[str | None, set[asyncio.Future[None]]] = {}
+        #: Open watchers and waiting long-polls, for the caps on each.
+        self.watchers = 0
+        self.polls = 0
         self.closed = False
 
     def publish(self, change: Change, instance: ModelInstance) -> Event:
         self.revision += 1
         event = Event(self.revision, change, instance)
-        self._history.append(event)
-        for watcher in self._watchers:
-            watcher.offer(event)
-        self._wake_pollers()
+        history = self._history
+        if len(history) == history.maxlen:  # the oldest is about to go: so does its model's entry
+            oldest = history[0]
+            if self._latest.get(oldest.instance.model_name) == oldest.revision:
+                del self._latest[oldest.instance.model_name]
+        history.append(event)
+        model_name = instance.model_name
+        self._latest[model_name] = event.revision
+        for key in (model_name, None):
+            watchers = self._watchers.get(key)
+            if watchers:
+                for watcher in watchers:
+                    watcher.offer(event)
+            pollers = self._pollers.pop(key, None)
+            if pollers:
+                _wake(pollers)
         return event
-
-    def _wake_pollers(self) -> None:
-        """Wake the long-pollers: they look at the history themselves."""
-        self._tick.set()
-        self._tick = asyncio.Event()
 
     # -- resuming ------------------------------------------------------------
 
@@ -120,16 +139,28 @@ class Feed:
         """The events after ``revision`` (of one model, or all), or ``None``
         when the history no longer reaches back to it (or it is not one this
         feed handed out): the caller must start over from a snapshot."""
-        if revision > self.revision:
-            return None
-        oldest = self._history[0].revision if self._history else self.revision + 1
-        if revision < oldest - 1:
+        if not self._reaches(revision):
             return None
         return [e for e in self._after(revision) if model_name is None or e.instance.model_name == model_name]
 
+    def changed_since(self, revision: int, model_name: str | None = None) -> bool:
+        """Whether ``since`` would not be empty: true too when it cannot tell."""
+        if not self._reaches(revision):
+            return True
+        if model_name is None:
+            return bool(self._history) and self._history[-1].revision > revision
+        return self._latest.get(model_name, revision) > revision
+
+    def _reaches(self, revision: int) -> bool:
+        """Whether the history holds every event after ``revision``."""
+        if revision > self.revision:
+            return False
+        oldest = self._history[0].revision if self._history else self.revision + 1
+        return revision >= oldest - 1
+
     def _after(self, revision: int) -> Iterator[Event]:
         # The history is ordered; walk it from the newest end, since resumes
-        # and long-polls almost always ask for the last few events.
+        # almost always ask for the last few events.
         newer: list[Event] = []
         for event in reversed(self._history):
             if event.revision <= revision:
@@ -145,32 +176,48 @@ class Feed:
         watcher = Watcher(model_name, max(1, limit))
         if self.closed:
             watcher.close()
-        self._watchers.add(watcher)
+        watchers = self._watchers.setdefault(model_name, set())
+        watchers.add(watcher)
+        self.watchers += 1
         try:
             yield watcher
         finally:
-            self._watchers.discard(watcher)
+            self.watchers -= 1
+            watchers.discard(watcher)
+            if not watchers and self._watchers.get(model_name) is watchers:
+                del self._watchers[model_name]
 
-    @property
-    def watchers(self) -> int:
-        return len(self._watchers)
-
-    async def wait(self, after: int, model_name: str | None, timeout: float) -> None:
+    async def wait(
+        self, after: int, model_name: str | None, timeout: float, gone: asyncio.Future[None] | None = None
+    ) -> None:
         """Return once an event after revision ``after`` (of ``model_name``, or
-        any) exists, or after ``timeout`` seconds, or when the feed closes."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not self.closed:
-            changes = self.since(after, model_name)
-            if changes is None or changes:
-                return  # something new, or a revision we cannot judge: answer now
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            try:
-                await asyncio.wait_for(self._tick.wait(), remaining)
-            except TimeoutError:
-                return
+        any) exists, or after ``timeout`` seconds, or when the feed closes, or
+        when ``gone`` is done (the caller's client went away)."""
+        if self.closed or self.changed_since(after, model_name) or (gone is not None and gone.done()):
+            return
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        pollers = self._pollers.setdefault(model_name, set())
+        pollers.add(woken)
+        self.polls += 1
+
+        def answer(_: object) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        if gone is not None:
+            gone.add_done_callback(answer)
+        try:
+            async with asyncio.timeout(timeout):
+                await woken
+        except TimeoutError:
+            pass
+        finally:
+            self.polls -= 1
+            if gone is not None:
+                gone.remove_done_callback(answer)
+            pollers.discard(woken)
+            if not pollers and self._pollers.get(model_name) is pollers:
+                del self._pollers[model_name]
 
     def gap(self) -> None:
         """Changes may have been missed (another replica's, while its
@@ -179,14 +226,30 @@ class Feed:
         to reconnect (``Watcher.missed``), long-polls answer."""
         self.revision += 1
         self._history.clear()
-        for watcher in self._watchers:
+        self._latest.clear()
+        for watcher in self._every_watcher():
             watcher.missed = True
             watcher.close()
-        self._wake_pollers()
+        self._wake_every_poller()
 
     def close(self) -> None:
         """Wake every watcher and long-poller for the last time (shutdown)."""
         self.closed = True
-        for watcher in self._watchers:
+        for watcher in self._every_watcher():
             watcher.close()
-        self._tick.set()
+        self._wake_every_poller()
+
+    def _every_watcher(self) -> Iterator[Watcher]:
+        for watchers in self._watchers.values():
+            yield from watchers
+
+    def _wake_every_poller(self) -> None:
+        pollers, self._pollers = self._pollers, {}
+        for waiting in pollers.values():
+            _wake(waiting)
+
+
+def _wake(pollers: set[asyncio.Future[None]]) -> None:
+    for woken in pollers:
+        if not woken.done():
+            woken.set_result(None)

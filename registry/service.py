@@ -10,6 +10,7 @@ atomic primitives.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import random
@@ -338,10 +339,13 @@ class Registry(DBGPTMethods):
         """The revision of the last change (see ``events``)."""
         return self.feed.revision
 
-    async def wait_for_change(self, after: int, model_name: str | None, timeout: float) -> None:
+    async def wait_for_change(
+        self, after: int, model_name: str | None, timeout: float, gone: asyncio.Future[None] | None = None
+    ) -> None:
         """Block until there is a change after revision ``after`` (of one model,
-        or any), for at most ``timeout`` seconds: a long-poll."""
-        await self.feed.wait(after, model_name, timeout)
+        or any), for at most ``timeout`` seconds, or until ``gone`` is done (the
+        client went away): a long-poll."""
+        await self.feed.wait(after, model_name, timeout, gone)
 
     async def models(self) -> list[ModelSummary]:
         return await self.storage.summarize(self._core.clock.now())
@@ -368,4 +372,6 @@ class Registry(DBGPTMethods):
             "heartbeat_interval_s": self.heartbeat_interval,
             "heartbeat_timeout_s": self.heartbeat_timeout,
             "self_preservation": self.self_preservation,
+            "watchers": self.feed.watchers,
+            "long_polls": self.feed.polls,
         }

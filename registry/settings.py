@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     watch_ping_interval: float = Field(
         30.0, gt=0, description="seconds between pings to watchers; one unanswered for half that closes"
     )
+    max_long_polls: int = Field(
+        10_000, ge=1, description="long-polls that may wait at once; past it 503 with Retry-After"
+    )
+    max_watchers: int = Field(
+        10_000, ge=1, description="WebSocket watchers that may be open at once; past it 503 with Retry-After"
+    )
     max_wait: float = Field(
         300.0, gt=0, description="the longest a long-poll (?index=N&wait=) may block, in seconds"
     )

@@ -8,6 +8,7 @@ from aiohttp.test_utils import TestClient
 
 from model_registry import ManualClock
 from model_registry.api import create_app
+from model_registry.api.keys import DISCONNECTS
 from model_registry.api.responses import SERVER_OPTIONS
 from model_registry.settings import Settings
 
@@ -27,4 +28,12 @@ async def client(
     app: web.Application, aiohttp_client: Callable[[web.Application], Awaitable[TestClient]]
 ) -> TestClient:
     """A real HTTP server on loopback, built by the same factory as `serve`."""
-    return await aiohttp_client(app, server_kwargs=SERVER_OPTIONS)
+    return await serve_app(aiohttp_client, app)
+
+
+async def serve_app(aiohttp_client: Callable[..., Awaitable[TestClient]], app: web.Application) -> TestClient:
+    """Serve ``app`` on loopback as ``serve`` does: its server options, and
+    its server telling long-polls of clients that have gone."""
+    client = await aiohttp_client(app, server_kwargs=SERVER_OPTIONS)
+    app[DISCONNECTS].attach(client.server.runner.server)
+    return client

@@ -15,6 +15,8 @@ from model_registry.api import create_app
 from model_registry.api.keys import REGISTRY
 from model_registry.settings import Settings
 
+from .conftest import serve_app
+
 WATCH = "/api/v1/watch"
 INSTANCES = "/api/v1/instances"
 
@@ -229,3 +231,75 @@ async def test_a_change_right_after_the_snapshot_comes_as_the_next_event(client:
         await registry.register(body(port=8009))
         event = await next_json(ws)
     assert event["revision"] == snapshot["revision"] + 1
+
+
+# -- limits and departures ---------------------------------------------------------
+
+
+async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait, polling, until ``check()`` holds; for server-side state that has no event."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_long_poll_whose_client_goes_ends_at_once(client: TestClient) -> None:
+    feed = client.app[REGISTRY].feed
+    index = (await client.get(INSTANCES)).headers["X-Registry-Index"]
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(f"GET {INSTANCES}?index={index}&wait=5m HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    await until(lambda: feed.polls == 1)
+    writer.close()
+    await until(lambda: feed.polls == 0, timeout=2)  # not at the end of its five minutes
+
+
+async def test_long_polls_past_the_cap_are_503_with_retry_after(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], clock: ManualClock
+) -> None:
+    settings = Settings(storage="memory://", max_long_polls=2)
+    client = await serve_app(aiohttp_client, create_app(settings, clock=clock))
+    feed = client.app[REGISTRY].feed
+    index = (await client.get(INSTANCES)).headers["X-Registry-Index"]
+
+    def poll(**params: str) -> asyncio.Task:
+        return asyncio.create_task(client.get(INSTANCES, params={"index": index, "wait": "30s", **params}))
+
+    waiting = [poll(model_name=f"m{n}") for n in range(2)]
+    await until(lambda: feed.polls == 2)
+    refused = await poll()
+    assert refused.status == 503 and refused.headers["Retry-After"].isdigit()
+    problem = await refused.json()
+    assert problem["error"] == "too_many_long_polls" and "--max-long-polls" in problem["detail"]
+    plain = await client.get(INSTANCES)  # a list that does not wait is no long-poll
+    assert plain.status == 200
+    await client.post(INSTANCES, json=body("m0"))  # one answers: its place is free again
+    assert (await asyncio.wait_for(waiting[0], 5)).status == 200
+    await until(lambda: feed.polls == 1)
+    assert (await asyncio.wait_for(poll(), 5)).status == 200  # index is old now: answered at once
+    waiting[1].cancel()
+
+
+async def test_watchers_past_the_cap_are_503_with_retry_after(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], clock: ManualClock
+) -> None:
+    settings = Settings(storage="memory://", max_watchers=1)
+    client = await serve_app(aiohttp_client, create_app(settings, clock=clock))
+    async with client.ws_connect(WATCH) as ws:
+        await next_json(ws)
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await client.ws_connect(WATCH)
+        assert refused.value.status == 503
+        headers = {
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        }
+        response = await client.get(WATCH, headers=headers)
+        assert response.status == 503 and response.headers["Retry-After"].isdigit()
+        problem = await response.json()
+        assert problem["error"] == "too_many_watchers" and "--max-watchers" in problem["detail"]
+    await until(lambda: client.app[REGISTRY].feed.watchers == 0)
+    async with client.ws_connect(WATCH) as ws:  # the place is free again
+        assert (await next_json(ws))["type"] == "snapshot"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import ExitStack
 
 import pytest
 
-from model_registry.events import Change, Closed, Feed, Overflow
+from model_registry.events import Change, Closed, Feed, Overflow, Watcher
 from model_registry.storage import ModelInstance
 
 
@@ -120,3 +121,82 @@ async def test_a_gap_sends_watchers_and_resumes_to_a_fresh_snapshot() -> None:
     await asyncio.wait_for(feed.wait(1, None, timeout=60), 1)  # long-polls answer
     feed.publish(Change.REGISTERED, instance(port=8001))
     assert [e.revision for e in feed.since(feed.revision - 1)] == [feed.revision]
+
+
+def counting_offers(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """Spy on Watcher.offer (the real one still runs): whose watchers were handed an event."""
+    offered: list[str | None] = []
+    real = Watcher.offer
+
+    def offer(self: Watcher, event) -> None:
+        offered.append(self.model_name)
+        real(self, event)
+
+    monkeypatch.setattr(Watcher, "offer", offer)
+    return offered
+
+
+async def test_a_change_reaches_only_its_models_watchers_and_the_all_models_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    feed = Feed(start=0)
+    offered = counting_offers(monkeypatch)
+    with ExitStack() as stack:
+        for n in range(1000):
+            stack.enter_context(feed.watch(f"other-{n}"))
+        mine, everything = stack.enter_context(feed.watch("a")), stack.enter_context(feed.watch(None))
+        assert feed.watchers == 1002
+        feed.publish(Change.REGISTERED, instance("a"))
+        assert offered == ["a", None]
+        assert (await mine.next()).revision == 1 and (await everything.next()).revision == 1
+    assert feed.watchers == 0 and not feed._watchers  # nothing kept for the models that went
+
+
+async def test_a_change_wakes_only_its_models_long_polls_whatever_the_history(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    feed = Feed(history=10_000, start=0)
+    after = feed.revision
+    others = [asyncio.create_task(feed.wait(after, f"other-{n}", timeout=60)) for n in range(500)]
+    everything = asyncio.create_task(feed.wait(after, None, timeout=60))
+    await asyncio.sleep(0)
+    assert feed.polls == 501
+    walks = []
+    monkeypatch.setattr(Feed, "_after", lambda self, revision: walks.append(revision) or iter(()))
+    for port in range(5000):  # a long history of another model's changes
+        feed.publish(Change.REGISTERED, instance("busy", port))
+    await asyncio.sleep(0)
+    assert everything.done() and not any(task.done() for task in others)
+    mine = asyncio.create_task(feed.wait(after, "other-7", timeout=60))  # joins late, same index
+    await asyncio.sleep(0)
+    assert not mine.done() and walks == []  # "did other-7 change?" walked no history
+    feed.publish(Change.UNHEALTHY, instance("other-7"))
+    await asyncio.sleep(0)
+    assert others[7].done() and mine.done() and sum(task.done() for task in others) == 1
+    feed.close()
+    await asyncio.gather(*others)
+    assert feed.polls == 0 and not feed._pollers
+
+
+def test_whether_a_model_changed_is_known_as_long_as_the_history_reaches_back() -> None:
+    feed = Feed(history=3, start=0)
+    feed.publish(Change.REGISTERED, instance("a"))  # 1
+    for port in range(3):
+        feed.publish(Change.REGISTERED, instance("b", port))  # 2, 3, 4: 1 falls out of the history
+    assert feed.changed_since(0, "a")  # before the history: cannot tell, so answer
+    assert not feed.changed_since(1, "a") and feed.changed_since(1, "b") and not feed.changed_since(4, "b")
+    assert feed.changed_since(5, "a")  # a revision this feed never handed out
+    for n in range(1000):  # churn through model names: what is kept stays within the history
+        feed.publish(Change.REGISTERED, instance(f"churn-{n}"))
+    assert len(feed._latest) <= 3
+
+
+async def test_a_long_poll_ends_when_its_client_goes() -> None:
+    feed = Feed(start=0)
+    gone = asyncio.get_running_loop().create_future()
+    polling = asyncio.create_task(feed.wait(0, "a", timeout=300, gone=gone))
+    await asyncio.sleep(0)
+    assert feed.polls == 1
+    gone.set_result(None)
+    await asyncio.wait_for(polling, 1)
+    assert feed.polls == 0 and not feed._pollers
