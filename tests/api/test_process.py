@@ -382,3 +382,42 @@ async def test_one_client_address_may_hold_only_so_many_connections(tmp_path: Pa
         assert len(warnings) == 1 and warnings[0]["limit"] == 5  # once per minute, not per refusal
         for _, w in [*held, *extra, (reader, writer)]:
             w.close()
+
+
+async def test_long_polls_end_when_their_clients_go_and_at_sigterm(tmp_path: Path) -> None:
+    with ServerProcess("--storage", "memory://", "--shutdown-timeout", "30") as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        async with aiohttp.ClientSession(server.url) as http:
+
+            async def health() -> dict:
+                async with http.get("/health") as answer:
+                    return await answer.json()
+
+            async def until_polls(count: int) -> None:
+                deadline = time.monotonic() + 3
+                while (await health())["long_polls"] != count:
+                    assert time.monotonic() < deadline, f"long-polls never came to {count}"
+                    await asyncio.sleep(0.02)
+
+            async with http.get(INSTANCES) as first:
+                index = first.headers["X-Registry-Index"]
+            request = f"GET {INSTANCES}?index={index}&wait=5m HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            left = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+            for _, writer in left:
+                writer.write(request)
+            await until_polls(20)
+            for _, writer in left:
+                writer.close()
+            await until_polls(0)  # within 3 s, not at the end of their five minutes
+            held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+            for _, writer in held:
+                writer.write(request)
+            await until_polls(20)
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        for reader, _ in held:  # each answered as usual, then the server exits
+            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 200")
+        assert server.wait(timeout=10) == 0
+        assert time.monotonic() - started < 10
+        for _, writer in held:
+            writer.close()
