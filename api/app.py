@@ -18,9 +18,10 @@ from model_registry.storage import open_storage
 from model_registry.storage.tasks import cancelled
 
 from .auth import Auth
-from .connections import Disconnects
+from .connections import ConnectionCap, Disconnects
 from .fastchat import callbacks_context
-from .keys import ADVICE, DISCONNECTS, FASTCHAT, LIFECYCLE, REGISTRY, SETTINGS, TOKENS, Lifecycle
+from .hosts import AllowedHosts
+from .keys import ADVICE, CONNECTIONS, DISCONNECTS, FASTCHAT, LIFECYCLE, REGISTRY, SETTINGS, TOKENS, Lifecycle
 from .responses import BODY_TIMEOUT, MAX_BODY_BYTES
 from .routes import setup_routes
 
@@ -60,8 +61,9 @@ def create_app(
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app[BODY_TIMEOUT] = settings.body_timeout
-    app[LIFECYCLE] = lifecycle = Lifecycle()
+    app[LIFECYCLE] = lifecycle = Lifecycle(hosts=AllowedHosts.of(settings.host, settings.allowed_hosts))
     app[DISCONNECTS] = Disconnects()
+    app[CONNECTIONS] = ConnectionCap(settings.max_connections_per_client)
     setup_routes(app, lifecycle)
 
     async def registry_context(app: web.Application) -> AsyncIterator[None]:
@@ -79,6 +81,8 @@ def create_app(
                 watch_history=settings.watch_history,
                 failures=settings.failures,
                 preservation=settings.preservation,
+                max_instances=settings.max_instances,
+                max_instances_per_model=settings.max_instances_per_model,
                 clock=clock,
                 rng=rng,
             ) as registry,

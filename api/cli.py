@@ -119,8 +119,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (StartupError, InvalidStorageURL) as exc:
         _fail(str(exc), code=2)
     except StorageUnavailable as exc:
+        said = f" (the database said: {exc.driver})" if exc.driver else ""
         _fail(
-            f"cannot open storage {redact(settings.storage)}: {exc}: check that the database "
+            f"cannot open storage {redact(settings.storage)}: {exc}{said}: check that the database "
             "is reachable and its directory exists and is writable, or pass --storage",
             code=1,
         )

@@ -29,12 +29,18 @@ LOG_WINDOW_S = 60.0
 
 
 class ConnectionCap:
-    """Counts a server's open connections by client address and closes those past ``limit``."""
+    """Counts a server's open connections by client address, and closes at
+    once those past ``per_client`` from one address (0: no such limit) or past
+    ``total`` in all (what the open-files limit leaves for connections)."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, per_client: int, total: int | None = None) -> None:
+        self.per_client = per_client
+        self.total = total
         self.open: dict[str, int] = {}
+        self.connections = 0
+        #: Connections closed for each reason, since the start.
         self.refused = 0
+        self.refused_at_limit = 0
         self._address_of: dict[RequestHandler, str] = {}
         self._throttle = Throttle(LOG_WINDOW_S)
 
@@ -47,7 +53,12 @@ class ConnectionCap:
             address = self._address_of[handler] = _address(transport)
             count = self.open.get(address, 0) + 1
             self.open[address] = count
-            if count > self.limit:
+            self.connections += 1
+            if self.total is not None and self.connections > self.total:
+                self.refused_at_limit += 1
+                self._log_limit(address)
+                transport.close()
+            elif self.per_client and count > self.per_client:
                 self.refused += 1
                 self._log(address)
                 transport.close()
@@ -55,6 +66,7 @@ class ConnectionCap:
         def connection_lost(handler: RequestHandler, exc: BaseException | None = None) -> None:
             address = self._address_of.pop(handler, None)
             if address is not None:
+                self.connections -= 1
                 count = self.open.get(address, 1) - 1
                 if count > 0:
                     self.open[address] = count
@@ -65,6 +77,20 @@ class ConnectionCap:
         server.connection_made = connection_made  # type: ignore[method-assign]
         server.connection_lost = connection_lost  # type: ignore[method-assign]
 
+    def out_of_descriptors(self) -> None:
+        """The event loop could not accept a connection: no descriptor was left."""
+        self.refused_at_limit += 1
+        self._log_limit("?")
+
+    def stats(self) -> dict[str, int | None]:
+        """What ``/health`` reports of connections."""
+        return {
+            "open": self.connections,
+            "max": self.total,
+            "refused_per_client": self.refused,
+            "refused_at_limit": self.refused_at_limit,
+        }
+
     def _log(self, address: str) -> None:
         before = self._throttle.admit(address)
         if before is None:
@@ -73,9 +99,25 @@ class ConnectionCap:
             "connection refused: too many from one client",
             extra={
                 "client": address,
-                "limit": self.limit,
+                "limit": self.per_client,
                 "refused_before": before,
                 "fix": "close idle connections, or raise --max-connections-per-client",
+            },
+        )
+
+    def _log_limit(self, address: str) -> None:
+        before = self._throttle.admit("\0limit")  # one line a minute for all clients together
+        if before is None:
+            return
+        log.warning(
+            "connection refused: the open-files limit is reached",
+            extra={
+                "client": address,
+                "connections": self.connections,
+                "limit": self.total,
+                "refused_before": before,
+                "fix": "raise the process's open-files limit (ulimit -n, LimitNOFILE=), "
+                "or have clients hold fewer connections",
             },
         )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from model_registry import RegistryClientError, StorageUnavailable
 from model_registry.auth import SCOPED, Action
@@ -59,7 +59,8 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Re
 
 def guard(view: View, lifecycle: Lifecycle, action: Action, *, while_draining: bool = False) -> Handler:
     """``view`` as an aiohttp handler, wrapped in the API's policy: turn
-    requests away while draining (unless ``while_draining``), authenticate
+    requests for a ``Host`` it does not go by (``api.hosts``) and, while
+    draining, every request (unless ``while_draining``), authenticate
     the caller and check that ``action`` is theirs (when authentication is
     on), count the requests in flight (so shutdown can wait for them), hand
     the view the running registry, and map every failure to its answer.
@@ -70,9 +71,12 @@ def guard(view: View, lifecycle: Lifecycle, action: Action, *, while_draining: b
     """
 
     scoped = action in SCOPED
+    hosts = lifecycle.hosts
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         try:
+            if hosts is not None and not hosts.allows(request.headers.get(hdrs.HOST)):
+                raise _host_not_allowed(request)
             if lifecycle.draining and not while_draining:
                 raise ApiError(
                     503,
@@ -97,6 +101,16 @@ def guard(view: View, lifecycle: Lifecycle, action: Action, *, while_draining: b
     return guarded
 
 
+def _host_not_allowed(request: web.Request) -> ApiError:
+    host = request.headers.get(hdrs.HOST, "")[:100]
+    return ApiError(
+        403,
+        "host_not_allowed",
+        f"this registry does not answer to the Host {host!r}: use its address or localhost, "
+        "or start it with --allowed-hosts naming this host",
+    )
+
+
 def failure_response(request: web.Request, exc: Exception) -> web.StreamResponse:
     """The answer to a request that failed with ``exc``."""
     if isinstance(exc, web.HTTPException):
@@ -110,7 +124,7 @@ def failure_response(request: web.Request, exc: Exception) -> web.StreamResponse
         extra = {"field": exc.field} if exc.field else {}
         return error_response(exc.status, exc.code, exc.detail, **extra)
     if isinstance(exc, StorageUnavailable):
-        log.warning("storage unavailable: %s", exc)
+        log.warning("storage unavailable: %s", exc, extra={"driver": exc.driver} if exc.driver else None)
         retry = {"Retry-After": str(max(1, round(exc.retry_after)))}
         return error_response(503, "storage_unavailable", str(exc), headers=retry)
     log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)

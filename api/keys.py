@@ -14,11 +14,13 @@ from model_registry.fastchat import FastChat
 from model_registry.settings import Settings
 
 from .auth import Auth
-from .connections import Disconnects
+from .connections import ConnectionCap, Disconnects
+from .hosts import AllowedHosts
 
 __all__ = [
     "ADVICE",
     "CALLBACKS",
+    "CONNECTIONS",
     "DISCONNECTS",
     "FASTCHAT",
     "TOKENS",
@@ -45,6 +47,8 @@ class Lifecycle:
     in_flight: int = 0
     #: Set when requests must authenticate (``api.auth``); ``None`` leaves every route open.
     auth: Auth | None = None
+    #: The ``Host`` names requests may carry (``api.hosts``); ``None``: any (``--allowed-hosts '*'``).
+    hosts: AllowedHosts | None = None
 
     async def wait_idle(self, timeout: float, poll: float = 0.02) -> bool:
         """Wait up to ``timeout`` s for the requests in flight; True if none is left.
@@ -73,3 +77,5 @@ ADVICE = web.AppKey("advice", TimeoutAdvice)
 TOKENS = web.AppKey("tokens", Tokens)
 #: Tells long-polls that their client has gone (attached to the server by ``serve``).
 DISCONNECTS = web.AppKey("disconnects", Disconnects)
+#: The connections by client address, and those refused (attached to the server by ``serve``).
+CONNECTIONS = web.AppKey("connections", ConnectionCap)

@@ -13,8 +13,9 @@ import time
 from datetime import datetime, timezone
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
-__all__ = ["Throttle", "configure_logging"]
+__all__ = ["MalformedRequests", "Throttle", "configure_logging"]
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -65,6 +66,43 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     quiet = logging.DEBUG if level == "debug" else logging.WARNING
     for name in ("aiohttp", "sqlalchemy", "alembic", "aiosqlite", "asyncio"):
         logging.getLogger(name).setLevel(quiet)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server.filters):
+        server.addFilter(MalformedRequests())
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs each request it cannot parse (bad framing, a TLS handshake
+    on the plain port, oversized headers) as an error with a traceback; a
+    client sending garbage would fill the log. Each becomes one warning line,
+    without a traceback, at most once per client address per minute, with a
+    count of those in between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._throttle = Throttle(60.0)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        client = str(record.args[0]) if isinstance(record.args, tuple) and record.args else "?"
+        before = self._throttle.admit(client)
+        if before is None:
+            return False
+        record.msg, record.args, record.exc_info, record.exc_text = (
+            "malformed request refused",
+            (),
+            None,
+            None,
+        )
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.client, record.why, record.refused_before = client, _first_line(exc), before
+        return True
+
+
+def _first_line(exc: HttpProcessingError) -> str:
+    return (exc.message or type(exc).__name__).strip().splitlines()[0]
 
 
 class Throttle:

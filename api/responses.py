@@ -34,11 +34,15 @@ def dumps(data: Any) -> bytes:
     return orjson.dumps(data, option=_DUMPS_OPTIONS)
 
 
+#: Every answer's ``Server`` header: aiohttp's default names its and Python's versions.
+SERVER = {hdrs.SERVER: "model-registry"}
+
+
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         body=orjson.dumps(data, option=_DUMPS_OPTIONS),
         status=status,
-        headers=headers,
+        headers=SERVER if headers is None else {**SERVER, **headers},
         content_type="application/json",
     )
 
@@ -47,7 +51,12 @@ def json_body_response(
     body: bytes, *, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
     """An answer whose JSON is already written (see ``dumps``)."""
-    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
+    return web.Response(
+        body=body,
+        status=status,
+        headers=SERVER if headers is None else {**SERVER, **headers},
+        content_type="application/json",
+    )
 
 
 def _is_json(content_type: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+from yarl import URL
 
 from model_registry.auth import Action
 
@@ -60,5 +61,33 @@ def setup_routes(app: web.Application, lifecycle: Lifecycle) -> None:
         else:
             app.router.add_route(method, path, handler)
             allowed.setdefault(path, set()).add(method)
-    # Last, so that it only catches what no route above matched.
+    # Last, so that it only catches what no route above matched; and the one
+    # target that is no path, ``OPTIONS *`` (which would be aiohttp's plain text).
     app.router.add_route("*", "/{tail:.*}", unrouted(allowed))
+    asterisk = _Asterisk()
+    asterisk.add_route("*", unrouted(allowed))
+    app.router.register_resource(asterisk)
+
+
+class _Asterisk(web.Resource):
+    """The request target ``*`` (``OPTIONS * HTTP/1.1``), which no path route
+    matches: aiohttp would answer it with a plain-text 404."""
+
+    @property
+    def canonical(self) -> str:
+        return "*"  # the router looks resources up by the request's path: this one's is "*"
+
+    def _match(self, path: str) -> dict[str, str] | None:
+        return {} if path == "*" else None
+
+    def raw_match(self, path: str) -> bool:
+        return path == "*"
+
+    def get_info(self) -> dict[str, str]:  # type: ignore[override]
+        return {"path": "*"}
+
+    def url_for(self) -> URL:  # type: ignore[override]
+        return URL.build(path="*", encoded=True)
+
+    def add_prefix(self, prefix: str) -> None:
+        raise RuntimeError("the * target cannot be under a prefix")

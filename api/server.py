@@ -24,6 +24,8 @@ import logging
 import resource
 import signal
 import ssl
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -33,7 +35,7 @@ from model_registry.storage import redact
 
 from .app import StartupError, create_app
 from .connections import ConnectionCap
-from .keys import DISCONNECTS, LIFECYCLE, REGISTRY
+from .keys import CONNECTIONS, DISCONNECTS, LIFECYCLE, REGISTRY
 from .responses import SERVER_OPTIONS
 
 __all__ = ["StartupError", "serve"]
@@ -102,8 +104,10 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
         await runner.setup()
         assert runner.server is not None
         app[DISCONNECTS].attach(runner.server)
-        if settings.max_connections_per_client:
-            ConnectionCap(settings.max_connections_per_client).attach(runner.server)
+        connections = app[CONNECTIONS]
+        connections.total = max(1, open_files - RESERVED_FILES)
+        connections.attach(runner.server)
+        loop.set_exception_handler(_accept_failures(connections))
         site = web.TCPSite(runner, settings.host, settings.port, ssl_context=_tls(settings))
         try:
             await site.start()
@@ -124,8 +128,8 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
                 "auth": "on" if settings.auth else "off",
                 "storage": redact(settings.storage),
                 "loop": _loop_name(loop),
-                # Each connection holds a descriptor; keep a few for storage and logs.
-                "connections_max": max(0, open_files - RESERVED_FILES),
+                # Each connection holds a descriptor; a few are kept for storage and logs.
+                "connections_max": connections.total,
             },
         )
         await stop.wait()
@@ -144,6 +148,23 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
             loop.remove_signal_handler(signum)
         await runner.cleanup()
     log.info("stopped")
+
+
+def _accept_failures(
+    connections: ConnectionCap,
+) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """An event-loop exception handler that counts and logs (once a minute) the
+    connections the loop could not accept for lack of descriptors, instead of
+    a traceback each; anything else goes to the default handler."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            connections.out_of_descriptors()
+        else:
+            loop.default_exception_handler(context)
+
+    return handle
 
 
 def _tls(settings: Settings) -> ssl.SSLContext | None:

@@ -14,7 +14,7 @@ from model_registry.validation import key_from
 
 from .audit import audit, audit_deregistration
 from .auth import in_scope
-from .keys import DISCONNECTS, LIFECYCLE, SETTINGS
+from .keys import CONNECTIONS, DISCONNECTS, LIFECYCLE, SETTINGS
 from .params import duration_param, model_name_param, query_flag, revision_param, strategy_param
 from .problem import ApiError
 from .responses import dumps, json_body_response, json_response, read_object, read_object_now
@@ -154,4 +154,6 @@ async def select(request: web.Request, registry: Registry) -> web.Response:
 async def health(request: web.Request, registry: Registry) -> web.Response:
     if request.app[LIFECYCLE].draining:
         raise ApiError(503, "shutting_down", "the registry is shutting down", headers={"Retry-After": "1"})
-    return json_response({"status": "ok", **await registry.health()})
+    return json_response(
+        {"status": "ok", **await registry.health(), "connections": request.app[CONNECTIONS].stats()}
+    )

@@ -22,15 +22,15 @@ import asyncio
 import contextlib
 from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, hdrs, web
 
 from model_registry import Registry
 from model_registry.events import Closed, Event, Overflow, Watcher
 
-from .keys import SETTINGS
+from .keys import LIFECYCLE, SETTINGS
 from .params import model_name_param, revision_param
 from .problem import ApiError
-from .responses import dumps
+from .responses import SERVER, dumps
 from .views import BUSY_RETRY_AFTER_S
 
 __all__ = ["watch"]
@@ -46,12 +46,21 @@ _CLOSE_TIMEOUT = 2.0
 async def watch(request: web.Request, registry: Registry) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     ws = web.WebSocketResponse(heartbeat=settings.watch_ping_interval, timeout=_CLOSE_TIMEOUT)
+    ws.headers.update(SERVER)
     if not ws.can_prepare(request).ok:
         raise ApiError(
             400,
             "websocket_required",
             "GET /api/v1/watch is a WebSocket: connect with a WebSocket client, "
             "or long-poll GET /api/v1/instances?index=N&wait=30s",
+        )
+    hosts, origin = request.app[LIFECYCLE].hosts, request.headers.get(hdrs.ORIGIN)
+    if hosts is not None and not hosts.allows_origin(origin, request.headers.get(hdrs.HOST)):
+        raise ApiError(
+            403,
+            "origin_not_allowed",
+            f"a WebSocket from the page at {(origin or '')[:100]!r} may not watch this registry: open "
+            "the page from the registry's own address, or start it with --allowed-hosts naming its host",
         )
     if registry.feed.watchers >= settings.max_watchers:
         raise ApiError(

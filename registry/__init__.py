@@ -17,6 +17,7 @@ from model_registry_sdk.record import InstanceKey, ModelInstance, ModelSummary
 
 from .clock import Clock, ManualClock, SystemClock
 from .errors import (
+    InstanceLimit,
     InstanceNotFound,
     InvalidInstance,
     InvalidRequest,
@@ -31,6 +32,7 @@ __all__ = [
     "CheckResult",
     "Clock",
     "InstanceKey",
+    "InstanceLimit",
     "InstanceNotFound",
     "InvalidInstance",
     "InvalidRequest",

@@ -4,6 +4,7 @@
     └── RegistryClientError         server and its clients, one class per meaning)
         ├── InstanceNotFound       the identity names no registered instance
         ├── NoHealthyInstance      the model has no instance that selection may pick
+        ├── InstanceLimit          no room for a new instance (507, or 429 for its model)
         └── InvalidRequest
             └── InvalidInstance    the input breaks a rule; ``problems`` names each field
 
@@ -14,6 +15,7 @@ of the request but of the backend, and callers answer it differently (retry).
 from __future__ import annotations
 
 from model_registry_sdk.errors import (
+    InstanceLimit,
     InstanceNotFound,
     InvalidRequest,
     NoHealthyInstance,
@@ -22,6 +24,7 @@ from model_registry_sdk.errors import (
 )
 
 __all__ = [
+    "InstanceLimit",
     "InstanceNotFound",
     "InvalidInstance",
     "InvalidRequest",

@@ -107,6 +107,8 @@ class Feed:
         self._latest: dict[str, int] = {}
         self._watchers: dict[str | None, set[Watcher]] = {}
         self._pollers: dict[str | None, set[asyncio.Future[None]]] = {}
+        #: Called with each event as it is published (in this process or heard from another).
+        self.listeners: list[Callable[[Event], object]] = []
         #: Open watchers and waiting long-polls, for the caps on each.
         self.watchers = 0
         self.polls = 0
@@ -123,6 +125,8 @@ class Feed:
         history.append(event)
         model_name = instance.model_name
         self._latest[model_name] = event.revision
+        for listener in self.listeners:
+            listener(event)
         for key in (model_name, None):
             watchers = self._watchers.get(key)
             if watchers:

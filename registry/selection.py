@@ -16,7 +16,8 @@ round_robin
     The counters are the only state a ``Selector`` keeps: per model, one per
     instance eligible at that model's last pick, so vanished instances are
     forgotten and new ones start at 0; a pick that finds none eligible
-    forgets the model.
+    forgets the model, and so does the removal of its last counted instance
+    (``forget``), so models that are gone hold nothing.
 least_load
     The lowest ``queue_length / weight``; an instance that never reported a
     load counts as 0, so a fresh instance receives traffic. Ties are broken
@@ -92,6 +93,18 @@ class Selector:
         if name == "weighted":
             return self._rng.choices(eligible, _scaled_weights(eligible))[0]
         return self._least_load(eligible)
+
+    def forget(self, key: InstanceKey) -> None:
+        """An instance is gone (deregistered or evicted): drop its counter, and
+        its model's when it was the last."""
+        current = self._current.get(key.model_name)
+        if current is not None and current.pop(key, None) is not None and not current:
+            del self._current[key.model_name]
+
+    @property
+    def models(self) -> int:
+        """Models with round-robin state."""
+        return len(self._current)
 
     def _round_robin(self, model: str | None, eligible: list[ModelInstance]) -> ModelInstance | None:
         if not eligible:

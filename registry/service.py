@@ -25,8 +25,8 @@ from .checker import Checker, CheckResult, check_timing
 from .clock import Clock
 from .core import Core, fields_of
 from .dbgpt import DBGPTMethods
-from .errors import InstanceNotFound, NoHealthyInstance
-from .events import Feed
+from .errors import InstanceLimit, InstanceNotFound, NoHealthyInstance
+from .events import Event, Feed
 from .pins import changer
 from .preservation import Preservation
 from .replication import Replication
@@ -38,6 +38,9 @@ from .validation import Report, heartbeat_from, instance_from, known_beat, overr
 __all__ = ["CheckResult", "Registry", "check_timing"]
 
 log = logging.getLogger("registry")
+
+#: Changes after which an instance is no candidate of selection until it comes back.
+_GONE = frozenset({Change.DEREGISTERED, Change.EVICTED})
 
 
 class Registry(DBGPTMethods):
@@ -61,6 +64,8 @@ class Registry(DBGPTMethods):
         watch_history: int = 10_000,
         failures: FailurePolicy | None = None,
         preservation: Preservation | None = None,
+        max_instances: int = 1_000_000,
+        max_instances_per_model: int = 100_000,
     ) -> None:
         """``checker=False`` leaves sweeping to whoever calls ``check_once``
         (tests, or a replica that must not sweep).
@@ -72,7 +77,9 @@ class Registry(DBGPTMethods):
         ``watch_history``: how many recent changes ``feed`` keeps for watchers
         that resume. ``failures``: when routers' reports put an instance in
         cooldown (see ``reports``). ``preservation``: when the checker holds
-        back (see ``preservation``).
+        back (see ``preservation``). ``max_instances`` and
+        ``max_instances_per_model``: past them a new instance is refused
+        (``InstanceLimit``); instances already registered are always updated.
         """
         check_timing(heartbeat_interval, heartbeat_timeout, evict_after)
         self.storage = storage
@@ -84,6 +91,8 @@ class Registry(DBGPTMethods):
         #: Every change to membership and health, for watchers (see ``events``).
         self.feed = core.feed
         self._selector = Selector(rng or random.Random())
+        self.feed.listeners.append(self._forget_gone)
+        self.max_instances, self.max_instances_per_model = max_instances, max_instances_per_model
         self._sweeps = checker
         self._started = False
         self._cooldowns = Cooldowns(core, failures or FailurePolicy())
@@ -146,12 +155,44 @@ class Registry(DBGPTMethods):
         core = self._core
         record = self._fresh(instance_from(instance))
         record.queue_length = queue_length
+        await self._room_for(record.key)
         with core.noting_outages():
             stored, created = await self.storage.upsert(record)
         if created:
             log.info("instance registered", extra=fields_of(stored.key))
         core.publish(Change.REGISTERED if created else Change.UPDATED, stored)
         return stored, created
+
+    def _forget_gone(self, event: Event) -> None:
+        """Selection keeps nothing for an instance that is gone (nor, with its
+        last, for its model)."""
+        if event.type in _GONE:
+            self._selector.forget(event.instance.key)
+
+    async def _room_for(self, key: InstanceKey) -> None:
+        """Raise ``InstanceLimit`` when ``key`` would be a new instance past a
+        cap: 507 for the registry's, 429 for its model's. (Registrations under
+        way at once may each pass: the caps hold to within their number.)"""
+        total, of_model = self.storage.sizes(key.model_name)
+        if total < self.max_instances and of_model < self.max_instances_per_model:
+            return
+        with self._core.noting_outages():
+            if await self.storage.get(key) is not None:
+                return  # an update: always room for it
+        if total >= self.max_instances:
+            raise InstanceLimit(
+                507,
+                "instance_limit",
+                f"the registry holds its limit of {self.max_instances} instances (--max-instances): "
+                "deregister (purge) instances that are gone, or raise the limit",
+            )
+        raise InstanceLimit(
+            429,
+            "model_instance_limit",
+            f"model {key.model_name!r} has its limit of {self.max_instances_per_model} instances "
+            "(--max-instances-per-model): purge instances of it that are gone, or raise the limit",
+            "model_name",
+        )
 
     def beat(self, body: dict[str, Any]) -> ModelInstance | None:
         """``heartbeat`` at once, for the common beat: a known, healthy
@@ -203,6 +244,7 @@ class Registry(DBGPTMethods):
                 return self._beaten(*touched)
             record = self._fresh(unknown)
             record.queue_length = queue_length
+            await self._room_for(key)
             with core.noting_outages():
                 inserted = await self.storage.insert(record)
             if inserted is not None:

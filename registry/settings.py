@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     _bootstrap: str | None = PrivateAttr(None)  # the admin token, read once (``bootstrap_token``)
 
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for every interface)")
+    allowed_hosts: str = Field(
+        "",
+        description=(
+            "comma-separated names the registry also answers to in Host (besides its addresses, "
+            "localhost and this machine's name); * answers any"
+        ),
+    )
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free one)")
     storage: str = Field(
         "sqlite+aiosqlite:///registry.db",
@@ -109,11 +116,19 @@ class Settings(BaseSettings):
     watch_ping_interval: float = Field(
         30.0, gt=0, description="seconds between pings to watchers; one unanswered for half that closes"
     )
+    max_instances: int = Field(
+        1_000_000,
+        ge=1,
+        description="instances the registry holds; past it a new one is refused with 507 (updates pass)",
+    )
+    max_instances_per_model: int = Field(
+        100_000, ge=1, description="instances one model may have; past it a new one is refused with 429"
+    )
     max_long_polls: int = Field(
-        10_000, ge=1, description="long-polls that may wait at once; past it 503 with Retry-After"
+        20_000, ge=1, description="long-polls that may wait at once; past it 503 with Retry-After"
     )
     max_watchers: int = Field(
-        10_000, ge=1, description="WebSocket watchers that may be open at once; past it 503 with Retry-After"
+        20_000, ge=1, description="WebSocket watchers that may be open at once; past it 503 with Retry-After"
     )
     max_wait: float = Field(
         300.0, gt=0, description="the longest a long-poll (?index=N&wait=) may block, in seconds"

@@ -176,6 +176,13 @@ class Storage(abc.ABC):
     # -- reads -------------------------------------------------------------
 
     @abc.abstractmethod
+    def sizes(self, model_name: str) -> tuple[int, int]:
+        """How many instances this process holds, in all and of ``model_name``,
+        at once: what the registration caps count. A replica counts the
+        records it knows (every one, but for a moment after another replica's
+        registration or a missed notification)."""
+
+    @abc.abstractmethod
     async def get(self, key: InstanceKey) -> ModelInstance | None:
         """The record stored under ``key``, or ``None``."""
 

@@ -91,6 +91,10 @@ class InstanceIndex:
     def __len__(self) -> int:
         return len(self.records)
 
+    def sizes(self, model_name: str) -> tuple[int, int]:
+        """Instances in all, and of ``model_name``."""
+        return len(self.records), len(self._by_model.get(model_name, ()))
+
     # -- keeping the secondary indexes right ---------------------------------
 
     def _unlink(self, record: ModelInstance) -> None:
@@ -393,6 +397,9 @@ class IndexReads:
     """The contract's reads, served from ``self._index`` (backends that keep one)."""
 
     _index: InstanceIndex
+
+    def sizes(self, model_name: str) -> tuple[int, int]:
+        return self._index.sizes(model_name)
 
     async def get(self, key: InstanceKey) -> ModelInstance | None:
         return self._index.get(key)

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from model_registry_sdk.record import InstanceKey, ModelInstance
 
-from .errors import StorageUnavailable
+from .errors import StorageUnavailable, in_our_words
 from .index import InstanceIndex
 from .schema import ExactFloat, UTCDateTime, instances
 from .tasks import cancelled
@@ -238,7 +238,9 @@ class Journal:
                     await conn.exec_driver_sql(_DELETE, gone)
         except (SQLAlchemyError, OSError) as exc:
             cause = getattr(exc, "orig", None) or exc
-            raise StorageUnavailable(f"sqlite storage failed to write: {cause}") from exc
+            raise StorageUnavailable(
+                f"sqlite storage failed to write: {in_our_words(cause)}", driver=str(cause)
+            ) from exc
         self.transactions += 1
 
 

@@ -87,6 +87,7 @@ class PostgresStorage(SQLStorage):
         self._known: dict[InstanceKey, ModelInstance] = {}  # this replica's copies
         # (host, port) -> the keys known there: FastChat's beats name an address.
         self._addresses: dict[tuple[str, int], dict[InstanceKey, None]] = {}
+        self._per_model: dict[str, int] = {}  # model -> its records in ``_known``
         self._pending: dict[InstanceKey, ModelInstance] = {}  # beats not yet written
         self._flusher: asyncio.Task[None] | None = None
         # Set when a write failed: until one succeeds, beats are written before
@@ -102,9 +103,7 @@ class PostgresStorage(SQLStorage):
         # at once rather than after a first, written, beat each.
         with collector_paused():
             for record in await super().list():  # fresh from the database: kept as they are
-                key = record.key
-                self._known[key] = record
-                self._addresses.setdefault((key.host, key.port), {})[key] = None
+                self._file(record)
         self._flusher = asyncio.create_task(self._flush_forever(), name="postgres-heartbeats")
         assert self._engine is not None
         dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -134,6 +133,7 @@ class PostgresStorage(SQLStorage):
             # for a write each until then; those pending are still written).
             self._known.clear()
             self._addresses.clear()
+            self._per_model.clear()
         elif change in ("evicted", "deregistered"):
             # Gone, or unhealthy: either way this replica's next beat of it must
             # ask the database (and re-register it if it was purged).
@@ -155,11 +155,16 @@ class PostgresStorage(SQLStorage):
 
     def _remember(self, record: ModelInstance | None) -> ModelInstance | None:
         if record is not None:
-            key = record.key
-            if key not in self._known:
-                self._addresses.setdefault((key.host, key.port), {})[key] = None
-            self._known[key] = clone(record)
+            self._file(clone(record))
         return record
+
+    def _file(self, record: ModelInstance) -> None:
+        """Keep ``record`` as this replica's copy (it is not copied again)."""
+        key = record.key
+        if key not in self._known:
+            self._addresses.setdefault((key.host, key.port), {})[key] = None
+            self._per_model[key.model_name] = self._per_model.get(key.model_name, 0) + 1
+        self._known[key] = record
 
     def _forget(self, key: InstanceKey) -> None:
         self._pending.pop(key, None)
@@ -169,6 +174,14 @@ class PostgresStorage(SQLStorage):
             del keys[key]
             if not keys:
                 del self._addresses[address]
+            left = self._per_model[key.model_name] - 1
+            if left:
+                self._per_model[key.model_name] = left
+            else:
+                del self._per_model[key.model_name]
+
+    def sizes(self, model_name: str) -> tuple[int, int]:
+        return len(self._known), self._per_model.get(model_name, 0)
 
     def at_now(self, host: str, port: int) -> list[ModelInstance] | None:
         # What this replica knows there, when it knows anything: a model another

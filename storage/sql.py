@@ -47,7 +47,7 @@ from model_registry_sdk.record import (
 
 from . import migrations
 from .base import Census, Edit, Storage, StoredToken
-from .errors import StorageUnavailable
+from .errors import StorageUnavailable, in_our_words
 from .options import PoolOptions
 from .schema import EVICTABLE, EXPIRABLE, instances, tokens
 
@@ -201,7 +201,9 @@ class SQLStorage(Storage):
             ) from exc
         except (SQLAlchemyError, OSError) as exc:
             cause = getattr(exc, "orig", None) or exc
-            raise StorageUnavailable(f"{self.name} storage failed to {what}: {cause}") from exc
+            raise StorageUnavailable(
+                f"{self.name} storage failed to {what}: {in_our_words(cause)}", driver=str(cause)
+            ) from exc
 
     @contextlib.asynccontextmanager
     async def _write(self, what: str) -> AsyncIterator[AsyncConnection]:

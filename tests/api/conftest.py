@@ -8,7 +8,7 @@ from aiohttp.test_utils import TestClient
 
 from model_registry import ManualClock
 from model_registry.api import create_app
-from model_registry.api.keys import DISCONNECTS
+from model_registry.api.keys import CONNECTIONS, DISCONNECTS
 from model_registry.api.responses import SERVER_OPTIONS
 from model_registry.settings import Settings
 
@@ -33,7 +33,8 @@ async def client(
 
 async def serve_app(aiohttp_client: Callable[..., Awaitable[TestClient]], app: web.Application) -> TestClient:
     """Serve ``app`` on loopback as ``serve`` does: its server options, and
-    its server telling long-polls of clients that have gone."""
+    its server telling long-polls of clients that have gone, and counting connections."""
     client = await aiohttp_client(app, server_kwargs=SERVER_OPTIONS)
     app[DISCONNECTS].attach(client.server.runner.server)
+    app[CONNECTIONS].attach(client.server.runner.server)
     return client

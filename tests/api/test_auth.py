@@ -207,8 +207,8 @@ async def test_every_route_in_the_app_declares_an_action(secured: tuple[TestClie
     served = set()
     for route in client.app.router.routes():
         path = route.resource.canonical if route.resource is not None else ""
-        if path == "/{tail}" or route.method == "HEAD":
-            continue  # the catch-all 404/405, and aiohttp's HEAD twins of GETs
+        if path in ("/{tail}", "*") or route.method == "HEAD":
+            continue  # the catch-alls (404/405, and OPTIONS *), and aiohttp's HEAD twins of GETs
         served.add((route.method, path))
     assert served == declared
 

@@ -195,7 +195,7 @@ async def test_select_strategies_over_http(client: TestClient) -> None:
 
 async def _send_in_pieces(client: TestClient, path: str, payload: bytes) -> tuple[bytes, dict]:
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: registry\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
     ).encode()
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)

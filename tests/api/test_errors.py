@@ -186,7 +186,7 @@ async def test_draining_answers_503(client: TestClient, stored) -> None:
 
 @pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
 async def test_unreachable_storage_is_503_with_retry_after(
-    client: TestClient, stored, tmp_path: Path
+    client: TestClient, stored, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with sqlite3.connect(tmp_path / "registry.db") as conn:
         conn.execute("ALTER TABLE instances RENAME TO moved_away")
@@ -200,6 +200,10 @@ async def test_unreachable_storage_is_503_with_retry_after(
     ):
         await assert_error(response, 503, "storage_unavailable")
         assert int(response.headers["Retry-After"]) >= 1
+        detail = (await response.json())["detail"]  # what happened and what to do, in our words
+        assert "no such table" not in detail and "model-registry migrate" in detail
+    logged = [r for r in caplog.records if r.getMessage().startswith("storage unavailable")]
+    assert logged and all("no such table" in r.driver for r in logged)  # the driver's, in the log
     with sqlite3.connect(tmp_path / "registry.db") as conn:
         conn.execute("ALTER TABLE moved_away RENAME TO instances")
     assert (await client.get("/health")).status == 200

@@ -83,7 +83,7 @@ async def test_signal_drains_in_flight_requests_then_exits_0(tmp_path: Path, sig
         payload = orjson.dumps(instance(1))
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(
-            f"POST {INSTANCES} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"POST {INSTANCES} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\n\r\n".encode()
             + payload[:10]
         )
@@ -309,7 +309,7 @@ async def test_the_open_files_limit_is_raised_and_1200_connections_are_served(tm
                     statuses = await asyncio.gather(*(hold() for _ in range(50)))
                     assert statuses == [200] * 50
                     for reader, writer in readers[-10:]:  # the last connections are really served
-                        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                        writer.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
                         await writer.drain()
                         assert (await reader.readline()).startswith(b"HTTP/1.1 200")
                 finally:
@@ -317,6 +317,45 @@ async def test_the_open_files_limit_is_raised_and_1200_connections_are_served(tm
                         writer.close()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_at_the_open_files_limit_new_connections_are_refused_logged_and_counted(
+    tmp_path: Path,
+) -> None:
+    """With 64 descriptors in all, the server keeps 32 for itself and closes
+    connections past the other 32 at once: the log says so once, /health counts them,
+    and once clients let go, it serves again (health checks included)."""
+    low = "import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)); "
+    low += "sys.argv[0] = 'model-registry'; runpy.run_module('model_registry', run_name='__main__')"
+    command = [sys.executable, "-c", low]
+    with ServerProcess("--storage", sqlite_url(tmp_path / "r.db"), command=command) as server:
+        limit = server.messages("serving")[0]["connections_max"]
+        assert limit == 32
+        port = int(server.url.rsplit(":", 1)[1])
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(limit + 20)]
+        refused = 0
+        for reader, writer in held:
+            writer.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            try:
+                line = await asyncio.wait_for(reader.readline(), 5)
+            except ConnectionResetError:
+                line = b""
+            refused += not line.startswith(b"HTTP/1.1 200")
+        assert refused >= 20  # at least those past the limit; the rest were served
+        for _, writer in held:
+            writer.close()
+        warnings = server.messages("connection refused: the open-files limit is reached")
+        assert len(warnings) == 1 and warnings[0]["limit"] == limit and "ulimit" in warnings[0]["fix"]
+        deadline = time.monotonic() + 5
+        async with aiohttp.ClientSession(server.url) as http:
+            while True:  # until the server has seen the closes
+                async with http.get("/health") as answer:
+                    connections = (await answer.json())["connections"]
+                if connections["open"] <= 2 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+        assert connections["refused_at_limit"] >= 20 and connections["max"] == limit
+        assert connections["open"] <= 2
 
 
 async def test_idle_trickling_and_slow_body_connections_are_timed_out(tmp_path: Path) -> None:
@@ -329,12 +368,12 @@ async def test_idle_trickling_and_slow_body_connections_are_timed_out(tmp_path: 
         idle = await asyncio.open_connection("127.0.0.1", port)
         trickle = await asyncio.open_connection("127.0.0.1", port)
         stalled = await asyncio.open_connection("127.0.0.1", port)
-        head = b"POST /api/v1/instances HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head = b"POST /api/v1/instances HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         stalled[1].write(head + b"Content-Length: 100\r\n\r\n{")
         started = time.monotonic()
 
         async def slowloris() -> None:
-            for byte in b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 20:
+            for byte in b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 20:
                 if trickle[0].at_eof():
                     return
                 trickle[1].write(bytes([byte]))
@@ -362,7 +401,7 @@ async def test_one_client_address_may_hold_only_so_many_connections(tmp_path: Pa
         for reader, _ in extra:  # closed by the server before any request
             assert await asyncio.wait_for(reader.read(), 5) == b""
         for reader, writer in held:  # the first five are served
-            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
             await writer.drain()
             assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
         held.pop()[1].close()
@@ -370,7 +409,7 @@ async def test_one_client_address_may_hold_only_so_many_connections(tmp_path: Pa
         deadline = time.monotonic() + 5
         while True:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
             try:  # a refused connection ends with EOF, or a reset when our request was unread
                 if (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200"):
                     break
@@ -401,7 +440,7 @@ async def test_long_polls_end_when_their_clients_go_and_at_sigterm(tmp_path: Pat
 
             async with http.get(INSTANCES) as first:
                 index = first.headers["X-Registry-Index"]
-            request = f"GET {INSTANCES}?index={index}&wait=5m HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            request = f"GET {INSTANCES}?index={index}&wait=5m HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
             left = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
             for _, writer in left:
                 writer.write(request)
@@ -421,3 +460,48 @@ async def test_long_polls_end_when_their_clients_go_and_at_sigterm(tmp_path: Pat
         assert time.monotonic() - started < 10
         for _, writer in held:
             writer.close()
+
+
+async def test_answers_name_no_versions_and_malformed_requests_log_one_line(tmp_path: Path) -> None:
+    with ServerProcess("--storage", "memory://") as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        async with aiohttp.ClientSession(server.url) as http:
+            for method, path in [
+                ("GET", "/health"),
+                ("GET", INSTANCES),
+                ("GET", "/nope"),
+                ("PUT", INSTANCES),
+            ]:
+                async with http.request(method, path) as answer:
+                    assert answer.headers["Server"] == "model-registry", (method, path)
+            async with http.ws_connect("/api/v1/watch") as ws:
+                assert ws._response.headers["Server"] == "model-registry"
+
+        async def exchange(data: bytes) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(data)
+            answer = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return answer
+
+        # The one target that is no path: answered in the API's shape, not aiohttp's text.
+        star = await exchange(b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        head, _, body = star.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 404") and b"application/json" in head
+        assert orjson.loads(body)["error"] == "not_found"
+        # Framing errors are aiohttp's parser's (plain text, documented): each is a 400,
+        # and the log gets one line per client per minute, never a traceback.
+        garbage = [
+            b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            b"GET / HTTP/1.1\r\nHost: localhost\r\n"
+            + b"".join(b"X-%d: 1\r\n" % i for i in range(200))
+            + b"\r\n",
+            bytes.fromhex("160301002a010000260303") + b"\0" * 40,  # a TLS handshake
+        ] * 5
+        for data in garbage:
+            assert (await exchange(data)).startswith(b"HTTP/1.0 400")
+        await asyncio.sleep(0.2)
+        refused = server.messages("malformed request refused")
+        assert len(refused) == 1 and refused[0]["client"] == "127.0.0.1"
+        assert not server.messages("Error handling request from %s")
+        assert not [entry for entry in server.logs if "exc" in entry]  # no traceback anywhere

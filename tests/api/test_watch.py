@@ -247,7 +247,7 @@ async def test_a_long_poll_whose_client_goes_ends_at_once(client: TestClient) ->
     feed = client.app[REGISTRY].feed
     index = (await client.get(INSTANCES)).headers["X-Registry-Index"]
     reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(f"GET {INSTANCES}?index={index}&wait=5m HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    writer.write(f"GET {INSTANCES}?index={index}&wait=5m HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
     await writer.drain()
     await until(lambda: feed.polls == 1)
     writer.close()

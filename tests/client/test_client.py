@@ -12,6 +12,7 @@ from model_registry.storage import InstanceKey, ModelSummary
 from model_registry_sdk import (
     AsyncRegistryClient,
     ClientClosed,
+    InstanceLimit,
     InstanceNotFound,
     InvalidRequest,
     NoHealthyInstance,
@@ -251,3 +252,21 @@ def test_bad_urls_are_refused() -> None:
     with pytest.raises(ValueError, match="no registry URL"):
         AsyncRegistryClient(" , ")
     assert AsyncRegistryClient("a:1, http://b:2/").urls == ["http://a:1", "http://b:2"]
+
+
+async def test_a_full_registry_is_an_instance_limit_said_at_once_not_retried() -> None:
+    args = ("--storage", "memory://", "--max-instances", "2", "--max-instances-per-model", "1")
+    with ServerProcess(*args) as process:
+        async with AsyncRegistryClient(process.url) as client:
+            await client.register(ModelInstance("a", "10.0.0.5", 8001))
+            with pytest.raises(InstanceLimit) as per_model:
+                await client.register(ModelInstance("a", "10.0.0.5", 8002))
+            assert per_model.value.status == 429 and "--max-instances-per-model" in per_model.value.detail
+            await client.register(ModelInstance("b", "10.0.0.5", 8001))
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(InstanceLimit) as full:
+                await client.register(ModelInstance("c", "10.0.0.5", 8001))
+            assert full.value.status == 507 and full.value.code == "instance_limit"
+            assert "limit of 2 instances (--max-instances)" in full.value.detail
+            assert asyncio.get_running_loop().time() - started < 1  # no retries with backoff
+            await client.register(ModelInstance("a", "10.0.0.5", 8001, weight=3.0))  # updates pass

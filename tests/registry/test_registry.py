@@ -11,6 +11,7 @@ import pytest
 
 from model_registry import (
     InstanceKey,
+    InstanceLimit,
     InstanceNotFound,
     InvalidInstance,
     ManualClock,
@@ -351,3 +352,48 @@ async def test_replicas_with_skewed_clocks_follow_the_database_clock(storage: St
 async def test_backends_without_a_server_clock_keep_the_local_one(storage: Storage) -> None:
     async with Registry(storage, server_clock=True, checker=False) as reg:
         assert (await reg.health())["clock"] == "local"
+
+
+# -- bounded state -------------------------------------------------------------
+
+
+async def test_registrations_past_the_caps_are_refused_and_updates_pass(
+    storage: Storage, clock: ManualClock
+) -> None:
+    async with Registry(
+        storage, clock=clock, checker=False, max_instances=3, max_instances_per_model=2
+    ) as registry:
+        await registry.register(instance(8001))
+        await registry.register(instance(8002))
+        with pytest.raises(InstanceLimit) as per_model:
+            await registry.register(instance(8003))
+        assert per_model.value.status == 429 and per_model.value.code == "model_instance_limit"
+        assert "2 instances" in per_model.value.detail and per_model.value.field == "model_name"
+        await registry.register(instance(8001, weight=2.0))  # an update is no new instance
+        await registry.register(instance(8001, name="other"))
+        with pytest.raises(InstanceLimit) as total:
+            await registry.register(instance(8001, name="third"))
+        assert total.value.status == 507 and total.value.code == "instance_limit"
+        assert "--max-instances" in total.value.detail and "3 instances" in total.value.detail
+        with pytest.raises(InstanceLimit):  # a heartbeat registers no new instance past it either
+            await registry.heartbeat(instance(8001, name="third"))
+        assert (await registry.heartbeat(*beat(8002))).port == 8002  # beats of known ones pass
+        assert len(await registry.instances()) == 3  # nothing refused was stored
+        await registry.deregister(InstanceKey("glm-4@llm", "10.0.0.5", 8002), purge=True)
+        _, created = await registry.register(instance(8001, name="third"))  # room again
+        assert created
+
+
+async def test_round_robin_keeps_nothing_for_models_that_are_gone(registry: Registry) -> None:
+    for n in range(200):  # churn: each model comes, is picked, and goes
+        name = f"churn-{n}"
+        for port in (8001, 8002):
+            await registry.register(instance(port, name=name))
+        await registry.select(name, "round_robin")
+        await registry.deregister(InstanceKey(name, "10.0.0.5", 8001), purge=True)
+        await registry.deregister(InstanceKey(name, "10.0.0.5", 8002))  # unhealthy, kept: still gone
+    assert registry._selector.models == 0
+    await registry.register(instance(8001))
+    await registry.register(instance(8002))
+    picks = [(await registry.select(KEY.model_name, "round_robin")).port for _ in range(4)]
+    assert picks == [8001, 8002, 8001, 8002] and registry._selector.models == 1

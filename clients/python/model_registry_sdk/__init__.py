@@ -19,6 +19,7 @@ from .cache import HealthyCache
 from .errors import (
     ClientClosed,
     ClientError,
+    InstanceLimit,
     InstanceNotFound,
     InvalidRequest,
     NoHealthyInstance,
@@ -39,6 +40,7 @@ __all__ = [
     "HealthyCache",
     "HeartbeatAgent",
     "InstanceKey",
+    "InstanceLimit",
     "InstanceNotFound",
     "InvalidRequest",
     "ModelInstance",

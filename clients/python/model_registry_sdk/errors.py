@@ -5,6 +5,8 @@
     │   │                              carries ``status``, ``code``, ``detail`` and ``field``
     │   ├── InstanceNotFound           404 instance_not_found: the identity names no instance
     │   ├── NoHealthyInstance          404 no_healthy_instance: nothing selection may pick
+    │   ├── InstanceLimit              507 instance_limit / 429 model_instance_limit: no room
+    │   │                              for another instance (of the registry, or of the model)
     │   └── InvalidRequest             400/413/415/422: the request itself is wrong
     └── ClientError                    only a client raises these
         ├── ClientClosed               the client was closed; build a new one
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ClientClosed",
     "ClientError",
+    "InstanceLimit",
     "InstanceNotFound",
     "InvalidRequest",
     "NoHealthyInstance",
@@ -84,6 +87,12 @@ class NoHealthyInstance(RegistryClientError, LookupError):
         self.model_name = model_name
 
 
+class InstanceLimit(RegistryClientError):
+    """No room for a new instance: the registry holds ``--max-instances`` (507
+    ``instance_limit``) or its model ``--max-instances-per-model`` (429
+    ``model_instance_limit``). Updates of instances already registered pass."""
+
+
 class InvalidRequest(RegistryClientError, ValueError):
     """The request breaks a rule; ``field`` names the first field at fault."""
 
@@ -102,7 +111,7 @@ class RegistryUnavailable(ClientError):
 
 
 def client_error(status: int, body: object) -> RegistryClientError:
-    """The exception for a 4xx answer (whatever its body holds)."""
+    """The exception for a 4xx answer, or a 507 (whatever its body holds)."""
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         code, detail = body["error"], str(body.get("detail", ""))
         field = body.get("field") if isinstance(body.get("field"), str) else None
@@ -114,7 +123,10 @@ def client_error(status: int, body: object) -> RegistryClientError:
         return NoHealthyInstance(detail=detail, status=status, field=field)
     if code in _INVALID:
         return InvalidRequest(status, code, detail, field)
+    if code in _LIMITS:
+        return InstanceLimit(status, code, detail, field)
     return RegistryClientError(status, code, detail, field)
 
 
+_LIMITS = frozenset({"instance_limit", "model_instance_limit"})
 _INVALID = frozenset({"invalid_input", "malformed_json", "body_too_large", "unsupported_media_type"})

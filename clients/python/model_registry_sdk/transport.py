@@ -36,6 +36,9 @@ from .clock import Clock, SystemClock
 from .errors import ClientClosed, RegistryUnavailable, client_error
 from .retry import RETRY_STATUSES, Retry
 
+#: The registry is full (``InstanceLimit``): an answer to give up on, not to retry.
+INSUFFICIENT_STORAGE = 507
+
 __all__ = ["Transport", "parse_urls"]
 
 log = logging.getLogger("model_registry_sdk")
@@ -165,7 +168,7 @@ class Transport:
                     return answer
                 retryable = status in RETRY_STATUSES or (status == 500 and idempotent)
                 if 400 <= status < 500 or not retryable:
-                    if status >= 500:
+                    if status >= 500 and status != INSUFFICIENT_STORAGE:
                         raise RegistryUnavailable(f"{url} answered {status} to {method} {path}")
                     raise client_error(status, answer)
                 last_error = f"{url} answered {status}" + (
