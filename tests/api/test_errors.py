@@ -13,6 +13,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from model_registry.api.keys import LIFECYCLE
+from model_registry.api.routes import ROUTES
 from tests.api.test_endpoints import body, query
 
 JSON = {"Content-Type": "application/json"}
@@ -246,6 +247,104 @@ async def test_arbitrary_json_never_causes_a_500(client: TestClient, fields: dic
         response = await client.post(path, json=fields)
         assert response.status in (200, 201, 422), await response.text()
         assert response.content_type == "application/json"
+
+
+# -- every route ---------------------------------------------------------------
+
+#: Every route of the table, with a concrete path (the token route's name filled in).
+EVERY_ROUTE = [(method, path.replace("{name}", "nobody")) for method, path, _view, _action in ROUTES]
+
+#: Query parameters some route reads, and others none does.
+query_names = st.sampled_from(
+    [
+        "model_name",
+        "host",
+        "port",
+        "purge",
+        "healthy_only",
+        "strategy",
+        "index",
+        "wait",
+        "since",
+        "model",
+        "worker_name",
+        "name",
+        "role",
+        "x",
+    ]
+)
+query_values = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["0", "-1", "1e400", "nan", "99999999999999999999", "30s", "forever", "true", ""]),
+)
+
+
+async def assert_answered(response, route: tuple[str, str]) -> None:
+    """No 500, no stack trace, and JSON: an error in the API's shape (or a compatible API's own)."""
+    text = await response.text()
+    assert response.status < 500 or response.status == 503, (route, response.status, text)
+    assert "Traceback" not in text, route
+    if response.status >= 400:
+        assert response.content_type == "application/json", (route, text)
+        problem = orjson.loads(text)
+        assert problem["error"] and problem["detail"], (route, problem)
+
+
+async def assert_kept(client: TestClient, stored: list[dict]) -> None:
+    """The instance stored before is as it was (other instances may have been added)."""
+    listed = (await (await client.get("/api/v1/instances")).json())["instances"]
+    first = stored[0]
+    kept = [
+        i
+        for i in listed
+        if (i["model_name"], i["host"], i["port"]) == (first["model_name"], first["host"], first["port"])
+    ]
+    assert kept == stored
+
+
+BAD_INPUTS = {
+    "malformed json": ({"data": b"{not json", "headers": JSON}),
+    "json array": ({"data": b"[1, 2]", "headers": JSON}),
+    "deep nesting": ({"data": b"[" * 5000 + b"]" * 5000, "headers": JSON}),
+    "not utf-8": ({"data": b"\xff\xfe{}", "headers": JSON}),
+    "wrong types": ({"json": {"model_name": 5, "host": [], "port": "x", "weight": {}, "metadata": 3}}),
+    "form body": ({"data": b"a=1", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}),
+    "gzip body": ({"data": b"\x1f\x8b\x08\x00", "headers": {**JSON, "Content-Encoding": "gzip"}}),
+    "huge body": ({"data": b"{" + b" " * (65 * 1024) + b"}", "headers": JSON}),
+    "bad query": (
+        {"params": {"port": "abc", "wait": "forever", "index": "-x", "since": "?", "purge": "maybe"}}
+    ),
+    "odd query": ({"params": {"model_name": "\x00\u202e" * 40, "strategy": "nope", "healthy_only": "2"}}),
+}
+
+
+@pytest.mark.parametrize("storage_url", ["memory"], indirect=True)
+@pytest.mark.parametrize("route", EVERY_ROUTE, ids=[f"{m} {p}" for m, p in EVERY_ROUTE])
+@pytest.mark.parametrize("bad", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+async def test_bad_input_on_every_route_is_a_clear_answer(
+    client: TestClient, stored, route: tuple[str, str], bad: str
+) -> None:
+    method, path = route
+    await assert_answered(await client.request(method, path, **BAD_INPUTS[bad]), route)
+    await assert_kept(client, stored)
+
+
+@pytest.mark.parametrize("storage_url", ["memory"], indirect=True)
+@pytest.mark.parametrize("route", EVERY_ROUTE, ids=[f"{m} {p}" for m, p in EVERY_ROUTE])
+@hypothesis_settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    params=st.dictionaries(query_names, query_values, max_size=4),
+    fields=st.one_of(st.dictionaries(field_names | query_names, json_values, max_size=6), json_values),
+)
+async def test_fuzzed_requests_on_every_route_never_cause_a_500(
+    client: TestClient, stored, route: tuple[str, str], params: dict, fields: object
+) -> None:
+    method, path = route
+    response = await client.request(method, path, params=params, json=fields)
+    await assert_answered(response, route)
+    await assert_kept(client, stored)
 
 
 @pytest.mark.parametrize(
