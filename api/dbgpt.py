@@ -27,6 +27,9 @@ from .responses import dumps, json_body_response, read_object, read_object_now
 
 __all__ = ["deregister", "health", "heartbeat", "list_instances", "register"]
 
+#: Read on every beat: bound once (see ``api.auth._PUBLIC``).
+_HEARTBEAT = Action.HEARTBEAT
+
 #: DB-GPT's ``ModelInstance`` fields, in its order (``remove_from_registry`` is always false here).
 FIELDS = (
     "model_name",
@@ -62,7 +65,7 @@ async def heartbeat(request: web.Request, registry: Registry, caller: Principal 
     if body is None:
         body = await read_object(request)
     if caller is not None:
-        in_scope(caller, body.get("model_name"), Action.HEARTBEAT)
+        in_scope(caller, body.get("model_name"), _HEARTBEAT)
     if registry.beat(body) is None:
         await registry.heartbeat(body)
         request.app[ADVICE].registered(DBGPT)

@@ -32,6 +32,9 @@ __all__ = [
     "select",
 ]
 
+#: Read on every beat: bound once (see ``api.auth._PUBLIC``).
+_HEARTBEAT = Action.HEARTBEAT
+
 #: What a client past --max-long-polls or --max-watchers is told to wait, in seconds.
 BUSY_RETRY_AFTER_S = 5
 
@@ -49,7 +52,7 @@ async def heartbeat(request: web.Request, registry: Registry, caller: Principal 
     if body is None:
         body = await read_object(request)
     if caller is not None:
-        in_scope(caller, body.get("model_name"), Action.HEARTBEAT)
+        in_scope(caller, body.get("model_name"), _HEARTBEAT)
     record = registry.beat(body)
     if record is None:
         record = await registry.heartbeat(body)
