@@ -7,7 +7,7 @@ from yarl import URL
 
 from model_registry.auth import Action
 
-from . import dbgpt, fastchat, tokens, views, watch
+from . import dbgpt, docs, fastchat, metrics, openapi, tokens, views, watch
 from .errors import View, guard, unrouted
 from .keys import Lifecycle
 
@@ -29,6 +29,10 @@ ROUTES: list[tuple[str, str, View, Action]] = [
     ("GET", "/api/v1/tokens", tokens.listing, Action.TOKENS),
     ("DELETE", "/api/v1/tokens/{name}", tokens.revoke, Action.TOKENS),
     ("GET", "/health", views.health, Action.PUBLIC),
+    ("GET", "/metrics", metrics.metrics, Action.READ),
+    ("GET", "/openapi.json", openapi.document, Action.PUBLIC),
+    ("GET", "/docs", docs.page, Action.PUBLIC),
+    ("GET", "/docs/assets/{name}", docs.asset, Action.PUBLIC),
     # DB-GPT's model controller (see api.dbgpt)
     ("GET", "/api/health", dbgpt.health, Action.PUBLIC),
     ("POST", "/api/controller/models", dbgpt.register, Action.REGISTER),
@@ -48,7 +52,7 @@ ROUTES: list[tuple[str, str, View, Action]] = [
 ]
 
 #: Routes that still answer while the server drains (the health checks say so themselves).
-WHILE_DRAINING = {views.health, dbgpt.health}
+WHILE_DRAINING = {views.health, dbgpt.health, metrics.metrics}
 
 
 def setup_routes(app: web.Application, lifecycle: Lifecycle) -> None:

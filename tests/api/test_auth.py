@@ -63,6 +63,10 @@ def sample(method: str, path: str, model: str) -> tuple[dict | None, Any]:
         ("GET", "/api/v1/tokens"): (None, None),
         ("DELETE", "/api/v1/tokens/{name}"): (None, None),
         ("GET", "/health"): (None, None),
+        ("GET", "/metrics"): (None, None),
+        ("GET", "/openapi.json"): (None, None),
+        ("GET", "/docs"): (None, None),
+        ("GET", "/docs/assets/{name}"): (None, None),
         ("GET", "/api/health"): (None, None),
         ("POST", "/api/controller/models"): (None, _instance(model)),
         ("GET", "/api/controller/models"): ({"model_name": model}, None),
@@ -123,7 +127,7 @@ async def _prepare(client: TestClient, method: str, path: str, model: str) -> No
 
 async def _ask(client: TestClient, method: str, path: str, model: str, headers: dict[str, str]) -> int:
     params, body = sample(method, path, model)
-    url = path.replace("{name}", "victim")
+    url = path.replace("{name}", "swagger-ui.css" if path.startswith("/docs/") else "victim")
     if path == "/api/v1/watch":
         try:
             async with client.ws_connect(url, headers=headers) as ws:
