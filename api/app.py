@@ -22,6 +22,7 @@ from .connections import ConnectionCap, Disconnects
 from .fastchat import callbacks_context
 from .hosts import AllowedHosts
 from .keys import ADVICE, CONNECTIONS, DISCONNECTS, FASTCHAT, LIFECYCLE, REGISTRY, SETTINGS, TOKENS, Lifecycle
+from .metrics import METRICS, Metrics
 from .responses import BODY_TIMEOUT, MAX_BODY_BYTES
 from .routes import setup_routes
 
@@ -64,6 +65,7 @@ def create_app(
     app[LIFECYCLE] = lifecycle = Lifecycle(hosts=AllowedHosts.of(settings.host, settings.allowed_hosts))
     app[DISCONNECTS] = Disconnects()
     app[CONNECTIONS] = ConnectionCap(settings.max_connections_per_client)
+    app[METRICS] = Metrics()
     setup_routes(app, lifecycle)
 
     async def registry_context(app: web.Application) -> AsyncIterator[None]:

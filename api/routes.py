@@ -57,8 +57,10 @@ WHILE_DRAINING = {views.health, dbgpt.health, metrics.metrics}
 
 def setup_routes(app: web.Application, lifecycle: Lifecycle) -> None:
     allowed: dict[str, set[str]] = {}
+    timings = app[metrics.METRICS]
     for method, path, view, action in ROUTES:
-        handler = guard(view, lifecycle, action, while_draining=view in WHILE_DRAINING)
+        times = timings.route(f"{method} {path}")
+        handler = guard(view, lifecycle, action, while_draining=view in WHILE_DRAINING, times=times)
         if method == "GET":  # and HEAD, as aiohttp's add_get does
             app.router.add_get(path, handler)
             allowed.setdefault(path, set()).update({"GET", "HEAD"})

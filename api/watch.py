@@ -28,6 +28,7 @@ from model_registry import Registry
 from model_registry.events import Closed, Event, Overflow, Watcher
 
 from .keys import LIFECYCLE, SETTINGS
+from .metrics import METRICS, Metrics
 from .params import model_name_param, revision_param
 from .problem import ApiError
 from .responses import SERVER, dumps
@@ -77,7 +78,7 @@ async def watch(request: web.Request, registry: Registry) -> web.StreamResponse:
         await _close(ws, WSCloseCode.POLICY_VIOLATION, exc.detail)
         return ws
     with registry.feed.watch(model_name, settings.watch_queue) as watcher:
-        session = _Session(ws, registry, watcher)
+        session = _Session(ws, registry, watcher, request.app[METRICS])
         sender = asyncio.create_task(session.run(since))
         # A sender stuck writing to a stalled socket never sees the overflow itself.
         watcher.on_overflow = lambda: None if session.closing else sender.cancel()
@@ -93,8 +94,10 @@ async def watch(request: web.Request, registry: Registry) -> web.StreamResponse:
 
 
 class _Session:
-    def __init__(self, ws: web.WebSocketResponse, registry: Registry, watcher: Watcher) -> None:
-        self.ws, self.registry, self.watcher = ws, registry, watcher
+    def __init__(
+        self, ws: web.WebSocketResponse, registry: Registry, watcher: Watcher, metrics: Metrics
+    ) -> None:
+        self.ws, self.registry, self.watcher, self.metrics = ws, registry, watcher, metrics
         self.closing = False
         self.last = 0
 
@@ -140,11 +143,13 @@ class _Session:
     async def _send_event(self, event: Event) -> None:
         await self._send({"type": event.type.value, "revision": event.revision, "instance": event.instance})
         self.last = event.revision
+        self.metrics.events_sent += 1
 
     async def _send(self, data: dict[str, Any]) -> None:
         await self.ws.send_str(dumps(data).decode())
 
     async def _overflowed(self) -> None:
+        self.metrics.watchers_cut_off += 1
         reason = f"too slow: over {self.watcher.limit} events behind; reconnect with since={self.last}"
         await self._close(WSCloseCode.TRY_AGAIN_LATER, reason)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -83,6 +84,9 @@ class Checker:
         self._cooldowns = cooldowns
         self.interval, self.timeout, self.evict_after = interval, timeout, evict_after
         self._expiry_guard, self._eviction_guard = Guard(preservation), Guard(preservation)
+        #: Sweeps done, the seconds they took in all (wall time), the last one's, and the
+        #: instances they looked at: for the metrics.
+        self.sweeps, self.sweep_seconds, self.last_sweep_seconds, self.swept = 0, 0.0, 0.0, 0
         self._started_at: float | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -145,12 +149,23 @@ class Checker:
         """
         if self.grace_remaining > 0:
             return CheckResult([], [], in_grace=True)
+        started = time.perf_counter()
+        try:
+            return await self._sweep()
+        finally:
+            took = time.perf_counter() - started
+            self.sweeps += 1
+            self.sweep_seconds += took
+            self.last_sweep_seconds = took
+
+    async def _sweep(self) -> CheckResult:
         core, storage = self._core, self._core.storage
         now, mono = core.clock.now(), core.clock.monotonic()
         expire_cutoff = now - timedelta(seconds=self.timeout)
         evict_cutoff = now - timedelta(seconds=self.evict_after)
         with core.noting_outages():
             census = await storage.census(expire_cutoff, evict_cutoff)
+        self.swept += census.total
         expired: list[ModelInstance] = []
         if not self._guarded(self._expiry_guard, "marking unhealthy", census.silent, census.checked, mono):
             with core.noting_outages():

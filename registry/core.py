@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Iterator
 
 from model_registry_sdk.record import Change, InstanceKey, ModelInstance
@@ -41,6 +42,8 @@ class Core:
         #: Monotonic time of the last storage failure seen: the checker holds
         #: back for one timeout after it, as after a start.
         self.outage_at: float | None = None
+        #: The changes this process made, by type (not other replicas'): for the metrics.
+        self.changes: Counter[Change] = Counter()
 
     @contextlib.contextmanager
     def noting_outages(self) -> Iterator[None]:
@@ -52,6 +55,7 @@ class Core:
 
     def publish(self, change: Change, record: ModelInstance) -> None:
         """Tell this process's watchers, and the other replicas'."""
+        self.changes[change] += 1
         self.feed.publish(change, record)
         self.storage.announce(change.value, record)
 

@@ -103,6 +103,8 @@ class Cooldowns:
         self.policy = policy
         self._failures = FailureTracker()
         self._cooling: dict[InstanceKey, datetime] = {}  # cooldowns this process set, to end them
+        #: Reports received, by outcome: for the metrics.
+        self.reports = {"ok": 0, "failed": 0}
 
     async def report(self, report: Report | dict[str, Any]) -> tuple[ModelInstance, int]:
         """A router's report on one request to an instance. Returns the
@@ -120,6 +122,7 @@ class Cooldowns:
             raise InstanceNotFound(key)
         now = core.clock.now()
         cooling = record.in_cooldown(now)
+        self.reports["ok" if report.ok else "failed"] += 1
         if report.ok:
             self._failures.succeeded(key)
             if cooling:

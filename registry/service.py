@@ -93,6 +93,8 @@ class Registry(DBGPTMethods):
         self._selector = Selector(rng or random.Random())
         self.feed.listeners.append(self._forget_gone)
         self.max_instances, self.max_instances_per_model = max_instances, max_instances_per_model
+        #: Heartbeats recorded since the start: for the metrics.
+        self.heartbeats = 0
         self._sweeps = checker
         self._started = False
         self._cooldowns = Cooldowns(core, failures or FailurePolicy())
@@ -205,10 +207,21 @@ class Registry(DBGPTMethods):
         beat = known_beat(body)
         if beat is None:
             return None
-        return self.storage.beat(beat[0], self._core.clock.now(), beat[1])
+        record = self.storage.beat(beat[0], self._core.clock.now(), beat[1])
+        if record is not None:
+            self.heartbeats += 1
+        return record
 
     async def heartbeat(
         self, instance: ModelInstance | dict[str, Any], queue_length: int | None = None
+    ) -> ModelInstance:
+        """Record a beat (see ``_heartbeat``)."""
+        record = await self._heartbeat(instance, queue_length)
+        self.heartbeats += 1
+        return record
+
+    async def _heartbeat(
+        self, instance: ModelInstance | dict[str, Any], queue_length: int | None
     ) -> ModelInstance:
         """Record a beat, with the load the worker reports.
 
@@ -400,6 +413,23 @@ class Registry(DBGPTMethods):
         if picked is None:
             raise NoHealthyInstance(model_name)
         return picked
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges for the metrics, read at once (no storage round trip)."""
+        checker, feed = self._checker, self.feed
+        return {
+            "heartbeats": self.heartbeats,
+            "changes": {change.value: n for change, n in self._core.changes.items()},
+            "reports": dict(self._cooldowns.reports),
+            "sweeps": checker.sweeps,
+            "sweep_seconds": checker.sweep_seconds,
+            "last_sweep_seconds": checker.last_sweep_seconds,
+            "swept": checker.swept,
+            "self_preservation": checker.self_preservation,
+            "watchers": feed.watchers,
+            "long_polls": feed.polls,
+            "storage": self.storage.stats(),
+        }
 
     async def health(self) -> dict[str, Any]:
         """What ``/health`` reports; raises ``StorageUnavailable`` when storage is away."""

@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     max_instances_per_model: int = Field(
         100_000, ge=1, description="instances one model may have; past it a new one is refused with 429"
     )
+    metrics_max_models: int = Field(
+        1000, ge=0, description="models with their own label in /metrics; the rest are summed as model=_other"
+    )
     max_long_polls: int = Field(
         20_000, ge=1, description="long-polls that may wait at once; past it 503 with Retry-After"
     )

@@ -21,11 +21,13 @@ where there is one) and closes it; a closed backend cannot be reopened.
 from __future__ import annotations
 
 import abc
+from collections import Counter
+from collections.abc import Iterable
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from model_registry_sdk.record import InstanceKey, ModelInstance, ModelSummary
 
@@ -64,6 +66,15 @@ class Storage(abc.ABC):
 
     def __init__(self) -> None:
         self._state = "new"
+        #: ``StorageUnavailable`` raised, by kind (``timeout``, ``pool_exhausted``, ``driver``, ``write``).
+        self.errors: Counter[str] = Counter()
+
+    def stats(self) -> dict[str, Any]:
+        """Numbers for the metrics, at once: ``errors`` by kind; and, from backends
+        that write heartbeats behind, ``pending`` (beats not yet written), ``flushes``,
+        ``flush_failures`` and ``flush_seconds`` (in all); from pooled backends,
+        ``pool`` (``size``, ``in_use``, ``overflow``, ``waiting``)."""
+        return {"errors": dict(self.errors)}
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -194,6 +205,12 @@ class Storage(abc.ABC):
         by key. With ``now``, ``healthy_only`` also leaves out instances in a
         cooldown at that moment. The answer may be a read-only ``Snapshot``
         shared with other readers (a backend's cached answer)."""
+
+    def records_now(self) -> Iterable[ModelInstance] | None:
+        """Every record at once, in no order, when the backend keeps them in
+        memory (a replica: those it knows); ``None`` means "not this way": the
+        caller awaits ``list``. To be copied at once, not kept or changed."""
+        return None
 
     def at_now(self, host: str, port: int) -> list[ModelInstance] | None:
         """``at`` at once, when the backend can answer from memory; ``None``

@@ -401,6 +401,9 @@ class IndexReads:
     def sizes(self, model_name: str) -> tuple[int, int]:
         return self._index.sizes(model_name)
 
+    def records_now(self) -> Iterable[ModelInstance]:
+        return self._index.records.values()
+
     async def get(self, key: InstanceKey) -> ModelInstance | None:
         return self._index.get(key)
 

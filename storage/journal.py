@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import operator
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
@@ -158,6 +159,9 @@ class Journal:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.transactions = 0
+        #: Failed transactions, and the seconds the written ones took in all: for the metrics.
+        self.failures = 0
+        self.seconds = 0.0
         #: False from a failed transaction until one succeeds.
         self.healthy = True
 
@@ -170,6 +174,11 @@ class Journal:
         self._task = None
         with contextlib.suppress(StorageUnavailable):
             await self._write_pending()
+
+    @property
+    def pending(self) -> int:
+        """Records waiting to be written (whole, or only their heartbeat columns)."""
+        return len(self._urgent) + len(self._lazy) + len(self._beats)
 
     def later(self, key: InstanceKey) -> None:
         """``key`` was beaten: its heartbeat columns may wait for the next flush."""
@@ -205,6 +214,7 @@ class Journal:
         if not keys and not beats:
             _settle(waiters, None)
             return
+        started = time.perf_counter()
         try:
             await self._write(keys, beats)
         except asyncio.CancelledError:
@@ -213,9 +223,11 @@ class Journal:
             raise
         except Exception as exc:
             self.healthy = False
+            self.failures += 1
             self._lazy |= keys | beats  # written again, whole, with the next transaction
             _settle(waiters, exc if isinstance(exc, StorageUnavailable) else StorageUnavailable(str(exc)))
             raise
+        self.seconds += time.perf_counter() - started
         self.healthy = True
         _settle(waiters, None)
 

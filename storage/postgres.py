@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Integer, bindparam, func, text, true, update
 
@@ -89,6 +92,8 @@ class PostgresStorage(SQLStorage):
         self._addresses: dict[tuple[str, int], dict[InstanceKey, None]] = {}
         self._per_model: dict[str, int] = {}  # model -> its records in ``_known``
         self._pending: dict[InstanceKey, ModelInstance] = {}  # beats not yet written
+        self._flushes = self._flush_failures = 0  # for the metrics
+        self._flush_seconds = 0.0
         self._flusher: asyncio.Task[None] | None = None
         # Set when a write failed: until one succeeds, beats are written before
         # they are answered (so they fail, 503, while the database is away), and
@@ -183,6 +188,10 @@ class PostgresStorage(SQLStorage):
     def sizes(self, model_name: str) -> tuple[int, int]:
         return len(self._known), self._per_model.get(model_name, 0)
 
+    def records_now(self) -> Iterable[ModelInstance] | None:
+        # What this replica knows; right after a missed notification, nothing: ask the database.
+        return self._known.values() if self._known else None
+
     def at_now(self, host: str, port: int) -> list[ModelInstance] | None:
         # What this replica knows there, when it knows anything: a model another
         # replica added a moment ago is beaten by the worker's next beat.
@@ -225,17 +234,30 @@ class PostgresStorage(SQLStorage):
         if not pending:
             return 0
         records = list(pending.values())
+        started = time.perf_counter()
         try:
             async with self._write("write heartbeats") as conn:
                 for start in range(0, len(records), _CHUNK):
                     await conn.execute(_FLUSH, [_beat_row(r) for r in records[start : start + _CHUNK]])
         except BaseException:
+            self._flush_failures += 1
             self._degraded = True
             for key, record in pending.items():  # keep them, unless a newer beat came meanwhile
                 self._pending.setdefault(key, record)
             raise
         self._degraded = False
+        self._flushes += 1
+        self._flush_seconds += time.perf_counter() - started
         return len(records)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **super().stats(),
+            "pending": len(self._pending),
+            "flushes": self._flushes,
+            "flush_failures": self._flush_failures,
+            "flush_seconds": self._flush_seconds,
+        }
 
     async def _flush_forever(self) -> None:
         while True:

@@ -113,6 +113,7 @@ class SQLStorage(Storage):
         self.name = self._url.get_backend_name()
         self._postgres = self.name == "postgresql"
         self._engine: AsyncEngine | None = None
+        self._waiting = 0  # requests waiting for a pooled connection
         if self.name == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
         else:
@@ -185,6 +186,7 @@ class SQLStorage(Storage):
         except StorageUnavailable:
             raise
         except TimeoutError as exc:
+            self.errors["timeout"] += 1
             if not deadline.expired():  # the driver's own timeout (connect, command)
                 raise StorageUnavailable(f"{self.name} storage failed to {what}: timed out") from exc
             raise StorageUnavailable(
@@ -192,6 +194,7 @@ class SQLStorage(Storage):
                 "it may be overloaded or unreachable (REGISTRY_REQUEST_TIMEOUT bounds this wait)"
             ) from exc
         except PoolTimeout as exc:
+            self.errors["pool_exhausted"] += 1
             pool = self._pool
             raise StorageUnavailable(
                 f"{self.name} connection pool exhausted: all {pool.pool_size} connections and "
@@ -200,6 +203,7 @@ class SQLStorage(Storage):
                 "to wait longer"
             ) from exc
         except (SQLAlchemyError, OSError) as exc:
+            self.errors["driver"] += 1
             cause = getattr(exc, "orig", None) or exc
             raise StorageUnavailable(
                 f"{self.name} storage failed to {what}: {in_our_words(cause)}", driver=str(cause)
@@ -208,14 +212,42 @@ class SQLStorage(Storage):
     @contextlib.asynccontextmanager
     async def _write(self, what: str) -> AsyncIterator[AsyncConnection]:
         assert self._engine is not None, "storage is not open"
-        async with self._guard(what), self._engine.begin() as conn:
+        async with self._guard(what), self._connection(self._engine.begin()) as conn:
             yield conn
 
     @contextlib.asynccontextmanager
     async def _read(self, what: str) -> AsyncIterator[AsyncConnection]:
         assert self._engine is not None, "storage is not open"
-        async with self._guard(what), self._engine.connect() as conn:
+        async with self._guard(what), self._connection(self._engine.connect()) as conn:
             yield conn
+
+    @contextlib.asynccontextmanager
+    async def _connection(
+        self, opening: contextlib.AbstractAsyncContextManager[AsyncConnection]
+    ) -> AsyncIterator[AsyncConnection]:
+        """``opening``'s connection, counting the requests that wait for one (the metrics' ``waiting``)."""
+        self._waiting += 1
+        waiting = True
+        try:
+            async with opening as conn:
+                self._waiting -= 1
+                waiting = False
+                yield conn
+        finally:
+            if waiting:
+                self._waiting -= 1
+
+    def stats(self) -> dict[str, Any]:
+        stats = super().stats()
+        pool = self._engine.pool if self._engine is not None else None
+        if pool is not None and hasattr(pool, "checkedout"):
+            stats["pool"] = {
+                "size": pool.size() if hasattr(pool, "size") else None,
+                "in_use": pool.checkedout(),
+                "overflow": max(0, pool.overflow()) if hasattr(pool, "overflow") else 0,
+                "waiting": self._waiting,
+            }
+        return stats
 
     # -- writes ------------------------------------------------------------
 

@@ -11,6 +11,7 @@ file is loaded into the index.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from model_registry_sdk.record import InstanceKey, ModelInstance
 
@@ -41,6 +42,18 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
                 self._index.load(record_of(row) for row in result.fetchall())
         self._journal = Journal(self._index, self._engine, self.flush_interval)  # type: ignore[arg-type]
         await self._journal.start()
+
+    def stats(self) -> dict[str, Any]:
+        stats = super().stats()
+        journal = self._journal
+        if journal is not None:
+            stats.update(
+                pending=journal.pending,
+                flushes=journal.transactions,
+                flush_failures=journal.failures,
+                flush_seconds=journal.seconds,
+            )
+        return stats
 
     async def _close(self) -> None:
         if self._journal is not None:
