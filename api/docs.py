@@ -1,21 +1,137 @@
-"""``GET /docs``: a reference page for ``/openapi.json``, its assets served from the package (being built)."""
+"""``GET /docs``: Swagger UI's reference page for ``/openapi.json``, served whole by the registry.
+
+The page, Swagger UI (vendored under ``static/swagger-ui``; its README.txt says which
+version, from where, and how to update it) and the initializer (``static/swagger-ui-init.js``)
+all come from the installed package: the page works with no internet, and its
+Content-Security-Policy lets the browser load nothing from anywhere but the registry.
+"""
 
 from __future__ import annotations
 
-from aiohttp import web
+import asyncio
+import functools
+import gzip
+import hashlib
+from dataclasses import dataclass
+from importlib.resources import files
+
+from aiohttp import hdrs, web
 
 from model_registry import Registry
 
 from .problem import ApiError
+from .responses import SERVER
 
-__all__ = ["asset", "page"]
+__all__ = ["ASSETS", "CONTENT_SECURITY_POLICY", "asset", "page"]
+
+#: What ``/docs/assets/{name}`` serves: name -> (path under ``static/``, Content-Type). Nothing else.
+ASSETS: dict[str, tuple[str, str]] = {
+    "swagger-ui.css": ("swagger-ui/swagger-ui.css", "text/css"),
+    "swagger-ui-bundle.js": ("swagger-ui/swagger-ui-bundle.js", "text/javascript"),
+    "swagger-ui-init.js": ("swagger-ui-init.js", "text/javascript"),
+}
+
+#: Scripts, styles, images and fetches from the registry alone. Scripts stay strict (no
+#: inline script, no eval): the initializer is a file. Images may be ``data:`` URLs, which
+#: Swagger UI's stylesheet uses for its icons.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+
+#: The assets' URLs carry a digest of their content, so a browser may keep them for a year:
+#: a registry with another Swagger UI names other URLs. The page itself is revalidated.
+_ASSET_CACHE = "public, max-age=31536000, immutable"
+_HEADERS = {**SERVER, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>model-registry API reference</title>
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="{css}">
+<script defer src="{bundle}"></script>
+<script defer src="{init}"></script>
+</head>
+<body>
+<noscript>This page needs JavaScript; the document is <a href="openapi.json">openapi.json</a>.</noscript>
+<div id="swagger-ui" data-url="openapi.json"></div>
+</body>
+</html>
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Asset:
+    body: bytes
+    gzipped: bytes
+    content_type: str
+    digest: str
+
+
+# Packaged files, immutable once installed: read (and compressed) once per process, off the
+# event loop, and shared by every application in it, as the package's code is.
+@functools.cache
+def _load(name: str) -> _Asset:
+    path, content_type = ASSETS[name]
+    body = files(__package__).joinpath("static", *path.split("/")).read_bytes()
+    return _Asset(
+        body=body,
+        gzipped=gzip.compress(body, mtime=0),
+        content_type=content_type,
+        digest=hashlib.sha256(body).hexdigest()[:16],
+    )
+
+
+@functools.cache
+def _page() -> bytes:
+    # Relative URLs, resolved beside /docs: under a proxy's path prefix as well.
+    def url(name: str) -> str:
+        return f"docs/assets/{name}?v={_load(name).digest}"
+
+    html = _PAGE.format(
+        css=url("swagger-ui.css"), bundle=url("swagger-ui-bundle.js"), init=url("swagger-ui-init.js")
+    )
+    return html.encode()
+
+
+def _accepts_gzip(request: web.Request) -> bool:
+    for coding in request.headers.get(hdrs.ACCEPT_ENCODING, "").split(","):
+        name, _, params = coding.partition(";")
+        if name.strip().lower() == "gzip":
+            q = params.strip().lower().removeprefix("q=") or "1"
+            try:
+                return float(q) > 0  # q=0 refuses it
+            except ValueError:
+                return False
+    return False
 
 
 async def page(request: web.Request, registry: Registry) -> web.Response:
-    return web.Response(text="<!doctype html><title>model-registry API</title>", content_type="text/html")
+    body = await asyncio.to_thread(_page)
+    headers = {**_HEADERS, "Content-Security-Policy": CONTENT_SECURITY_POLICY, hdrs.CACHE_CONTROL: "no-cache"}
+    return web.Response(body=body, headers=headers, content_type="text/html", charset="utf-8")
 
 
 async def asset(request: web.Request, registry: Registry) -> web.Response:
-    if request.match_info["name"] == "swagger-ui.css":
-        return web.Response(text="", content_type="text/css")
-    raise ApiError(404, "not_found", "no such asset")
+    name = request.match_info["name"]
+    if name not in ASSETS:
+        raise ApiError(
+            404, "not_found", f"no asset {name[:60]!r}: the docs page's assets are {sorted(ASSETS)}"
+        )
+    found = await asyncio.to_thread(_load, name)
+    headers = {**_HEADERS, hdrs.CACHE_CONTROL: _ASSET_CACHE, hdrs.VARY: hdrs.ACCEPT_ENCODING}
+    body = found.body
+    if _accepts_gzip(request):
+        body, headers[hdrs.CONTENT_ENCODING] = found.gzipped, "gzip"
+    return web.Response(body=body, headers=headers, content_type=found.content_type, charset="utf-8")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from model_registry.api.docs import ASSETS as DOCS_ASSETS
 from tests.packaging import (
     INSTALL_SCRIPT,
     ROOT,
@@ -174,6 +175,10 @@ def test_the_server_wheel_holds_the_package_and_nothing_else(build: Build) -> No
     # of pyproject.toml's packages list would be missing here).
     expected = set().union(*(_modules(build.source, f, to) for f, to in SERVER_FOLDERS.items()))
     assert {n for n in names if n.endswith(".py")} == expected
+    # The /docs page's assets, package data beside the modules, with Swagger UI's licence.
+    static = [path for path, _ in DOCS_ASSETS.values()] + ["swagger-ui/LICENSE", "swagger-ui/NOTICE"]
+    missing = [path for path in static if f"model_registry/api/static/{path}" not in names]
+    assert missing == [], f"the server wheel lacks the /docs files {missing} (pyproject.toml's package-data)"
     assert _requires(build.server)["model-registry-sdk"] == "model-registry-sdk==0.1.0"
     assert _metadata(build.server)["License-Expression"] == "Apache-2.0"
 
@@ -233,6 +238,10 @@ def test_the_installed_wheels_migrate_and_serve(server_python: Path, tmp_path: P
         ]
         with urllib.request.urlopen(f"{server.url}/health", timeout=10) as response:
             assert response.status == 200
+        for asset, (_, content_type) in DOCS_ASSETS.items():  # read from the installed package
+            with urllib.request.urlopen(f"{server.url}/docs/assets/{asset}", timeout=10) as response:
+                assert response.status == 200 and response.headers.get_content_type() == content_type
+                assert response.read()
         server.signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0, server.logs
     assert served.is_file()
