@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import abc
 from collections import Counter
-from collections.abc import Iterable
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
