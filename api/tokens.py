@@ -24,15 +24,24 @@ from .responses import json_response, read_object
 __all__ = ["create", "listing", "revoke"]
 
 
+_Pattern = Annotated[str, Field(min_length=1, max_length=256)]
+_MAX_PATTERNS = 64
+
+
 class _NewToken(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Annotated[str, Field(pattern=NAME.pattern)]
     role: Role
-    models: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(None, max_length=64)
+    models: list[_Pattern] | None = Field(None, max_length=_MAX_PATTERNS)
     expires: str | None = None
 
-    @field_validator("models", mode="before")
+    # The JSON schema says what is read, the CLI's comma-separated text too (see /openapi.json).
+    @field_validator(
+        "models",
+        mode="before",
+        json_schema_input_type=Annotated[list[_Pattern], Field(max_length=_MAX_PATTERNS)] | str | None,
+    )
     @classmethod
     def _split(cls, value: Any) -> Any:  # "glm-4*,qwen*" as the CLI passes it
         return [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value

@@ -25,6 +25,7 @@ Nothing here speaks HTTP: calling a worker back for its status is the API's
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -263,6 +264,7 @@ class FastChat:
             workers.setdefault((record.host, record.port), record)
         return {
             "model_names": sorted(names),
-            "speed": sum(r.weight for r in workers.values()),
+            # Weights are finite but unbounded, so their sum may not be (JSON has no infinity).
+            "speed": min(sum(r.weight for r in workers.values()), sys.float_info.max),
             "queue_length": sum(r.queue_length or 0 for r in workers.values()),
         }

@@ -23,6 +23,7 @@ from model_registry.api import create_app
 from model_registry.api.routes import ROUTES
 from model_registry.auth import GRANTS, Action, Role
 from model_registry.settings import Settings
+from tests.api.conftest import serve_app
 
 BOOTSTRAP = "bootstrap-admin-token-for-the-tests-0123456789"
 IN_SCOPE, OUT_OF_SCOPE = "glm-4-9b", "llama-3-8b"
@@ -89,8 +90,8 @@ async def secured(
     aiohttp_client: Callable[[web.Application], Awaitable[TestClient]], clock: ManualClock
 ) -> tuple[TestClient, dict[str, str]]:
     """A registry with authentication on, and a token of each kind (revoked and expired too)."""
-    client = await aiohttp_client(
-        create_app(Settings(storage="memory://", admin_token=BOOTSTRAP), clock=clock)
+    client = await serve_app(
+        aiohttp_client, create_app(Settings(storage="memory://", admin_token=BOOTSTRAP), clock=clock)
     )
     made: dict[str, str] = {}
     for name, body in {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
@@ -21,6 +22,7 @@ from model_registry import ManualClock
 from model_registry.api import create_app
 from model_registry.api.keys import REGISTRY
 from model_registry.settings import Settings
+from tests.api.conftest import serve_app
 from tests.api.test_dbgpt import written_behind
 
 WORKER = "http://10.0.0.7:21002"
@@ -188,6 +190,16 @@ async def test_the_status_of_the_registry_as_one_worker(client: TestClient) -> N
     assert answer.status == 200 and await answer.json() == "success"
 
 
+async def test_a_status_whose_speeds_sum_past_the_largest_float_is_still_a_number(client: TestClient) -> None:
+    """Weights are finite but unbounded; their sum is not finite (and JSON has no infinity:
+    it was answered as null, which no FastChat client reads as a speed). Found by schemathesis."""
+    for port in (1, 2):
+        instance = {"model_name": "m", "host": "10.0.0.1", "port": port, "weight": sys.float_info.max}
+        assert (await client.post("/api/v1/instances", json=instance)).status == 201
+    status = await post(client, "/worker_get_status")
+    assert status["speed"] == sys.float_info.max
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -292,7 +304,7 @@ async def test_a_worker_too_slow_to_answer_times_out(
 ) -> None:
     worker["hold"] = asyncio.Event()  # never set: the worker never answers
     settings = Settings(storage="memory://", fastchat_status_timeout=0.2)
-    client = await aiohttp_client(create_app(settings, clock=clock))
+    client = await serve_app(aiohttp_client, create_app(settings, clock=clock))
     answer = await client.post("/register_worker", json={"worker_name": worker["name"]})
     assert answer.status == 200
     assert "no answer within 0.2 s" in (await answer.json())["detail"]
@@ -306,7 +318,7 @@ async def test_lottery_picks_in_proportion_to_speed(
     aiohttp_client: Callable[[web.Application], Awaitable[TestClient]], clock: ManualClock
 ) -> None:
     settings = Settings(storage="memory://", fastchat_dispatch="lottery")
-    client = await aiohttp_client(create_app(settings, clock=clock, rng=random.Random(7)))
+    client = await serve_app(aiohttp_client, create_app(settings, clock=clock, rng=random.Random(7)))
     await register(client, "http://10.0.0.1:1", "m", speed=1, queue_length=0)
     await register(client, "http://10.0.0.2:1", "m", speed=3, queue_length=50)
     picks = Counter([await address(client, "m") for _ in range(2000)])
@@ -329,8 +341,8 @@ async def test_a_timeout_long_enough_says_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="registry")
-    client = await aiohttp_client(
-        create_app(Settings(storage="memory://", heartbeat_timeout=90), clock=clock)
+    client = await serve_app(
+        aiohttp_client, create_app(Settings(storage="memory://", heartbeat_timeout=90), clock=clock)
     )
     await register(client, WORKER, "a")
     assert not [r for r in caplog.records if "beat every" in r.getMessage()]

@@ -161,7 +161,7 @@ async def test_idle_watchers_are_pinged(
     aiohttp_client: Callable[[web.Application], Awaitable[TestClient]], clock: ManualClock
 ) -> None:
     settings = Settings(storage="memory://", watch_ping_interval=0.05)
-    client = await aiohttp_client(create_app(settings, clock=clock))
+    client = await serve_app(aiohttp_client, create_app(settings, clock=clock))
     async with client.ws_connect(WATCH, autoping=False) as ws:
         await next_json(ws)
         message = await asyncio.wait_for(ws.receive(), 5)
