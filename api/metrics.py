@@ -16,7 +16,6 @@ Prometheus server.
 from __future__ import annotations
 
 import asyncio
-from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -35,6 +34,7 @@ from prometheus_client.core import (
 from model_registry import ModelInstance, Registry
 
 from .keys import CONNECTIONS, SETTINGS
+from .responses import SERVER
 
 __all__ = ["BUCKETS", "CONTENT_TYPE", "Metrics", "RouteTimes", "metrics"]
 
@@ -53,7 +53,8 @@ _SLICE = 5000
 
 class RouteTimes:
     """One route's request durations, by status class: plain lists the guard
-    adds to (``counts[status // 100][bucket] += 1``), read at scrape time."""
+    adds to (``counts[status // 100][bisect_left(BUCKETS, seconds)] += 1`` and
+    ``sums[status // 100] += seconds``), read at scrape time."""
 
     __slots__ = ("counts", "route", "sums")
 
@@ -62,11 +63,6 @@ class RouteTimes:
         #: Index 1..5: 1xx (a WebSocket's upgrade) to 5xx; the last bucket is +Inf.
         self.counts = [[0] * (len(BUCKETS) + 1) for _ in range(6)]
         self.sums = [0.0] * 6
-
-    def observe(self, status: int, seconds: float) -> None:
-        klass = status // 100
-        self.counts[klass][bisect_left(BUCKETS, seconds)] += 1
-        self.sums[klass] += seconds
 
 
 class Metrics:
@@ -100,7 +96,7 @@ class Metrics:
 async def metrics(request: web.Request, registry: Registry) -> web.Response:
     app = request.app
     body = await app[METRICS].render(registry, app[SETTINGS].metrics_max_models, app[CONNECTIONS].stats())
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, "Server": "model-registry"})
+    return web.Response(body=body, headers={**SERVER, "Content-Type": CONTENT_TYPE})
 
 
 METRICS = web.AppKey("metrics", Metrics)
