@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gzip
-import hashlib
-from dataclasses import dataclass
-from importlib.resources import files
 
 from aiohttp import hdrs, web
 
 from model_registry import Registry
 
+from .assets import HEADERS, load, respond
 from .problem import ApiError
-from .responses import SERVER
 
 __all__ = ["ASSETS", "CONTENT_SECURITY_POLICY", "asset", "page"]
 
@@ -50,7 +46,6 @@ CONTENT_SECURITY_POLICY = "; ".join(
 #: The assets' URLs carry a digest of their content, so a browser may keep them for a year:
 #: a registry with another Swagger UI names other URLs. The page itself is revalidated.
 _ASSET_CACHE = "public, max-age=31536000, immutable"
-_HEADERS = {**SERVER, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 _PAGE = """<!doctype html>
 <html lang="en">
@@ -71,33 +66,11 @@ _PAGE = """<!doctype html>
 """
 
 
-@dataclass(frozen=True, slots=True)
-class _Asset:
-    body: bytes
-    gzipped: bytes
-    content_type: str
-    digest: str
-
-
-# Packaged files, immutable once installed: read (and compressed) once per process, off the
-# event loop, and shared by every application in it, as the package's code is.
-@functools.cache
-def _load(name: str) -> _Asset:
-    path, content_type = ASSETS[name]
-    body = files(__package__).joinpath("static", *path.split("/")).read_bytes()
-    return _Asset(
-        body=body,
-        gzipped=gzip.compress(body, mtime=0),
-        content_type=content_type,
-        digest=hashlib.sha256(body).hexdigest()[:16],
-    )
-
-
 @functools.cache
 def _page() -> bytes:
     # Relative URLs, resolved beside /docs: under a proxy's path prefix as well.
     def url(name: str) -> str:
-        return f"docs/assets/{name}?v={_load(name).digest}"
+        return f"docs/assets/{name}?v={load(ASSETS[name][0]).digest}"
 
     html = _PAGE.format(
         css=url("swagger-ui.css"), bundle=url("swagger-ui-bundle.js"), init=url("swagger-ui-init.js")
@@ -105,21 +78,9 @@ def _page() -> bytes:
     return html.encode()
 
 
-def _accepts_gzip(request: web.Request) -> bool:
-    for coding in request.headers.get(hdrs.ACCEPT_ENCODING, "").split(","):
-        name, _, params = coding.partition(";")
-        if name.strip().lower() == "gzip":
-            q = params.strip().lower().removeprefix("q=") or "1"
-            try:
-                return float(q) > 0  # q=0 refuses it
-            except ValueError:
-                return False
-    return False
-
-
 async def page(request: web.Request, registry: Registry) -> web.Response:
     body = await asyncio.to_thread(_page)
-    headers = {**_HEADERS, "Content-Security-Policy": CONTENT_SECURITY_POLICY, hdrs.CACHE_CONTROL: "no-cache"}
+    headers = {**HEADERS, "Content-Security-Policy": CONTENT_SECURITY_POLICY, hdrs.CACHE_CONTROL: "no-cache"}
     return web.Response(body=body, headers=headers, content_type="text/html", charset="utf-8")
 
 
@@ -129,9 +90,4 @@ async def asset(request: web.Request, registry: Registry) -> web.Response:
         raise ApiError(
             404, "not_found", f"no asset {name[:60]!r}: the docs page's assets are {sorted(ASSETS)}"
         )
-    found = await asyncio.to_thread(_load, name)
-    headers = {**_HEADERS, hdrs.CACHE_CONTROL: _ASSET_CACHE, hdrs.VARY: hdrs.ACCEPT_ENCODING}
-    body = found.body
-    if _accepts_gzip(request):
-        body, headers[hdrs.CONTENT_ENCODING] = found.gzipped, "gzip"
-    return web.Response(body=body, headers=headers, content_type=found.content_type, charset="utf-8")
+    return await respond(request, ASSETS[name][0], _ASSET_CACHE)

@@ -25,6 +25,7 @@ from aiohttp import web
 from model_registry import Registry
 from model_registry.auth import Action
 
+from .auth import CSRF_HEADER, SESSION_COOKIE
 from .operations import JSON, OPERATIONS, Operation
 from .responses import dumps, json_body_response
 from .schemas import components, ref
@@ -59,7 +60,7 @@ _RETRY_AFTER = {"Retry-After": {"required": True, "schema": {"type": "integer", 
 _CHALLENGE = {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}}
 
 
-def _errors(operation: Operation, action: Action, while_draining: bool) -> dict[int, list[str]]:
+def _errors(method: str, operation: Operation, action: Action, while_draining: bool) -> dict[int, list[str]]:
     """Every error code the route can answer, by status (see ``api.errors.guard``)."""
     codes: dict[int, set[str]] = defaultdict(set)
     codes[403].add("host_not_allowed")
@@ -68,6 +69,8 @@ def _errors(operation: Operation, action: Action, while_draining: bool) -> dict[
     if action is not Action.PUBLIC:
         codes[401].add("unauthorized")
         codes[403].add("forbidden")
+        if method not in ("GET", "HEAD", "OPTIONS"):  # by the dashboard's session cookie
+            codes[403].add("csrf_required")
     if operation.reads in ("json", "any"):
         for status, found in _BODY_ERRORS.items():
             codes[status].update(found)
@@ -103,13 +106,12 @@ def operation_id(view: Any) -> str:
     return name if module in ("views", name) else f"{module}_{name}"
 
 
-def _operation(view: Any, action: Action, while_draining: bool, op: Operation) -> dict[str, Any]:
+def _operation(method: str, view: Any, action: Action, while_draining: bool, op: Operation) -> dict[str, Any]:
     answers: dict[str, Any] = {}
     for status, (text, schema) in op.answers.items():
-        answer: dict[str, Any] = {
-            "description": text,
-            "content": {t: {"schema": schema} if schema else {} for t in op.answer_types},
-        }
+        answer: dict[str, Any] = {"description": text}
+        if schema is not None:  # None: no body (304)
+            answer["content"] = {t: {"schema": schema} if schema else {} for t in op.answer_types}
         if status in op.headers:
             answer["headers"] = op.headers[status]
         if status in op.links:
@@ -117,7 +119,7 @@ def _operation(view: Any, action: Action, while_draining: bool, op: Operation) -
         answers[str(status)] = answer
     if op.websocket:
         answers["101"] = {"description": "switched to the WebSocket protocol: see above"}
-    for status, found in _errors(op, action, while_draining).items():
+    for status, found in _errors(method, op, action, while_draining).items():
         answers[str(status)] = _error_answer(status, found)
     described: dict[str, Any] = {
         "operationId": operation_id(view),
@@ -125,7 +127,7 @@ def _operation(view: Any, action: Action, while_draining: bool, op: Operation) -
         "tags": [op.tag],
         "parameters": list(op.parameters),
         "responses": dict(sorted(answers.items())),
-        "security": [] if action is Action.PUBLIC else [{"bearer": []}, {"basic": []}],
+        "security": [] if action is Action.PUBLIC else [{"bearer": []}, {"basic": []}, {"session": []}],
     }
     if op.description:
         described["description"] = op.description
@@ -159,7 +161,9 @@ def build() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for method, path, view, action in ROUTES:
         op = OPERATIONS[(method, path)]
-        paths.setdefault(path, {})[method.lower()] = _operation(view, action, view in WHILE_DRAINING, op)
+        paths.setdefault(path, {})[method.lower()] = _operation(
+            method, view, action, view in WHILE_DRAINING, op
+        )
     return {
         "openapi": "3.1.0",
         "info": {"title": "model-registry", "version": _version(), "description": _DESCRIPTION},
@@ -170,6 +174,13 @@ def build() -> dict[str, Any]:
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "a registry token"},
                 "basic": {"type": "http", "scheme": "basic", "description": "the token as the password"},
+                "session": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": SESSION_COOKIE,
+                    "description": "the dashboard's session (POST /api/v1/session); a change made "
+                    f"with it also carries {CSRF_HEADER}",
+                },
             },
         },
     }

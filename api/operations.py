@@ -29,8 +29,9 @@ class Operation:
 
     summary: str
     tag: str
-    #: Status -> (description, schema of the JSON body); ``answer_types`` for other media types.
-    answers: dict[int, tuple[str, dict[str, Any]]]
+    #: Status -> (description, schema of the JSON body, ``None`` for no body); ``answer_types``
+    #: for other media types.
+    answers: dict[int, tuple[str, dict[str, Any] | None]]
     answer_types: tuple[str, ...] = (JSON,)
     #: The request body's schema, and how it is read: ``json`` (``read_object``: 415 unless
     #: JSON), ``any`` (``read_any_object``: JSON whatever the Content-Type, FastChat's way),
@@ -45,6 +46,20 @@ class Operation:
     links: dict[int, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
     websocket: bool = False  # answers an upgrade with 101
+
+
+_NOT_MODIFIED = ("not modified since the ETag sent in If-None-Match", None)
+_NULLABLE_TEXT = {"type": ["string", "null"]}
+_SESSION = {
+    "type": "object",
+    "properties": {
+        "auth": {"type": "boolean", "description": "whether this registry needs a token"},
+        "role": {"type": ["string", "null"], "enum": ["worker", "router", "operator", "admin", None]},
+        "name": _NULLABLE_TEXT,
+        "csrf": _NULLABLE_TEXT,
+    },
+    "required": ["auth", "role", "name", "csrf"],
+}
 
 
 def _query(name: str, schema: dict[str, Any], description: str, *, required: bool = False) -> dict[str, Any]:
@@ -285,10 +300,54 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/docs/assets/{name}"): Operation(
         "The docs page's scripts and styles",
         "service",
-        {200: ("the asset (its bytes: no schema)", {})},
+        {200: ("the asset (its bytes: no schema)", {}), 304: _NOT_MODIFIED},
         answer_types=("text/css", "text/javascript"),
         parameters=({"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},),
         refusals={404: ("not_found",)},
+        storage=False,
+    ),
+    ("GET", "/"): Operation(
+        "The dashboard: a live page of the models and instances, served whole by the registry",
+        "dashboard",
+        {200: ("the page", {"type": "string"}), 304: _NOT_MODIFIED},
+        answer_types=("text/html",),
+        refusals={404: ("not_found",)},
+        storage=False,
+    ),
+    ("GET", "/ui/{name}"): Operation(
+        "The dashboard's scripts, styles and images",
+        "dashboard",
+        {200: ("the file (its bytes: no schema)", {}), 304: _NOT_MODIFIED},
+        answer_types=("text/css", "text/javascript", "image/png", "image/svg+xml", "text/plain"),
+        parameters=({"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},),
+        refusals={404: ("not_found",)},
+        storage=False,
+    ),
+    ("GET", "/api/v1/session"): Operation(
+        "Who the browser is signed in as (the session cookie), and its CSRF token",
+        "dashboard",
+        {200: ("the session; role null when not signed in", _SESSION)},
+        storage=False,
+    ),
+    ("POST", "/api/v1/session"): Operation(
+        "Sign in with a token: sets an HttpOnly, SameSite=Strict session cookie",
+        "dashboard",
+        {200: ("signed in (with auth off: auth false, no cookie)", _SESSION)},
+        body={
+            "type": "object",
+            "properties": {"token": {"type": "string", "minLength": 1, "maxLength": 1024}},
+            "required": ["token"],
+        },
+        reads="json",
+        refusals={401: ("unauthorized",), 403: ("origin_not_allowed",), 422: ("invalid_field",)},
+        storage=False,
+        description="Changes made with the cookie must carry the answer's `csrf` as `X-CSRF-Token` "
+        "(403 `csrf_required` otherwise).",
+    ),
+    ("DELETE", "/api/v1/session"): Operation(
+        "Sign out: the session cookie is cleared (the token stays valid)",
+        "dashboard",
+        {200: ("signed out", _SESSION)},
         storage=False,
     ),
     ("GET", "/api/health"): Operation(

@@ -7,7 +7,7 @@ from yarl import URL
 
 from model_registry.auth import Action
 
-from . import dbgpt, docs, fastchat, metrics, openapi, tokens, views, watch
+from . import dashboard, dbgpt, docs, fastchat, metrics, openapi, tokens, views, watch
 from .errors import View, guard, unrouted
 from .keys import Lifecycle
 
@@ -33,6 +33,11 @@ ROUTES: list[tuple[str, str, View, Action]] = [
     ("GET", "/openapi.json", openapi.document, Action.PUBLIC),
     ("GET", "/docs", docs.page, Action.PUBLIC),
     ("GET", "/docs/assets/{name}", docs.asset, Action.PUBLIC),
+    ("GET", "/", dashboard.page, Action.PUBLIC),
+    ("GET", "/ui/{name}", dashboard.asset, Action.PUBLIC),
+    ("GET", "/api/v1/session", dashboard.session, Action.PUBLIC),
+    ("POST", "/api/v1/session", dashboard.sign_in, Action.PUBLIC),
+    ("DELETE", "/api/v1/session", dashboard.sign_out, Action.PUBLIC),
     # DB-GPT's model controller (see api.dbgpt)
     ("GET", "/api/health", dbgpt.health, Action.PUBLIC),
     ("POST", "/api/controller/models", dbgpt.register, Action.REGISTER),

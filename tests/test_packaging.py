@@ -179,6 +179,10 @@ def test_the_server_wheel_holds_the_package_and_nothing_else(build: Build) -> No
     static = [path for path, _ in DOCS_ASSETS.values()] + ["swagger-ui/LICENSE", "swagger-ui/NOTICE"]
     missing = [path for path in static if f"model_registry/api/static/{path}" not in names]
     assert missing == [], f"the server wheel lacks the /docs files {missing} (pyproject.toml's package-data)"
+    # The dashboard's files, every one of them (the page at / and what it loads).
+    ui = sorted(p.name for p in (build.source / "api/static/ui").iterdir())
+    missing = [name for name in ui if f"model_registry/api/static/ui/{name}" not in names]
+    assert "index.html" in ui and missing == [], f"the server wheel lacks the dashboard's {missing}"
     assert _requires(build.server)["model-registry-sdk"] == "model-registry-sdk==0.1.0"
     assert _metadata(build.server)["License-Expression"] == "Apache-2.0"
 
@@ -242,6 +246,8 @@ def test_the_installed_wheels_migrate_and_serve(server_python: Path, tmp_path: P
             with urllib.request.urlopen(f"{server.url}/docs/assets/{asset}", timeout=10) as response:
                 assert response.status == 200 and response.headers.get_content_type() == content_type
                 assert response.read()
+        with urllib.request.urlopen(f"{server.url}/", timeout=10) as response:  # the dashboard
+            assert response.status == 200 and response.headers.get_content_type() == "text/html"
         server.signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0, server.logs
     assert served.is_file()

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from model_registry import ManualClock
 from model_registry.api import create_app
+from model_registry.api.dashboard import files_served
 from model_registry.api.routes import ROUTES
 from model_registry.auth import GRANTS, Action, Role
 from model_registry.settings import Settings
@@ -68,6 +69,11 @@ def sample(method: str, path: str, model: str) -> tuple[dict | None, Any]:
         ("GET", "/openapi.json"): (None, None),
         ("GET", "/docs"): (None, None),
         ("GET", "/docs/assets/{name}"): (None, None),
+        ("GET", "/"): (None, None),
+        ("GET", "/ui/{name}"): (None, None),
+        ("GET", "/api/v1/session"): (None, None),
+        ("POST", "/api/v1/session"): (None, {"token": BOOTSTRAP}),
+        ("DELETE", "/api/v1/session"): (None, None),
         ("GET", "/api/health"): (None, None),
         ("POST", "/api/controller/models"): (None, _instance(model)),
         ("GET", "/api/controller/models"): ({"model_name": model}, None),
@@ -126,9 +132,13 @@ async def _prepare(client: TestClient, method: str, path: str, model: str) -> No
         )
 
 
+#: The ``{name}`` of a path that serves a packaged file: one that is there.
+_NAME_IN = {"/docs/assets/{name}": "swagger-ui.css", "/ui/{name}": min(files_served(), default="none")}
+
+
 async def _ask(client: TestClient, method: str, path: str, model: str, headers: dict[str, str]) -> int:
     params, body = sample(method, path, model)
-    url = path.replace("{name}", "swagger-ui.css" if path.startswith("/docs/") else "victim")
+    url = path.replace("{name}", _NAME_IN.get(path, "victim"))
     if path == "/api/v1/watch":
         try:
             async with client.ws_connect(url, headers=headers) as ws:

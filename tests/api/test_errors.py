@@ -136,7 +136,7 @@ async def test_body_over_64_kib_is_413(client: TestClient, stored) -> None:
 
 async def test_unknown_route_404_and_wrong_method_405(client: TestClient, stored) -> None:
     await assert_error(await client.get("/api/v1/nothing"), 404, "not_found")
-    await assert_error(await client.get("/"), 404, "not_found")
+    await assert_error(await client.get("/nothing"), 404, "not_found")
     response = await client.put("/api/v1/instances", json=body())
     await assert_error(response, 405, "method_not_allowed")
     assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "POST", "DELETE", "PATCH"}

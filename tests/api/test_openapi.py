@@ -106,14 +106,25 @@ async def test_operation_ids_are_unique_and_links_lead_to_them(document: dict[st
     assert linked and linked <= set(ids)
 
 
+SIGN_IN = ("POST", "/api/v1/session")
+
+
 async def test_security_is_the_route_tables(document: dict[str, Any]) -> None:
     actions = {(m, p): action for m, p, _view, action in ROUTES}
     for method, path, operation in each_operation(document):
         public = actions[(method, path)].value == "public"
-        assert operation["security"] == ([] if public else [{"bearer": []}, {"basic": []}]), (method, path)
-        assert ("401" in operation["responses"]) is not public, (method, path)
+        schemes = [{"bearer": []}, {"basic": []}, {"session": []}]
+        assert operation["security"] == ([] if public else schemes), (method, path)
+        # Signing in is open to all, and refuses a bad token.
+        assert ("401" in operation["responses"]) is not public or (method, path) == SIGN_IN, (method, path)
     scheme = document["components"]["securitySchemes"]
     assert scheme["bearer"]["scheme"] == "bearer" and scheme["basic"]["scheme"] == "basic"
+    assert scheme["session"] == {
+        **scheme["session"],
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "registry_session",
+    }
 
 
 def _codes(document: dict[str, Any]) -> set[tuple[int, str]]:
