@@ -71,8 +71,8 @@ export class Chart {
         axes: [{ stroke: "#8b95a5" }, { stroke: "#8b95a5", size: 50 }],
         series: [
           {},
-          { label: "healthy", stroke: "#3fb27f", width: 2, paths: stepped },
-          { label: "available", stroke: "#4c8dff", width: 2, paths: stepped, dash: [6, 3] },
+          { label: "healthy", stroke: "#3fb27f", width: 2, paths: stepped, points: { show: false } },
+          { label: "available", stroke: "#4c8dff", width: 2, paths: stepped, points: { show: false }, dash: [6, 3] },
         ],
       },
       this.#data(),

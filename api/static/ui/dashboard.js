@@ -148,6 +148,7 @@ class Dashboard {
     $("signout").hidden = !session.auth;
     $("signin").hidden = true;
     $("board").hidden = false;
+    $("filter-box").hidden = false;
     this.watch.start();
     this.banners.start();
     if (this.selected) this.#select(this.selected);
@@ -160,6 +161,7 @@ class Dashboard {
     this.store.reset([], null, "snapshot");
     this.#schedule();
     $("board").hidden = true;
+    $("filter-box").hidden = true;
     $("signout").hidden = true;
     $("who").textContent = "";
     $("signin").hidden = false;

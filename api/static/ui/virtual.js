@@ -48,15 +48,11 @@ export class VirtualList {
       this.rows.push(row);
       this.viewport.append(row);
     }
+    // Rows past those in view leave the DOM: what a page (or a test) finds is what it shows.
+    for (const row of this.rows.splice(needed)) row.remove();
     for (let n = 0; n < this.rows.length; n += 1) {
       const row = this.rows[n];
       const index = first + n;
-      if (n >= needed) {
-        if (!row.hidden) row.hidden = true;
-        row.item = undefined;
-        continue;
-      }
-      if (row.hidden) row.hidden = false;
       if (row.index !== index) {
         row.index = index;
         row.style.transform = `translateY(${index * height}px)`;
@@ -69,7 +65,7 @@ export class VirtualList {
 
   // The rows in view, with their items (for the ticking ages).
   *visible() {
-    for (const row of this.rows) if (!row.hidden && row.item !== undefined) yield [row, row.item];
+    for (const row of this.rows) if (row.item !== undefined) yield [row, row.item];
   }
 
   scrollToIndex(index) {
