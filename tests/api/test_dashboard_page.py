@@ -195,6 +195,24 @@ async def test_the_page_follows_the_registry_live_and_an_operator_drains(
                     assert answer.status == 200, await answer.text()
                 await _shown_within(silent.and_(page.locator('[data-enabled="false"]')), LIVE_S)
                 await _shot(page, artifacts, "live-drained")
+
+                # A weight pinned through the dialog, and a purge: the row goes.
+                await alive.get_by_test_id("weight").click()
+                await page.get_by_test_id("weight-input").fill("3")
+                await _confirm(page, f"{MODEL} 10.0.0.6:8001")
+                await expect(alive.locator("span.weight")).to_have_text("3", timeout=WAIT_MS)
+                assert (await _instance(http, "10.0.0.6"))["overrides"]["weight"] == 3
+                await silent.get_by_test_id("purge").click()
+                await _confirm(page, f"{MODEL} 10.0.0.7:8001")
+                await expect(silent).to_have_count(0, timeout=WAIT_MS)
+                async with http.get("/api/v1/instances", params={"model_name": MODEL}) as answer:
+                    assert [i["host"] for i in (await answer.json())["instances"]] == ["10.0.0.6"]
+
+                # The filter: by model name.
+                await page.get_by_test_id("filter").fill("no-such-model")
+                await expect(model_row).to_have_count(0)
+                await page.get_by_test_id("filter").fill("GLM")
+                await expect(model_row).to_be_visible()
             finally:
                 beating.cancel()
 
@@ -203,7 +221,7 @@ async def test_the_page_follows_the_registry_live_and_an_operator_drains(
     assert [url for _, url in recorded.requests if not url.startswith(origin)] == []
     # Live by the watch alone: the page never read the listing (it was never asked to).
     to_instances = [method for method, url in recorded.requests if urlsplit(url).path == "/api/v1/instances"]
-    assert to_instances == ["PATCH"]
+    assert to_instances == ["PATCH", "PATCH", "DELETE"]  # the drain, the weight, the purge
 
 
 async def test_the_page_survives_a_registry_restart(
