@@ -151,6 +151,21 @@ async def _confirm(page: Page, names: str) -> None:
     await expect(dialog).to_be_hidden()
 
 
+#: The page's own banner module on variants of a live /health answer.
+_BANNERS_OF = """async (health) => {
+    const {bannersOf} = await import("./ui/banners.js");
+    const ok = (changes) => bannersOf({ok: true, status: 200, health: {...health, ...changes}});
+    const refused = (status, code, detail) => bannersOf({ok: false, status, error: {status, code, detail}});
+    return {
+        quiet: ok({}),
+        grace: ok({grace_remaining_s: 12.5}),
+        held: ok({self_preservation: {active: true, expiry: {held: 7, marks_anyway_in_s: 95.2}}}),
+        storage: refused(503, "storage_unavailable", "the database is down."),
+        gone: refused(0, "unreachable", "the registry cannot be reached"),
+    };
+}"""
+
+
 async def _shown_within(locator: Locator, seconds: float) -> float:
     start = time.monotonic()
     await locator.wait_for(state="attached", timeout=WAIT_MS)
@@ -215,8 +230,19 @@ async def test_the_page_follows_the_registry_live_and_an_operator_drains(
                 await expect(model_row).to_be_visible()
             finally:
                 beating.cancel()
+            async with http.get("/health") as answer:
+                health = await answer.json()
+        banners = await page.evaluate(_BANNERS_OF, health)
 
     assert recorded.exceptions == [] and recorded.console_errors == [], recorded
+    # What the page's banners say of /health's states it cannot be brought to here.
+    assert banners["quiet"] == []
+    assert [b["kind"] for b in banners["grace"]] == ["grace"] and "13 s" in banners["grace"][0]["text"]
+    [held] = banners["held"]
+    assert held["kind"] == "self-preservation" and "7 silent instances" in held["text"], held
+    assert "anyway in 95 s" in held["text"], held
+    assert banners["storage"][0]["kind"] == "storage" and "database is down" in banners["storage"][0]["text"]
+    assert banners["gone"][0]["kind"] == "unreachable"
     origin = f"{urlsplit(server.url).scheme}://{urlsplit(server.url).netloc}/"
     assert [url for _, url in recorded.requests if not url.startswith(origin)] == []
     # Live by the watch alone: the page never read the listing (it was never asked to).
