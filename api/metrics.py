@@ -186,13 +186,13 @@ class _Collector:
             ],
         )
         changes = stats["changes"]
-        for name, change, what in (
-            ("registrations", "registered", "New instances registered"),
-            ("deregistrations", "deregistered", "Instances deregistered or purged"),
-            ("evictions", "evicted", "Instances evicted after staying unhealthy past --evict-after"),
-            ("expiries", "unhealthy", "Instances marked unhealthy for want of heartbeats"),
+        for name, types, what in (
+            ("registrations", ("registered",), "New instances registered"),
+            ("deregistrations", ("deregistered", "purged"), "Instances deregistered or purged"),
+            ("evictions", ("evicted",), "Instances evicted after staying unhealthy past --evict-after"),
+            ("expiries", ("unhealthy",), "Instances marked unhealthy for want of heartbeats"),
         ):
-            yield _counter(f"model_registry_{name}", what, [({}, changes.get(change, 0))])
+            yield _counter(f"model_registry_{name}", what, [({}, sum(changes.get(t, 0) for t in types))])
         yield _counter(
             "model_registry_changes",
             "Changes this process made, by type",

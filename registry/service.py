@@ -40,7 +40,7 @@ __all__ = ["CheckResult", "Registry", "check_timing"]
 log = logging.getLogger("registry")
 
 #: Changes after which an instance is no candidate of selection until it comes back.
-_GONE = frozenset({Change.DEREGISTERED, Change.EVICTED})
+_GONE = frozenset({Change.DEREGISTERED, Change.EVICTED, Change.PURGED})
 
 
 class Registry(DBGPTMethods):
@@ -322,7 +322,7 @@ class Registry(DBGPTMethods):
         if record is None:
             raise InstanceNotFound(key)
         log.info("instance purged" if purge else "instance deregistered", extra=fields_of(key))
-        self._core.publish(Change.DEREGISTERED, record)
+        self._core.publish(Change.PURGED if purge else Change.DEREGISTERED, record)
         return record
 
     async def patch(self, key: InstanceKey, changes: dict[str, Any]) -> ModelInstance:

@@ -139,7 +139,7 @@ class PostgresStorage(SQLStorage):
             self._known.clear()
             self._addresses.clear()
             self._per_model.clear()
-        elif change in ("evicted", "deregistered"):
+        elif change in ("evicted", "purged", "deregistered"):
             # Gone, or unhealthy: either way this replica's next beat of it must
             # ask the database (and re-register it if it was purged).
             self._forget(key)

@@ -53,7 +53,10 @@ async def test_snapshot_then_every_change_in_order(client: TestClient, clock: Ma
         await client.post("/api/v1/heartbeat", json=body(port=8001))
         await client.delete(INSTANCES, params={"model_name": "m", "host": "10.0.0.1", "port": "8002"})
         clock.advance(601)  # 8001 silent again; 8002 unhealthy past evict-after
-        seen = [await next_json(ws) for _ in range(7)]
+        await client.delete(
+            INSTANCES, params={"model_name": "m", "host": "10.0.0.1", "port": "8001", "purge": "true"}
+        )
+        seen = [await next_json(ws) for _ in range(8)]
     assert [(m["type"], m["instance"]["port"]) for m in seen] == [
         ("registered", 8002),
         ("updated", 8002),
@@ -62,9 +65,10 @@ async def test_snapshot_then_every_change_in_order(client: TestClient, clock: Ma
         ("deregistered", 8002),
         ("unhealthy", 8001),
         ("evicted", 8002),
+        ("purged", 8001),  # deleted by an operator, told apart from a deregistration
     ]
     revisions = [snapshot["revision"]] + [m["revision"] for m in seen]
-    assert revisions == list(range(revisions[0], revisions[0] + 8))
+    assert revisions == list(range(revisions[0], revisions[0] + 9))
     assert seen[1]["instance"]["weight"] == 2.0 and seen[2]["instance"]["healthy"] is False
 
 

@@ -45,7 +45,7 @@ __all__ = ["HealthyCache"]
 
 log = logging.getLogger("model_registry_sdk.cache")
 
-_REMOVED = frozenset({Change.DEREGISTERED, Change.EVICTED})
+_REMOVED = frozenset({Change.DEREGISTERED, Change.EVICTED, Change.PURGED})
 
 
 class Watchable(Protocol):

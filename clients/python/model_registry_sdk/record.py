@@ -157,8 +157,9 @@ class Change(StrEnum):
     DISABLED = "disabled"
     COOLDOWN = "cooldown"
     RESTORED = "restored"
-    DEREGISTERED = "deregistered"
-    EVICTED = "evicted"
+    DEREGISTERED = "deregistered"  # marked unhealthy by its worker or an operator, and kept
+    EVICTED = "evicted"  # deleted by the checker after staying unhealthy past --evict-after
+    PURGED = "purged"  # deleted by an operator (DELETE ... purge=true)
 
 
 # -- the wire format -----------------------------------------------------------
