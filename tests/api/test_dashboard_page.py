@@ -222,6 +222,17 @@ async def test_the_page_follows_the_registry_live_and_an_operator_drains(
                 await expect(silent).to_have_count(0, timeout=WAIT_MS)
                 async with http.get("/api/v1/instances", params={"model_name": MODEL}) as answer:
                     assert [i["host"] for i in (await answer.json())["instances"]] == ["10.0.0.6"]
+                # Deregistered elsewhere, it stays (unhealthy); purged elsewhere, it goes.
+                await _register(http, "10.0.0.8")
+                other = _row(page, MODEL, "10.0.0.8", 8001)
+                await _shown_within(other, LIVE_S)
+                async with http.delete("/api/v1/instances", params=_identity("10.0.0.8")) as answer:
+                    assert answer.status == 200, await answer.text()
+                await expect(other).to_have_attribute("data-health", "unhealthy", timeout=WAIT_MS)
+                purge = {**_identity("10.0.0.8"), "purge": "true"}
+                async with http.delete("/api/v1/instances", params=purge) as answer:
+                    assert answer.status == 200, await answer.text()
+                await expect(other).to_have_count(0, timeout=int(LIVE_S * 1000))
 
                 # The filter: by model name.
                 await page.get_by_test_id("filter").fill("no-such-model")

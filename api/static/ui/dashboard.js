@@ -281,7 +281,6 @@ class Dashboard {
       else if (kind === "weight") await this.api.patch(instance, { weight: answer.weight });
       else if (kind === "deregister") await this.api.deregister(instance);
       else if (kind === "purge") {
-        this.store.purging(keyOf(instance));
         await this.api.deregister(instance, { purge: true });
         this.store.remove(keyOf(instance));
         this.#schedule();

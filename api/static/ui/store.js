@@ -13,7 +13,6 @@ export const isAvailable = (i) => i.healthy && i.enabled && i.cooldown_until == 
 // Events whose instance is gone from the registry.
 const REMOVED = new Set(["evicted", "purged"]);
 const FEED_LENGTH = 200;
-const PURGE_MEMORY_MS = 30_000;
 
 class ModelSummary {
   constructor(name) {
@@ -52,7 +51,6 @@ export class Store {
     this.feed = []; // newest last, at most FEED_LENGTH
     this.applied = 0; // events applied since the page opened (the benchmark reads it)
     this.resets = 0;
-    this.purges = new Map(); // key -> when this page purged it
     this.#clearDirty();
   }
 
@@ -93,28 +91,13 @@ export class Store {
     const instance = event.instance;
     if (instance) {
       const key = keyOf(instance);
-      // A purge is published as "deregistered" with the record as it was; a plain
-      // deregistration marks it unhealthy. A healthy "deregistered" is a deletion.
-      if (REMOVED.has(event.type) || (event.type === "deregistered" && (instance.healthy || this.#purged(key)))) {
-        this.remove(key);
-      }
+      // "deregistered" keeps the instance (marked unhealthy); these delete it.
+      if (REMOVED.has(event.type)) this.remove(key);
       else this.#put(instance);
       this.#note(event, instance);
     }
     if (typeof event.revision === "number") this.revision = event.revision;
     this.applied += 1;
-  }
-
-  // This page is purging ``key``: its "deregistered" event, whatever its record says, is a deletion.
-  purging(key) {
-    const now = Date.now();
-    for (const [known, at] of this.purges) if (now - at > PURGE_MEMORY_MS) this.purges.delete(known);
-    this.purges.set(key, now);
-  }
-
-  #purged(key) {
-    const at = this.purges.get(key);
-    return at !== undefined && Date.now() - at <= PURGE_MEMORY_MS;
   }
 
   remove(key) {
