@@ -18,33 +18,20 @@ import functools
 from importlib.resources import files
 from typing import Any
 
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from model_registry import Registry
 from model_registry.auth import Principal
 
-from .assets import content_type_of, respond
+from .assets import CONTENT_SECURITY_POLICY, content_type_of, respond
 from .auth import CHALLENGE, SESSION_COOKIE, csrf_token
+from .hosts import require_origin
 from .keys import LIFECYCLE
 from .problem import ApiError
 from .responses import json_response, read_object
 
 __all__ = ["CONTENT_SECURITY_POLICY", "asset", "files_served", "page", "session", "sign_in", "sign_out"]
 
-#: Everything from the registry, nothing inline, no ``eval``; ``'self'`` covers the
-#: page's own WebSocket (``ws:``/``wss:`` to the same host) in CSP Level 3 browsers.
-CONTENT_SECURITY_POLICY = "; ".join(
-    [
-        "default-src 'none'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' data:",
-        "connect-src 'self'",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
-    ]
-)
 #: The page and its files are revalidated (their ETag answers 304 when unchanged).
 _REVALIDATE = "no-cache"
 _UI = "ui"
@@ -99,14 +86,7 @@ async def session(request: web.Request, registry: Registry) -> web.Response:
 async def sign_in(request: web.Request, registry: Registry) -> web.Response:
     """``{"token": "..."}``: a session cookie for the browser (HttpOnly, SameSite=Strict)."""
     lifecycle = request.app[LIFECYCLE]
-    hosts, origin = lifecycle.hosts, request.headers.get(hdrs.ORIGIN)
-    if hosts is not None and not hosts.allows_origin(origin, request.headers.get(hdrs.HOST)):
-        raise ApiError(
-            403,
-            "origin_not_allowed",
-            f"a page at {(origin or '')[:100]!r} may not sign in to this registry: open the dashboard "
-            "from the registry's own address, or start it with --allowed-hosts naming its host",
-        )
+    require_origin(lifecycle.hosts, request, "sign in to this registry")
     body = await read_object(request)
     token = body.get("token")
     if not isinstance(token, str) or not 1 <= len(token) <= 1024:

@@ -15,7 +15,7 @@ from aiohttp import hdrs, web
 
 from model_registry import Registry
 
-from .assets import HEADERS, load, respond
+from .assets import CONTENT_SECURITY_POLICY, HEADERS, load, respond
 from .problem import ApiError
 
 __all__ = ["ASSETS", "CONTENT_SECURITY_POLICY", "asset", "page"]
@@ -27,21 +27,6 @@ ASSETS: dict[str, tuple[str, str]] = {
     "swagger-ui-init.js": ("swagger-ui-init.js", "text/javascript"),
 }
 
-#: Scripts, styles, images and fetches from the registry alone. Scripts stay strict (no
-#: inline script, no eval): the initializer is a file. Images may be ``data:`` URLs, which
-#: Swagger UI's stylesheet uses for its icons.
-CONTENT_SECURITY_POLICY = "; ".join(
-    [
-        "default-src 'none'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' data:",
-        "connect-src 'self'",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
-    ]
-)
 
 #: The assets' URLs carry a digest of their content, so a browser may keep them for a year:
 #: a registry with another Swagger UI names other URLs. The page itself is revalidated.

@@ -27,7 +27,11 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
-__all__ = ["AllowedHosts"]
+from aiohttp import hdrs, web
+
+from .problem import ApiError
+
+__all__ = ["AllowedHosts", "require_origin"]
 
 #: Values seen and allowed, kept so that the usual few cost one lookup; bounded.
 _MAX_REMEMBERED = 1024
@@ -99,3 +103,16 @@ def _hostname(host: str) -> str:
         return host if end < 0 else host[: end + 1]
     name, colon, _ = host.rpartition(":")
     return (name if colon else host).rstrip(".")
+
+
+def require_origin(hosts: AllowedHosts | None, request: web.Request, doing: str) -> None:
+    """403 ``origin_not_allowed`` for a browser's page of another site ``doing`` something
+    (opening the watch, signing in); ``hosts`` is ``None`` when the check is off."""
+    origin = request.headers.get(hdrs.ORIGIN)
+    if hosts is not None and not hosts.allows_origin(origin, request.headers.get(hdrs.HOST)):
+        raise ApiError(
+            403,
+            "origin_not_allowed",
+            f"a page at {(origin or '')[:100]!r} may not {doing}: open it from the registry's own "
+            "address, or start the registry with --allowed-hosts naming its host",
+        )

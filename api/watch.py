@@ -22,11 +22,12 @@ import asyncio
 import contextlib
 from typing import Any
 
-from aiohttp import WSCloseCode, hdrs, web
+from aiohttp import WSCloseCode, web
 
 from model_registry import Registry
 from model_registry.events import Closed, Event, Overflow, Watcher
 
+from .hosts import require_origin
 from .keys import LIFECYCLE, SETTINGS
 from .metrics import METRICS, Metrics
 from .params import model_name_param, revision_param
@@ -55,14 +56,7 @@ async def watch(request: web.Request, registry: Registry) -> web.StreamResponse:
             "GET /api/v1/watch is a WebSocket: connect with a WebSocket client, "
             "or long-poll GET /api/v1/instances?index=N&wait=30s",
         )
-    hosts, origin = request.app[LIFECYCLE].hosts, request.headers.get(hdrs.ORIGIN)
-    if hosts is not None and not hosts.allows_origin(origin, request.headers.get(hdrs.HOST)):
-        raise ApiError(
-            403,
-            "origin_not_allowed",
-            f"a WebSocket from the page at {(origin or '')[:100]!r} may not watch this registry: open "
-            "the page from the registry's own address, or start it with --allowed-hosts naming its host",
-        )
+    require_origin(request.app[LIFECYCLE].hosts, request, "watch this registry")
     if registry.feed.watchers >= settings.max_watchers:
         raise ApiError(
             503,
