@@ -83,7 +83,7 @@ def duration_param(request: web.Request, name: str, *, limit: float) -> float | 
 
 
 def strategy_param(request: web.Request) -> str:
-    """``strategy`` for ``select``: weighted (the default), round_robin or least_load."""
+    """``strategy`` for ``select``: weighted (the default), round_robin, least_load or power_of_two."""
     raw = request.query.get("strategy")
     if raw is None:
         return DEFAULT_STRATEGY

@@ -22,6 +22,14 @@ least_load
     The lowest ``queue_length / weight``; an instance that never reported a
     load counts as 0, so a fresh instance receives traffic. Ties are broken
     at random.
+power_of_two
+    Two eligible instances drawn at random (uniformly, without replacement),
+    and the less loaded of the two (``queue_length / weight``; a tie goes to
+    either at random). Many routers picking "the least loaded" from the same
+    reports all send their next requests to the same instance until its next
+    report says otherwise; two random choices still avoid the busy instances
+    without herding onto one (Mitzenmacher's "power of two choices"). With one
+    eligible instance it is that one.
 
 Why least_load changes nothing: FastChat's shortest-queue dispatch adds one
 to the chosen worker's queue length on every pick, a guess at load the
@@ -48,7 +56,7 @@ from .storage import InstanceKey, ModelInstance
 
 __all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "Selector", "parse_strategy"]
 
-STRATEGIES: tuple[str, ...] = ("weighted", "round_robin", "least_load")
+STRATEGIES: tuple[str, ...] = ("weighted", "round_robin", "least_load", "power_of_two")
 DEFAULT_STRATEGY = "weighted"
 
 
@@ -92,6 +100,8 @@ class Selector:
             return None
         if name == "weighted":
             return self._rng.choices(eligible, _scaled_weights(eligible))[0]
+        if name == "power_of_two":
+            return self._power_of_two(eligible)
         return self._least_load(eligible)
 
     def forget(self, key: InstanceKey) -> None:
@@ -126,6 +136,15 @@ class Selector:
         loads = [_load(i) for i in eligible]
         lowest = min(loads)
         return self._rng.choice([i for i, load in zip(eligible, loads, strict=True) if load == lowest])
+
+    def _power_of_two(self, eligible: list[ModelInstance]) -> ModelInstance:
+        if len(eligible) == 1:
+            return eligible[0]
+        first, second = self._rng.sample(eligible, 2)
+        a, b = _load(first), _load(second)
+        if a == b:
+            return first  # the draw was random already: either of equals
+        return first if a < b else second
 
 
 def _model_of(candidates: Sequence[ModelInstance]) -> str | None:

@@ -67,11 +67,13 @@ def test_parse_strategy_accepts_any_case_and_dashes(value: str, expected: str) -
 def test_parse_strategy_rejects_unknown_names_listing_the_valid_ones(value: str) -> None:
     with pytest.raises(ValueError) as info:
         parse_strategy(value)
-    assert str(info.value) == f"unknown strategy {value!r}: use one of weighted, round_robin, least_load"
+    assert str(info.value) == (
+        f"unknown strategy {value!r}: use one of weighted, round_robin, least_load, power_of_two"
+    )
 
 
 def test_strategies_and_default() -> None:
-    assert STRATEGIES == ("weighted", "round_robin", "least_load")
+    assert STRATEGIES == ("weighted", "round_robin", "least_load", "power_of_two")
     assert DEFAULT_STRATEGY == "weighted"
 
 
@@ -269,3 +271,33 @@ def test_least_load_picks_do_not_inflate_the_load() -> None:
     tied = [inst(8001, queue_length=3), inst(8002, queue_length=3)]
     assert set(run(selector, tied, "least_load", 100)) == {"a", "b"}
     assert [c.queue_length for c in tied] == [3, 3]
+
+
+# -- power_of_two ----------------------------------------------------------------
+
+
+def test_power_of_two_never_picks_the_busiest_and_favours_the_idle() -> None:
+    # Loads 0, 1, 2, 3: the busiest loses every draw it is in; the idlest wins every one.
+    candidates = [inst(8001, queue_length=0), inst(8002, queue_length=1), inst(8003, queue_length=2)]
+    candidates.append(inst(8004, queue_length=3))
+    got = shares(run(Selector(random.Random(11)), candidates, "power_of_two", 6000))
+    assert "d" not in got
+    # Of the six pairs, a wins 3, b 2 and c 1: shares 1/2, 1/3 and 1/6.
+    for letter, expected in {"a": 1 / 2, "b": 1 / 3, "c": 1 / 6}.items():
+        assert abs(got[letter] - expected) < 0.03, got
+
+
+def test_power_of_two_spreads_where_least_load_herds() -> None:
+    # Nine idle instances and a tenth a little less loaded: least_load sends everything to the
+    # tenth; two random choices send it only what it wins (the pairs it is in: 2 in 10).
+    candidates = [inst(8001 + n, 2, 1) for n in range(9)] + [inst(8010, 2, 0)]
+    assert set(run(Selector(random.Random(12)), candidates, "least_load", 300)) == {"j"}
+    got = shares(run(Selector(random.Random(12)), candidates, "power_of_two", 5000))
+    assert abs(got["j"] - 0.2) < 0.03 and len(got) == 10, got
+
+
+def test_power_of_two_divides_by_weight_and_takes_a_lone_instance() -> None:
+    heavy, light = inst(8001, 4, 4), inst(8002, 1, 2)  # loads 1.0 and 2.0
+    assert set(run(Selector(random.Random(13)), [heavy, light], "power_of_two", 100)) == {"a"}
+    assert run(Selector(random.Random(13)), [inst(8001, queue_length=50)], "power_of_two", 3) == "aaa"
+    assert Selector(random.Random(13)).pick([inst(8001, enabled=False)], "power_of_two") is None

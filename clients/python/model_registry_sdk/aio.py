@@ -161,7 +161,8 @@ class AsyncRegistryClient:
         return [summary_from_wire(item) for item in answer["models"]]
 
     async def select(self, model_name: str, strategy: str = "weighted") -> ModelInstance:
-        """One healthy instance, picked by ``strategy``: weighted, round_robin or least_load."""
+        """One healthy instance, picked by ``strategy``: weighted, round_robin, least_load or
+        power_of_two."""
         params = {"model_name": model_name, "strategy": strategy}
         return from_wire(await self._transport.request("GET", f"{_V1}/select", params=params))
 

@@ -105,7 +105,7 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     select.add_argument(
         "--strategy",
         default="weighted",
-        choices=("weighted", "round_robin", "least_load"),
+        choices=("weighted", "round_robin", "least_load", "power_of_two"),
         help="how to pick (default: weighted)",
     )
 
