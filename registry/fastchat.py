@@ -104,12 +104,16 @@ def worker_address(worker_name: str) -> tuple[str, int]:
     """The host and port a worker's URL names (``http://10.0.0.5:21002``).
 
     A path is kept (in the worker's name) for dispatch to answer; credentials,
-    a query or a fragment are refused: the name is stored and handed to every
-    API server that asks where a model runs.
+    a query, a fragment, spaces and control characters are refused: the name is
+    stored and handed to every API server that asks where a model runs.
     """
     problem = "must be the worker's URL, http://HOST:PORT"
+    name = worker_name.strip()
+    if any(c <= " " or c == "\x7f" for c in name):
+        # urlsplit drops tabs and newlines, but the name is stored and answered as sent.
+        raise InvalidInstance([("worker_name", f"{problem}, without spaces or control characters")])
     try:
-        url = urlsplit(worker_name.strip())
+        url = urlsplit(name)
         if url.username is not None or url.password is not None:
             raise InvalidInstance([("worker_name", f"{problem}, without credentials (they would be shown)")])
         port = {"http": 80, "https": 443}.get(url.scheme) if url.port is None else url.port
