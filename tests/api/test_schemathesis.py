@@ -30,7 +30,7 @@ from tests.process import ServerProcess
 
 #: Generated requests per operation, and scenarios of the state machine.
 EXAMPLES = 25
-SCENARIOS = 40
+SCENARIOS = 80
 
 TOKEN = secrets.token_urlsafe(32)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
