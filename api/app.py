@@ -21,8 +21,20 @@ from .auth import Auth
 from .connections import ConnectionCap, Disconnects
 from .fastchat import callbacks_context
 from .hosts import AllowedHosts
-from .keys import ADVICE, CONNECTIONS, DISCONNECTS, FASTCHAT, LIFECYCLE, REGISTRY, SETTINGS, TOKENS, Lifecycle
+from .keys import (
+    ADVICE,
+    CONNECTIONS,
+    DISCONNECTS,
+    FASTCHAT,
+    LIFECYCLE,
+    PROBER,
+    REGISTRY,
+    SETTINGS,
+    TOKENS,
+    Lifecycle,
+)
 from .metrics import METRICS, Metrics
+from .prober import Prober
 from .responses import BODY_TIMEOUT, MAX_BODY_BYTES
 from .routes import setup_routes
 
@@ -85,6 +97,7 @@ def create_app(
                 preservation=settings.preservation,
                 max_instances=settings.max_instances,
                 max_instances_per_model=settings.max_instances_per_model,
+                probe_allowed_hosts=settings.probe_hosts,
                 clock=clock,
                 rng=rng,
             ) as registry,
@@ -102,10 +115,15 @@ def create_app(
             app[ADVICE] = advice = TimeoutAdvice(registry.heartbeat_timeout)
             app[FASTCHAT] = FastChat(registry, settings.fastchat_dispatch, advice)
             warning = _warn_open(settings) if not settings.auth and not settings.loopback else None
+            app[PROBER] = prober = Prober(
+                registry, concurrency=settings.probe_concurrency, owns=await storage.probe_shares()
+            )
+            await prober.start()
             try:
                 yield
             finally:
                 lifecycle.registry = None
+                await prober.stop()
                 await tokens.stop()
                 await cancelled([warning])
 

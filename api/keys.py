@@ -16,6 +16,7 @@ from model_registry.settings import Settings
 from .auth import Auth
 from .connections import ConnectionCap, Disconnects
 from .hosts import AllowedHosts
+from .prober import Prober
 
 __all__ = [
     "ADVICE",
@@ -24,6 +25,7 @@ __all__ = [
     "DISCONNECTS",
     "FASTCHAT",
     "TOKENS",
+    "PROBER",
     "LIFECYCLE",
     "REGISTRY",
     "SETTINGS",
@@ -75,6 +77,7 @@ CALLBACKS = web.AppKey("callbacks", ClientSession)
 ADVICE = web.AppKey("advice", TimeoutAdvice)
 #: The API tokens (managed through /api/v1/tokens even while authentication is off).
 TOKENS = web.AppKey("tokens", Tokens)
+PROBER = web.AppKey("prober", Prober)
 #: Tells long-polls that their client has gone (attached to the server by ``serve``).
 DISCONNECTS = web.AppKey("disconnects", Disconnects)
 #: The connections by client address, and those refused (attached to the server by ``serve``).

@@ -211,7 +211,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/api/v1/select"): Operation(
         "Pick one healthy, enabled instance of a model that is not cooling down",
         "instances",
-        {200: ("the instance picked", ref("Instance"))},
+        {200: ("the instance picked, and why", ref("Selected"))},
         parameters=(
             _query("model_name", {"type": "string", "minLength": 1}, "the model", required=True),
             _query(

@@ -15,6 +15,7 @@ from pydantic import TypeAdapter
 
 from model_registry import validation
 from model_registry.fastchat import HeartBeat, RegisterWorker, WorkerAddressQuery
+from model_registry.selection import STRATEGIES
 from model_registry_sdk.record import SERVER_MANAGED_FIELDS, Change, ModelSummary
 
 from . import dbgpt, tokens
@@ -130,11 +131,13 @@ def components() -> dict[str, Any]:
         "properties": {
             **{name: registration["properties"][name] for name in identity},
             "queue_length": _json_schema(TypeAdapter(validation.RULES["queue_length"]), defs),
+            **_json_schema(validation._LOAD, defs)["properties"],
         },
         "required": identity,
         "additionalProperties": True,
         "description": (
-            "The instance's identity and its load (`queue_length`). The rest of a Registration "
+            "The instance's identity and its load (`queue_length`; an engine's `waiting`, "
+            "`running` and `kv_cache_usage`, 0 to 1). The rest of a Registration "
             "may come along: it is read, with a Registration's rules, only when the beat registers "
             "an instance the registry does not know."
         ),
@@ -169,6 +172,22 @@ def components() -> dict[str, Any]:
             "additionalProperties": False,
         },
         "Instance": record,
+        "Selected": {
+            **record,
+            "properties": {
+                **record["properties"],
+                "reason": _obj(
+                    strategy={"enum": list(STRATEGIES)},
+                    load={
+                        "anyOf": [{"type": "object", "additionalProperties": True}, {"type": "null"}],
+                        "description": "the load the strategy read: the engine's, or the queue length",
+                    },
+                    fresh={"type": "boolean", "description": "whether that load is recent enough to read"},
+                ),
+            },
+            "required": [*record["required"], "reason"],
+            "description": "The instance picked, and why (`reason`), for a router's log.",
+        },
         "Registration": registration,
         "Heartbeat": heartbeat,
         "Override": override,

@@ -151,7 +151,8 @@ async def _long_poll(request: web.Request, registry: Registry, model_name: str |
 async def select(request: web.Request, registry: Registry) -> web.Response:
     model_name = model_name_param(request, required=True)
     strategy = strategy_param(request)
-    return json_response(await registry.select(model_name, strategy))
+    picked, reason = await registry.select_why(model_name, strategy)
+    return json_response({**picked.__dict__, "reason": reason})
 
 
 async def health(request: web.Request, registry: Registry) -> web.Response:

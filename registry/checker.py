@@ -169,7 +169,9 @@ class Checker:
         expired: list[ModelInstance] = []
         if not self._guarded(self._expiry_guard, "marking unhealthy", census.silent, census.checked, mono):
             with core.noting_outages():
-                expired = await storage.expire(expire_cutoff, now)
+                expired = await storage.expire(
+                    expire_cutoff, now, f"heartbeat: none within {self.timeout:g} s"
+                )
         for record in expired:
             log.info(
                 "instance marked unhealthy: no heartbeat within the timeout",

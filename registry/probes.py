@@ -28,7 +28,20 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from .errors import InvalidInstance
 from .validation import normalize_host, problems_of
 
-__all__ = ["Check", "Scrape", "check_from", "scrape_from", "target_url"]
+__all__ = [
+    "STARTING",
+    "Check",
+    "Hysteresis",
+    "Scrape",
+    "check_from",
+    "same_problem",
+    "scrape_from",
+    "target_url",
+]
+
+#: The ``state_reason`` of an instance registered with a check it has not yet passed:
+#: it is listed, and not served, until it does.
+STARTING = "probe: not yet passed"
 
 #: Seconds between probes (or scrapes) of one instance, at least and at most.
 MIN_INTERVAL_S, MAX_INTERVAL_S = 1.0, 3600.0
@@ -39,7 +52,8 @@ _Count = Annotated[int, Field(strict=True, ge=1, le=100)]
 
 
 class Check(BaseModel):
-    """An active HTTP health check: 2xx is a pass; anything else, or no answer within
+    """An active HTTP health check: a status from 200 to 399 is a pass (as Kubernetes
+    counts it; redirects are not followed); anything else, or no answer within
     ``timeout``, a failure."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -49,6 +63,38 @@ class Check(BaseModel):
     timeout: Annotated[float, Field(strict=True, gt=0, le=60, allow_inf_nan=False)] = 2.0
     healthy_after: _Count = 1
     unhealthy_after: _Count = 3
+
+
+def same_problem(reason: str | None, other: str | None) -> bool:
+    """Whether two probes' reasons tell of the same problem (``probe: HTTP 503 after 2 s``
+    and ``... after 1.5 s`` do: the time it took is not the problem)."""
+    if reason is None or other is None:
+        return reason == other
+    return reason.split(" after ")[0] == other.split(" after ")[0]
+
+
+class Hysteresis:
+    """When probe results change an instance's health: ``unhealthy_after`` failures in
+    a row mark it, ``healthy_after`` passes in a row bring it back; one result against
+    the run starts the count again. Pure state, no clock."""
+
+    __slots__ = ("failures", "healthy_after", "passes", "unhealthy_after")
+
+    def __init__(self, healthy_after: int = 1, unhealthy_after: int = 3) -> None:
+        self.healthy_after, self.unhealthy_after = healthy_after, unhealthy_after
+        self.passes = self.failures = 0
+
+    def passed(self) -> bool:
+        """A probe passed: whether the instance has now passed enough in a row to be healthy."""
+        self.failures = 0
+        self.passes += 1
+        return self.passes >= self.healthy_after
+
+    def failed(self) -> bool:
+        """A probe failed: whether the instance has now failed enough in a row to be unhealthy."""
+        self.passes = 0
+        self.failures += 1
+        return self.failures >= self.unhealthy_after
 
 
 class Scrape(BaseModel):

@@ -19,13 +19,18 @@ round_robin
     forgets the model, and so does the removal of its last counted instance
     (``forget``), so models that are gone hold nothing.
 least_load
-    The lowest ``queue_length / weight``; an instance that never reported a
-    load counts as 0, so a fresh instance receives traffic. Ties are broken
-    at random.
+    The least loaded, by what ``load_of`` reads: the engine's own load when
+    it is fresh (requests waiting, then running, each divided by the weight,
+    then the KV cache's use), else the ``queue_length`` of its beats (divided
+    by the weight). An instance that never reported a load counts as idle, so
+    a new instance receives traffic; one whose engine load has gone stale
+    (older than ``STALE_AFTER`` of its intervals) and that has no queue length
+    is unknown, and picked only when every candidate is. Ties are broken at
+    random.
 power_of_two
     Two eligible instances drawn at random (uniformly, without replacement),
-    and the less loaded of the two (``queue_length / weight``; a tie goes to
-    either at random). Many routers picking "the least loaded" from the same
+    and the less loaded of the two (as ``least_load`` compares them; a tie
+    goes to either at random). Many routers picking "the least loaded" from the same
     reports all send their next requests to the same instance until its next
     report says otherwise; two random choices still avoid the busy instances
     without herding onto one (Mitzenmacher's "power of two choices"). With one
@@ -50,11 +55,13 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from operator import attrgetter
+from typing import Any, NamedTuple
 
 from .storage import InstanceKey, ModelInstance
 
-__all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "Selector", "parse_strategy"]
+__all__ = ["DEFAULT_STRATEGY", "STALE_AFTER", "STRATEGIES", "Load", "Selector", "load_of", "parse_strategy"]
 
 STRATEGIES: tuple[str, ...] = ("weighted", "round_robin", "least_load", "power_of_two")
 DEFAULT_STRATEGY = "weighted"
@@ -71,6 +78,64 @@ def parse_strategy(value: str) -> str:
     return name
 
 
+#: An engine's load is fresh for this many of its intervals (its scrape interval,
+#: or the heartbeat interval when its worker reports it): then it is unknown.
+STALE_AFTER = 3
+
+
+class Load(NamedTuple):
+    """How ``least_load`` and ``power_of_two`` compare instances: lower is less loaded."""
+
+    unknown: bool  # its engine load went stale, and it reports no queue length
+    waiting: float  # per unit of weight
+    running: float  # per unit of weight
+    kv_cache_usage: float
+
+    def reason(self, instance: ModelInstance, fresh: bool) -> dict[str, Any]:
+        """What ``select`` says of the load it read."""
+        if fresh:
+            load: dict[str, Any] | None = {
+                "waiting": instance.waiting,
+                "running": instance.running,
+                "kv_cache_usage": instance.kv_cache_usage,
+                "load_at": instance.load_at,
+                "source": "engine",
+            }
+        elif instance.queue_length is not None:
+            load = {"queue_length": instance.queue_length, "source": "queue_length"}
+        else:
+            load = None
+        return {"load": load, "fresh": fresh or instance.queue_length is not None}
+
+
+_IDLE = Load(False, 0.0, 0.0, 0.0)
+_UNKNOWN = Load(True, 0.0, 0.0, 0.0)
+
+
+def fresh_load(instance: ModelInstance, now: datetime | None, heartbeat_interval: float) -> bool:
+    """Whether the instance's engine load was measured recently enough to be read."""
+    at = instance.load_at
+    if at is None or now is None:
+        return at is not None and now is None
+    interval = instance.metrics["interval"] if instance.metrics else heartbeat_interval
+    return now - at <= timedelta(seconds=STALE_AFTER * interval)
+
+
+def load_of(instance: ModelInstance, now: datetime | None = None, heartbeat_interval: float = 10.0) -> Load:
+    """The instance's load as selection compares it (see the module's ``least_load``)."""
+    weight = instance.weight
+    if fresh_load(instance, now, heartbeat_interval):
+        return Load(
+            False,
+            (instance.waiting or 0) / weight,
+            (instance.running or 0) / weight,
+            instance.kv_cache_usage or 0.0,
+        )
+    if instance.queue_length is not None:
+        return Load(False, instance.queue_length / weight, 0.0, 0.0)
+    return _UNKNOWN if instance.load_at is not None else _IDLE
+
+
 class Selector:
     """Picks one instance of a model by a strategy.
 
@@ -78,19 +143,27 @@ class Selector:
     per request). Not thread-safe: meant for one event loop.
     """
 
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(self, rng: random.Random | None = None, heartbeat_interval: float = 10.0) -> None:
         self._rng = rng if rng is not None else random.Random()
         self._current: dict[str, dict[InstanceKey, float]] = {}
+        #: The interval of a worker's beats, which may carry its engine's load (see ``fresh_load``).
+        self.heartbeat_interval = heartbeat_interval
+        self._now: datetime | None = None
 
     def pick(
-        self, candidates: Sequence[ModelInstance], strategy: str = DEFAULT_STRATEGY
+        self,
+        candidates: Sequence[ModelInstance],
+        strategy: str = DEFAULT_STRATEGY,
+        now: datetime | None = None,
     ) -> ModelInstance | None:
         """One of ``candidates`` (all of one model), or None when none is eligible.
 
-        ``strategy`` is read by ``parse_strategy``. Raises ``ValueError`` for an
-        unknown strategy or candidates of more than one model. Never changes
+        ``strategy`` is read by ``parse_strategy``. ``now`` judges whether an
+        engine's load is fresh (without it, any is). Raises ``ValueError`` for
+        an unknown strategy or candidates of more than one model. Never changes
         the candidates.
         """
+        self._now = now
         name = strategy if strategy in STRATEGIES else parse_strategy(strategy)
         model = _model_of(candidates)
         eligible = _eligible(candidates)
@@ -132,8 +205,17 @@ class Selector:
         self._current[model] = current
         return chosen
 
+    def reason(self, picked: ModelInstance, strategy: str, now: datetime | None) -> dict[str, Any]:
+        """Why ``pick`` picked ``picked``: ``{"strategy", "load", "fresh"}``, for a router's log."""
+        name = strategy if strategy in STRATEGIES else parse_strategy(strategy)
+        fresh = fresh_load(picked, now, self.heartbeat_interval)
+        return {"strategy": name, **load_of(picked, now, self.heartbeat_interval).reason(picked, fresh)}
+
+    def _load(self, instance: ModelInstance) -> Load:
+        return load_of(instance, self._now, self.heartbeat_interval)
+
     def _least_load(self, eligible: list[ModelInstance]) -> ModelInstance:
-        loads = [_load(i) for i in eligible]
+        loads = [self._load(i) for i in eligible]
         lowest = min(loads)
         return self._rng.choice([i for i, load in zip(eligible, loads, strict=True) if load == lowest])
 
@@ -141,7 +223,7 @@ class Selector:
         if len(eligible) == 1:
             return eligible[0]
         first, second = self._rng.sample(eligible, 2)
-        a, b = _load(first), _load(second)
+        a, b = self._load(first), self._load(second)
         if a == b:
             return first  # the draw was random already: either of equals
         return first if a < b else second
@@ -176,7 +258,3 @@ def _scaled_weights(instances: Sequence[ModelInstance]) -> list[float]:
     """
     _, exponent = math.frexp(max(i.weight for i in instances))
     return [math.ldexp(i.weight, -exponent) for i in instances]
-
-
-def _load(instance: ModelInstance) -> float:
-    return (instance.queue_length or 0) / instance.weight

@@ -15,25 +15,36 @@ import dataclasses
 import logging
 import random
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from model_registry_sdk.record import Change
+from model_registry_sdk.record import Change, held_by_check
 
 from .checker import Checker, CheckResult, check_timing
 from .clock import Clock
 from .core import Core, fields_of
 from .dbgpt import DBGPTMethods
+from .engines import EngineLoad
 from .errors import InstanceLimit, InstanceNotFound, NoHealthyInstance
 from .events import Event, Feed
 from .pins import changer
 from .preservation import Preservation
+from .probes import STARTING, same_problem, target_url
 from .replication import Replication
 from .reports import Cooldowns, FailurePolicy
 from .selection import DEFAULT_STRATEGY, Selector
 from .storage import InstanceKey, ModelInstance, ModelSummary, Storage, StorageUnavailable
-from .validation import Report, heartbeat_from, instance_from, known_beat, override_from
+from .validation import (
+    MAX_QUEUE_LENGTH,
+    Report,
+    carries_load,
+    heartbeat_from,
+    instance_from,
+    known_beat,
+    load_from,
+    override_from,
+)
 
 __all__ = ["CheckResult", "Registry", "check_timing"]
 
@@ -66,6 +77,7 @@ class Registry(DBGPTMethods):
         preservation: Preservation | None = None,
         max_instances: int = 1_000_000,
         max_instances_per_model: int = 100_000,
+        probe_allowed_hosts: frozenset[str] = frozenset(),
     ) -> None:
         """``checker=False`` leaves sweeping to whoever calls ``check_once``
         (tests, or a replica that must not sweep).
@@ -80,6 +92,8 @@ class Registry(DBGPTMethods):
         back (see ``preservation``). ``max_instances`` and
         ``max_instances_per_model``: past them a new instance is refused
         (``InstanceLimit``); instances already registered are always updated.
+        ``probe_allowed_hosts``: hosts other than the instance's own that a
+        registration's check or metrics URL may name (see ``probes``).
         """
         check_timing(heartbeat_interval, heartbeat_timeout, evict_after)
         self.storage = storage
@@ -90,9 +104,10 @@ class Registry(DBGPTMethods):
         self._core = core = Core(storage, clock, follow_server, Feed(watch_history))
         #: Every change to membership and health, for watchers (see ``events``).
         self.feed = core.feed
-        self._selector = Selector(rng or random.Random())
+        self._selector = Selector(rng or random.Random(), heartbeat_interval)
         self.feed.listeners.append(self._forget_gone)
         self.max_instances, self.max_instances_per_model = max_instances, max_instances_per_model
+        self.probe_allowed_hosts = probe_allowed_hosts
         #: Heartbeats recorded since the start: for the metrics.
         self.heartbeats = 0
         self._sweeps = checker
@@ -155,7 +170,12 @@ class Registry(DBGPTMethods):
         """Create or update an instance, with the load it reports if it does;
         returns it as stored and whether it is new."""
         core = self._core
-        record = self._fresh(instance_from(instance))
+        record = self._targets(instance_from(instance))
+        previous = None
+        if record.check is not None:
+            with core.noting_outages():
+                previous = await self.storage.get(record.key)
+        record = self._fresh(record, previous)
         record.queue_length = queue_length
         await self._room_for(record.key)
         with core.noting_outages():
@@ -205,7 +225,7 @@ class Registry(DBGPTMethods):
         recorded. Synchronous, so that the hottest path awaits nothing.
         """
         beat = known_beat(body)
-        if beat is None:
+        if beat is None or carries_load(body):  # an engine's load is validated by ``heartbeat``
             return None
         record = self.storage.beat(beat[0], self._core.clock.now(), beat[1])
         if record is not None:
@@ -215,9 +235,13 @@ class Registry(DBGPTMethods):
     async def heartbeat(
         self, instance: ModelInstance | dict[str, Any], queue_length: int | None = None
     ) -> ModelInstance:
-        """Record a beat (see ``_heartbeat``)."""
+        """Record a beat (see ``_heartbeat``), and the engine's load when the
+        body carries it (``waiting``, ``running``, ``kv_cache_usage``)."""
+        load = load_from(instance) if isinstance(instance, dict) else None
         record = await self._heartbeat(instance, queue_length)
         self.heartbeats += 1
+        if load is not None:
+            record = self.storage.set_load(record.key, *load, self._core.clock.now()) or record
         return record
 
     async def _heartbeat(
@@ -255,8 +279,8 @@ class Registry(DBGPTMethods):
                 touched = await self.storage.touch(key, core.clock.now(), queue_length)
             if touched is not None:
                 return self._beaten(*touched)
-            record = self._fresh(unknown)
-            record.queue_length = queue_length
+            record = self._fresh(self._targets(unknown))
+            record.queue_length, record.last_heartbeat = queue_length, core.clock.now()  # it beats
             await self._room_for(key)
             with core.noting_outages():
                 inserted = await self.storage.insert(record)
@@ -318,7 +342,7 @@ class Registry(DBGPTMethods):
         if purge:
             record = await self.storage.delete(key)
         else:
-            record = await self.storage.mark_unhealthy(key, self._core.clock.now())
+            record = await self.storage.mark_unhealthy(key, self._core.clock.now(), "deregistered")
         if record is None:
             raise InstanceNotFound(key)
         log.info("instance purged" if purge else "instance deregistered", extra=fields_of(key))
@@ -341,23 +365,98 @@ class Registry(DBGPTMethods):
         self._core.publish(change, record)
         return record
 
+    # -- what the prober saw ---------------------------------------------------
+
+    async def check_failed(self, key: InstanceKey, reason: str) -> ModelInstance | None:
+        """The instance failed its check as many times in a row as it allows
+        (``unhealthy_after``): unhealthy, because ``reason`` (``probe: HTTP 503``).
+        Returns the record when this changed it; an instance unhealthy for
+        another reason (deregistered, silent) keeps that reason."""
+        core = self._core
+        with core.noting_outages():
+            record = await self.storage.get(key)
+            if record is None or not (record.healthy or held_by_check(record)):
+                return None
+            if not record.healthy and same_problem(record.state_reason, reason):
+                return None
+            marked = await self.storage.mark_unhealthy(key, core.clock.now(), reason)
+        if marked is None:
+            return None
+        if record.healthy:
+            log.info("instance marked unhealthy by its check", extra={**fields_of(key), "reason": reason})
+            core.publish(Change.UNHEALTHY, marked)
+        return marked
+
+    async def check_passed(self, key: InstanceKey) -> ModelInstance | None:
+        """The instance passed its check as many times in a row as it asks
+        (``healthy_after``): healthy again if its check held it, and its
+        heartbeats (if it sends any) have not stopped. Returns it when revived."""
+        core = self._core
+        heard_after = core.clock.now() - timedelta(seconds=self.heartbeat_timeout)
+        with core.noting_outages():
+            record = await self.storage.pass_check(key, heard_after)
+        if record is not None:
+            log.info("instance healthy: it passes its check", extra=fields_of(key))
+            core.publish(Change.HEALTHY, record)
+        return record
+
+    def set_load(
+        self, key: InstanceKey, load: EngineLoad, at: datetime | None = None
+    ) -> ModelInstance | None:
+        """The engine's load, scraped at ``at`` (now by default); counts are rounded."""
+        waiting = None if load.waiting is None else min(round(load.waiting), MAX_QUEUE_LENGTH)
+        running = None if load.running is None else min(round(load.running), MAX_QUEUE_LENGTH)
+        return self.storage.set_load(key, waiting, running, load.kv_cache_usage, at or self._core.clock.now())
+
     async def report(self, report: Report | dict[str, Any]) -> tuple[ModelInstance, int]:
         """A router's report on one request to an instance. Returns the
         instance and its failures in the current window (0 after a success);
         enough failures in a row put it in cooldown (see ``reports``)."""
         return await self._cooldowns.report(report)
 
-    def _fresh(self, instance: ModelInstance) -> ModelInstance:
-        """``instance`` with the server-managed fields a new registration gets."""
+    def _fresh(self, instance: ModelInstance, previous: ModelInstance | None = None) -> ModelInstance:
+        """``instance`` with the server-managed fields a new registration gets.
+
+        An instance with a check is not served until it passes it: it starts
+        unhealthy, held by its check (``STARTING``), with no heartbeat yet (so
+        the heartbeat timeout leaves it alone until it beats). Registered again
+        (``previous``), it keeps what its check last said.
+        """
         now = self._core.clock.now()
-        return dataclasses.replace(
+        fresh = dataclasses.replace(
             instance,
             healthy=True,
             last_heartbeat=now,
             registered_at=now,
             unhealthy_since=None,
             queue_length=None,
+            state_reason=None,
+            waiting=None,
+            running=None,
+            kv_cache_usage=None,
+            load_at=None,
         )
+        if instance.check is not None:
+            fresh.last_heartbeat = None
+            if previous is not None and previous.check is not None and previous.healthy:
+                pass  # passing its check already: a re-registration does not flap it
+            elif previous is not None and held_by_check(previous):
+                fresh.healthy, fresh.unhealthy_since = False, previous.unhealthy_since
+                fresh.state_reason = previous.state_reason
+            else:
+                fresh.healthy, fresh.unhealthy_since, fresh.state_reason = False, now, STARTING
+        return fresh
+
+    def _targets(self, record: ModelInstance) -> ModelInstance:
+        """``record`` if what it asks to probe and scrape is the instance itself (or a
+        host the operator allows); ``InvalidInstance`` naming the field otherwise."""
+        if record.check is not None:
+            target_url(record.host, record.port, record.check["http"], "check.http", self.probe_allowed_hosts)
+        if record.metrics is not None:
+            target_url(
+                record.host, record.port, record.metrics["url"], "metrics.url", self.probe_allowed_hosts
+            )
+        return record
 
     # -- reads -------------------------------------------------------------
 
@@ -408,11 +507,18 @@ class Registry(DBGPTMethods):
     async def select(self, model_name: str, strategy: str = DEFAULT_STRATEGY) -> ModelInstance:
         """One healthy, enabled instance of the model with a weight above 0,
         picked by ``strategy`` (see ``selection``; ``ValueError`` if unknown):
-        weighted random, round robin or least load."""
-        picked = self._selector.pick(await self.instances(model_name, healthy_only=True), strategy)
+        weighted random, round robin, least load or the less loaded of two."""
+        return (await self.select_why(model_name, strategy))[0]
+
+    async def select_why(
+        self, model_name: str, strategy: str = DEFAULT_STRATEGY
+    ) -> tuple[ModelInstance, dict[str, Any]]:
+        """``select``, and why: ``{"strategy", "load", "fresh"}`` (see ``Selector.reason``)."""
+        now = self._core.clock.now()
+        picked = self._selector.pick(await self.instances(model_name, healthy_only=True), strategy, now)
         if picked is None:
             raise NoHealthyInstance(model_name)
-        return picked
+        return picked, self._selector.reason(picked, strategy, now)
 
     def stats(self) -> dict[str, Any]:
         """Counters and gauges for the metrics, read at once (no storage round trip)."""

@@ -25,6 +25,7 @@ from .checker import check_timing
 from .preservation import Preservation
 from .reports import FailurePolicy
 from .storage import PoolOptions, open_storage
+from .validation import normalize_host
 
 __all__ = ["DERIVED", "Settings", "backends_of"]
 
@@ -184,6 +185,19 @@ class Settings(BaseSettings):
         description="seconds one statement may run before it is cancelled",
         json_schema_extra=_on("postgresql"),
     )
+    probe_concurrency: int = Field(
+        256,
+        ge=1,
+        le=10_000,
+        description="health-check probes and metrics scrapes the registry may have out at once",
+    )
+    probe_allowed_hosts: str = Field(
+        "",
+        description=(
+            "comma-separated hosts a registration's check or metrics URL may name besides the "
+            "instance's own host and port (a sidecar, say); nothing else is ever probed"
+        ),
+    )
     fastchat_dispatch: Literal["lottery", "shortest_queue"] = Field(
         "shortest_queue",
         description=(
@@ -283,6 +297,22 @@ class Settings(BaseSettings):
     def bootstrap_token(self) -> str | None:
         """The first admin token, from the environment or its file (without the trailing newline)."""
         return self._bootstrap
+
+    @field_validator("probe_allowed_hosts")
+    @classmethod
+    def _probe_hosts(cls, value: str) -> str:
+        for name in value.split(","):
+            if name.strip():
+                try:
+                    normalize_host(name.strip())
+                except ValueError:
+                    raise ValueError(f"{name.strip()!r} is not a hostname or an IP address") from None
+        return value
+
+    @property
+    def probe_hosts(self) -> frozenset[str]:
+        """``probe_allowed_hosts``, each spelled as instances' hosts are stored."""
+        return frozenset(normalize_host(h.strip()) for h in self.probe_allowed_hosts.split(",") if h.strip())
 
     @property
     def loopback(self) -> bool:

@@ -40,6 +40,7 @@ __all__ = [
     "instance_from",
     "key_from",
     "known_beat",
+    "load_from",
     "normalize_host",
     "override_from",
     "parse",
@@ -105,6 +106,11 @@ QueueLength = Annotated[int, Strict(), Field(ge=0, le=MAX_QUEUE_LENGTH)]
 
 PromptTemplate = Annotated[str, Strict(), Field(max_length=16 * 1024)]
 
+
+# ``check`` and ``metrics`` are read by ``probes`` (``_instance``), which names the field
+# inside (``check.timeout``).
+Spec = Annotated[dict[str, Any], Strict()]
+
 #: The rule for each of the record's fields that has one; the others keep their type.
 RULES: dict[str, Any] = {
     "model_name": ModelName,
@@ -116,6 +122,8 @@ RULES: dict[str, Any] = {
     "prompt_template": PromptTemplate | None,
     "metadata": Metadata,
     "queue_length": QueueLength | None,
+    "check": Spec | None,
+    "metrics": Spec | None,
 }
 
 
@@ -140,7 +148,15 @@ def _instance(value: Any) -> ModelInstance:
     elif not isinstance(value, dict):
         raise InvalidInstance([("body", f"must be an instance object, got {type(value).__name__}")])
     parsed = _validate(_INSTANCE, value)
-    return ModelInstance(**{name: getattr(parsed, name) for name in _InstanceModel.model_fields})
+    record = ModelInstance(**{name: getattr(parsed, name) for name in _InstanceModel.model_fields})
+    if record.check is not None or record.metrics is not None:
+        from .probes import check_from, scrape_from  # probes builds on this module
+
+        if record.check is not None:
+            record.check = check_from(record.check).model_dump()
+        if record.metrics is not None:
+            record.metrics = scrape_from(record.metrics).model_dump()
+    return record
 
 
 class _KeyQuery(BaseModel):
@@ -163,6 +179,35 @@ class _Override(BaseModel):
     enabled: Flag | None = None
     weight: Weight | None = None
     metadata: Metadata | None = None
+
+
+class _Load(BaseModel):
+    """An engine's load, as a worker's heartbeat may carry it (``EngineLoad``'s fields)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    waiting: QueueLength | None = None
+    running: QueueLength | None = None
+    kv_cache_usage: Annotated[float, Field(strict=True, ge=0, le=1, allow_inf_nan=False)] | None = None
+
+
+_LOAD = TypeAdapter(_Load)
+#: The keys of a heartbeat body that carry an engine's load.
+LOAD_KEYS = ("waiting", "running", "kv_cache_usage")
+
+
+def carries_load(body: dict[str, Any]) -> bool:
+    return "waiting" in body or "running" in body or "kv_cache_usage" in body
+
+
+def load_from(body: dict[str, Any]) -> tuple[int | None, int | None, float | None] | None:
+    """The engine's load a heartbeat body carries (``waiting``, ``running``,
+    ``kv_cache_usage``), or ``None`` when it carries none."""
+    if not carries_load(body):
+        return None
+    load = _validate(_LOAD, {k: body.get(k) for k in LOAD_KEYS})
+    usage = load.kv_cache_usage
+    return load.waiting, load.running, None if usage is None else float(usage)
 
 
 class Report(BaseModel):

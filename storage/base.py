@@ -137,10 +137,13 @@ class Storage(abc.ABC):
         self, key: InstanceKey, now: datetime, queue_length: int | None
     ) -> tuple[ModelInstance, bool] | None:
         """Record a heartbeat: ``last_heartbeat = now``, ``healthy = True``,
-        ``unhealthy_since = None``, and ``queue_length`` when it is not ``None``.
+        ``unhealthy_since = None``, ``state_reason = None``, and
+        ``queue_length`` when it is not ``None``. A record its own check holds
+        unhealthy (``record.held_by_check``) stays so: only ``last_heartbeat``
+        and ``queue_length`` change.
 
         Returns the updated record and whether the beat revived it (it was
-        unhealthy before), or ``None`` when the key is unknown.
+        unhealthy before, and is healthy now), or ``None`` when the key is unknown.
         """
 
     def beat(self, key: InstanceKey, now: datetime, queue_length: int | None) -> ModelInstance | None:
@@ -156,19 +159,39 @@ class Storage(abc.ABC):
         return None
 
     @abc.abstractmethod
-    async def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
-        """Set ``healthy = False`` (and ``unhealthy_since = now`` unless it was
-        already unhealthy). Returns the record, or ``None`` when unknown."""
+    async def mark_unhealthy(
+        self, key: InstanceKey, now: datetime, reason: str | None = None
+    ) -> ModelInstance | None:
+        """Set ``healthy = False`` and ``state_reason = reason`` (and
+        ``unhealthy_since = now`` unless it was already unhealthy). Returns the
+        record, or ``None`` when unknown."""
+
+    @abc.abstractmethod
+    async def pass_check(self, key: InstanceKey, heard_after: datetime) -> ModelInstance | None:
+        """The instance passed its check: if its check holds it unhealthy
+        (``record.held_by_check``), and it never beat or last beat at or after
+        ``heard_after``, set ``healthy = True``, ``unhealthy_since = None`` and
+        ``state_reason = None``. Returns the record when it changed so, else ``None``."""
+
+    def set_load(
+        self, key: InstanceKey, waiting: int | None, running: int | None, kv: float | None, at: datetime
+    ) -> ModelInstance | None:
+        """Set the engine's load (``waiting``, ``running``, ``kv_cache_usage``)
+        and ``load_at``, at once, written behind like a heartbeat's load (a
+        crash may lose the last of it; load is stale in seconds anyway).
+        Returns the record, or ``None`` when the key is unknown (to this
+        replica). Synchronous: every backend keeps the records it serves in memory."""
+        return None
 
     @abc.abstractmethod
     async def delete(self, key: InstanceKey) -> ModelInstance | None:
         """Delete the record. Returns it as it was, or ``None`` when unknown."""
 
     @abc.abstractmethod
-    async def expire(self, cutoff: datetime, now: datetime) -> list[ModelInstance]:
+    async def expire(self, cutoff: datetime, now: datetime, reason: str | None = None) -> list[ModelInstance]:
         """Mark unhealthy, in one atomic step, every record with
         ``healthy and check_healthy and last_heartbeat < cutoff``; set their
-        ``unhealthy_since = now``. Returns the records that changed, so each
+        ``unhealthy_since = now`` and ``state_reason = reason``. Returns the records that changed, so each
         transition is reported exactly once. A heartbeat that lands first wins.
         """
 
@@ -257,6 +280,15 @@ class Storage(abc.ABC):
         process announces (``record`` is ``None`` when it was too large to
         travel; read it by key), and ``callback("resync", None, None)`` when
         some may have been missed. A no-op for backends only one process uses."""
+
+    async def probe_shares(self) -> Callable[[InstanceKey], bool] | None:
+        """Which instances this process probes (their checks and scrapes), for
+        backends several processes share: each instance by one process at a
+        time, and by another within a few seconds when that one dies. ``None``
+        (the default): this process is the only one, and probes every instance.
+        What it returns answers at once; the backend keeps it current until it
+        closes."""
+        return None
 
     async def server_time(self) -> datetime | None:
         """The backend's own clock, for backends shared by several processes.

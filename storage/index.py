@@ -33,7 +33,13 @@ import asyncio
 from collections.abc import Iterable
 from datetime import datetime
 
-from model_registry_sdk.record import InstanceKey, ModelInstance, ModelSummary, apply_overrides
+from model_registry_sdk.record import (
+    InstanceKey,
+    ModelInstance,
+    ModelSummary,
+    apply_overrides,
+    held_by_check,
+)
 
 from .base import Census, Edit
 from .interning import clone, compact, copy_record
@@ -58,13 +64,15 @@ async def settle_in_slices(index: InstanceIndex, cutoff: datetime) -> None:
         await asyncio.sleep(0)
 
 
-async def expire_in_slices(index: InstanceIndex, cutoff: datetime, now: datetime) -> list[ModelInstance]:
+async def expire_in_slices(
+    index: InstanceIndex, cutoff: datetime, now: datetime, reason: str | None = None
+) -> list[ModelInstance]:
     """``index.expire`` in slices, yielding to the event loop between them, so
     that a sweep which finds many silent instances at once (a rack lost its
     network) does not stall the requests being served meanwhile."""
     expired: list[ModelInstance] = []
     while True:
-        chunk = index.expire(cutoff, now, limit=SWEEP_SLICE)
+        chunk = index.expire(cutoff, now, limit=SWEEP_SLICE, reason=reason)
         expired += chunk
         if len(chunk) < SWEEP_SLICE:
             return expired
@@ -269,22 +277,54 @@ class InstanceIndex:
         if record is None:
             return None
         beaten = copy_record(record)
-        beaten.last_heartbeat, beaten.healthy, beaten.unhealthy_since = now, True, None
+        beaten.last_heartbeat = now
+        if not held_by_check(record):  # held: the beat is recorded, the check decides
+            beaten.healthy, beaten.unhealthy_since, beaten.state_reason = True, None, None
         if queue_length is not None:
             beaten.queue_length = queue_length
         self._swap(record, beaten)
-        return beaten, not record.healthy
+        return beaten, beaten.healthy and not record.healthy
 
-    def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
+    def mark_unhealthy(
+        self, key: InstanceKey, now: datetime, reason: str | None = None
+    ) -> ModelInstance | None:
         record = self.records.get(key)
         if record is None:
             return None
         marked = copy_record(record)
         if record.healthy or record.unhealthy_since is None:
             marked.unhealthy_since = now
-        marked.healthy = False
+        marked.healthy, marked.state_reason = False, reason
         self._swap(record, marked)
         return marked
+
+    def pass_check(self, key: InstanceKey, heard_after: datetime) -> ModelInstance | None:
+        record = self.records.get(key)
+        if record is None or not held_by_check(record):
+            return None
+        if record.last_heartbeat is not None and record.last_heartbeat < heard_after:
+            return None  # it beats, and its beats stopped: the heartbeat timeout holds it
+        passed = copy_record(record)
+        passed.healthy, passed.unhealthy_since, passed.state_reason = True, None, None
+        self._swap(record, passed)
+        return passed
+
+    def set_load(
+        self, key: InstanceKey, waiting: int | None, running: int | None, kv: float | None, at: datetime
+    ) -> ModelInstance | None:
+        record = self.records.get(key)
+        if record is None:
+            return None
+        loaded = _new(ModelInstance)  # no state changes: no links to mend (as ``beat``)
+        loaded.__dict__ = fields = record.__dict__.copy()
+        fields["waiting"], fields["running"], fields["kv_cache_usage"], fields["load_at"] = (
+            waiting,
+            running,
+            kv,
+            at,
+        )
+        self._put(loaded)
+        return loaded
 
     def delete(self, key: InstanceKey) -> ModelInstance | None:
         record = self.records.get(key)
@@ -300,14 +340,16 @@ class InstanceIndex:
         (see ``beat``, ``_unlink``). Returns whether it is done."""
         return self._wheel.settle(self.records, cutoff, limit)
 
-    def expire(self, cutoff: datetime, now: datetime, limit: int | None = None) -> list[ModelInstance]:
+    def expire(
+        self, cutoff: datetime, now: datetime, limit: int | None = None, reason: str | None = None
+    ) -> list[ModelInstance]:
         """Mark unhealthy the expirable records last heard before ``cutoff``,
         visiting only the wheel's buckets up to it. ``limit`` bounds the work
         of one call, so a caller can yield between calls."""
         expired: list[ModelInstance] = []
         for key, record in self._wheel.silent(self.records, cutoff):
             marked = copy_record(record)
-            marked.healthy, marked.unhealthy_since = False, now
+            marked.healthy, marked.unhealthy_since, marked.state_reason = False, now, reason
             self._put(marked)
             self._unhealthy[key] = marked
             self._expirable -= 1

@@ -47,16 +47,18 @@ log = logging.getLogger(__name__)
 
 #: The table's columns, in its order (which is the record's: ``tests/storage`` checks it).
 COLUMNS = tuple(column.name for column in instances.c)
+QUOTED_COLUMNS = tuple(f'"{c}"' for c in COLUMNS)  # "check" is an SQL keyword
 _UPSERT = (
-    f"INSERT INTO instances ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+    f"INSERT INTO instances ({', '.join(QUOTED_COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
     "ON CONFLICT (model_name, host, port) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[3:])
+    + ", ".join(f"{c} = excluded.{c}" for c in QUOTED_COLUMNS[3:])
 )
 _DELETE = "DELETE FROM instances WHERE model_name = ? AND host = ? AND port = ?"
 # A key whose only change since its last write is heartbeats needs only these:
 # a beat that changes health (a revival) is urgent, and so is written whole.
 _BEAT = (
-    "UPDATE instances SET last_heartbeat = ?, queue_length = ? WHERE model_name = ? AND host = ? AND port = ?"
+    "UPDATE instances SET last_heartbeat = ?, queue_length = ?, waiting = ?, running = ?, "
+    "kv_cache_usage = ?, load_at = ? WHERE model_name = ? AND host = ? AND port = ?"
 )
 _CHUNK = 1000  # rows per statement: bounds how long the event loop spends building one
 
@@ -83,6 +85,10 @@ def _from_json(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def _codec(column: Column) -> tuple[Callable[[Any], Any] | None, Callable[[Any], Any] | None]:
     """How a value of ``column`` is written to a row and read back (``None``: as it is)."""
     kind = column.type
@@ -91,7 +97,7 @@ def _codec(column: Column) -> tuple[Callable[[Any], Any] | None, Callable[[Any],
     if isinstance(kind, JSON):
         return _json, _from_json
     if isinstance(kind, ExactFloat):
-        return None, float
+        return None, float if not column.nullable else _float
     if isinstance(kind, Boolean):
         return None, bool
     return None, None
@@ -135,7 +141,20 @@ def beat_rows(records: dict[InstanceKey, ModelInstance], keys: Iterable[Instance
             if prefix is None:
                 seconds[second] = prefix = moment.isoformat(" ", "microseconds")[:20]
             text = f"{prefix}{moment.microsecond:06d}"
-        rows.append((text, r.queue_length, r.model_name, r.host, r.port))
+        load_at = r.load_at
+        rows.append(
+            (
+                text,
+                r.queue_length,
+                r.waiting,
+                r.running,
+                r.kv_cache_usage,
+                None if load_at is None else _text(load_at),
+                r.model_name,
+                r.host,
+                r.port,
+            )
+        )
     return rows
 
 

@@ -26,6 +26,7 @@ class MemoryStorage(IndexReads, Storage):
         self._tokens: dict[str, StoredToken] = {}
         # The index's own method, without a frame of ours around it: every beat calls it.
         self.beat = self._index.beat  # type: ignore[method-assign]
+        self.set_load = self._index.set_load  # type: ignore[method-assign]
 
     async def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
         return self._index.upsert(record)
@@ -44,14 +45,19 @@ class MemoryStorage(IndexReads, Storage):
     ) -> tuple[ModelInstance, bool] | None:
         return self._index.touch(key, now, queue_length)
 
-    async def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
-        return self._index.mark_unhealthy(key, now)
+    async def mark_unhealthy(
+        self, key: InstanceKey, now: datetime, reason: str | None = None
+    ) -> ModelInstance | None:
+        return self._index.mark_unhealthy(key, now, reason)
+
+    async def pass_check(self, key: InstanceKey, heard_after: datetime) -> ModelInstance | None:
+        return self._index.pass_check(key, heard_after)
 
     async def delete(self, key: InstanceKey) -> ModelInstance | None:
         return self._index.delete(key)
 
-    async def expire(self, cutoff: datetime, now: datetime) -> list[ModelInstance]:
-        return await expire_in_slices(self._index, cutoff, now)
+    async def expire(self, cutoff: datetime, now: datetime, reason: str | None = None) -> list[ModelInstance]:
+        return await expire_in_slices(self._index, cutoff, now, reason)
 
     async def evict(self, cutoff: datetime) -> list[ModelInstance]:
         return self._index.evict(cutoff)

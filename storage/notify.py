@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "model_registry_changes"
 _MAX_PAYLOAD = 7900  # bytes; PostgreSQL's limit is 8000
-_DATETIMES = ("last_heartbeat", "registered_at", "unhealthy_since", "cooldown_until")
+_DATETIMES = ("last_heartbeat", "registered_at", "unhealthy_since", "cooldown_until", "load_at")
 _RECONNECT_DELAY = 1.0
 
 #: What a listener is handed: the change, the record's key, and the record when it came

@@ -60,8 +60,30 @@ _FLUSH = (
     .values(
         last_heartbeat=bindparam("b_heard", type_=instances.c.last_heartbeat.type),
         queue_length=func.coalesce(bindparam("b_load", type_=Integer), instances.c.queue_length),
+        waiting=bindparam("b_waiting", type_=Integer),
+        running=bindparam("b_running", type_=Integer),
+        kv_cache_usage=bindparam("b_kv", type_=instances.c.kv_cache_usage.type),
+        load_at=bindparam("b_load_at", type_=instances.c.load_at.type),
         healthy=true(),
         unhealthy_since=None,
+        state_reason=None,
+    )
+)
+
+
+# An engine's load, scraped or reported: only the load, never the health.
+_LOAD_FLUSH = (
+    update(instances)
+    .where(
+        (instances.c.model_name == bindparam("b_model"))
+        & (instances.c.host == bindparam("b_host"))
+        & (instances.c.port == bindparam("b_port"))
+    )
+    .values(
+        waiting=bindparam("b_waiting", type_=Integer),
+        running=bindparam("b_running", type_=Integer),
+        kv_cache_usage=bindparam("b_kv", type_=instances.c.kv_cache_usage.type),
+        load_at=bindparam("b_load_at", type_=instances.c.load_at.type),
     )
 )
 
@@ -73,6 +95,10 @@ def _beat_row(record: ModelInstance) -> dict:
         "b_port": record.port,
         "b_heard": record.last_heartbeat,
         "b_load": record.queue_length,
+        "b_waiting": record.waiting,
+        "b_running": record.running,
+        "b_kv": record.kv_cache_usage,
+        "b_load_at": record.load_at,
     }
 
 
@@ -92,6 +118,7 @@ class PostgresStorage(SQLStorage):
         self._addresses: dict[tuple[str, int], dict[InstanceKey, None]] = {}
         self._per_model: dict[str, int] = {}  # model -> its records in ``_known``
         self._pending: dict[InstanceKey, ModelInstance] = {}  # beats not yet written
+        self._loads: dict[InstanceKey, ModelInstance] = {}  # engine loads not yet written
         self._flushes = self._flush_failures = 0  # for the metrics
         self._flush_seconds = 0.0
         self._flusher: asyncio.Task[None] | None = None
@@ -173,6 +200,7 @@ class PostgresStorage(SQLStorage):
 
     def _forget(self, key: InstanceKey) -> None:
         self._pending.pop(key, None)
+        self._loads.pop(key, None)
         if self._known.pop(key, None) is not None:
             address = (key.host, key.port)
             keys = self._addresses[address]
@@ -231,19 +259,24 @@ class PostgresStorage(SQLStorage):
     async def flush(self) -> int:
         """Write the pending heartbeats now; returns how many."""
         pending, self._pending = self._pending, {}
-        if not pending:
+        loads, self._loads = self._loads, {}
+        if not pending and not loads:
             return 0
         records = list(pending.values())
+        loaded = [r for key, r in loads.items() if key not in pending]
         started = time.perf_counter()
         try:
             async with self._write("write heartbeats") as conn:
-                for start in range(0, len(records), _CHUNK):
-                    await conn.execute(_FLUSH, [_beat_row(r) for r in records[start : start + _CHUNK]])
+                for statement, rows in ((_FLUSH, records), (_LOAD_FLUSH, loaded)):
+                    for start in range(0, len(rows), _CHUNK):
+                        await conn.execute(statement, [_beat_row(r) for r in rows[start : start + _CHUNK]])
         except BaseException:
             self._flush_failures += 1
             self._degraded = True
             for key, record in pending.items():  # keep them, unless a newer beat came meanwhile
                 self._pending.setdefault(key, record)
+            for key, record in loads.items():
+                self._loads.setdefault(key, record)
             raise
         self._degraded = False
         self._flushes += 1
@@ -283,18 +316,33 @@ class PostgresStorage(SQLStorage):
     async def set_cooldown(self, key: InstanceKey, until: datetime | None) -> ModelInstance | None:
         return self._remember(await super().set_cooldown(key, until))
 
-    async def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
+    async def mark_unhealthy(
+        self, key: InstanceKey, now: datetime, reason: str | None = None
+    ) -> ModelInstance | None:
         if key in self._pending:  # its last beat (time, load) is written first, not lost
             await self.flush()
-        return self._remember(await super().mark_unhealthy(key, now))
+        return self._remember(await super().mark_unhealthy(key, now, reason))
+
+    async def pass_check(self, key: InstanceKey, heard_after: datetime) -> ModelInstance | None:
+        return self._remember(await super().pass_check(key, heard_after))
+
+    def set_load(
+        self, key: InstanceKey, waiting: int | None, running: int | None, kv: float | None, at: datetime
+    ) -> ModelInstance | None:
+        known = self._known.get(key)
+        if known is None:
+            return None
+        known.waiting, known.running, known.kv_cache_usage, known.load_at = waiting, running, kv, at
+        self._loads[key] = known  # written behind; a pending beat of it carries its load too
+        return clone(known)
 
     async def delete(self, key: InstanceKey) -> ModelInstance | None:
         self._forget(key)
         return await super().delete(key)
 
-    async def expire(self, cutoff: datetime, now: datetime) -> list[ModelInstance]:
+    async def expire(self, cutoff: datetime, now: datetime, reason: str | None = None) -> list[ModelInstance]:
         await self.flush()  # judge this replica's beats by what they are, not by what is written
-        expired = await super().expire(cutoff, now)
+        expired = await super().expire(cutoff, now, reason)
         for record in expired:
             self._remember(record)
         return expired

@@ -89,6 +89,13 @@ instances = Table(
     Column("queue_length", Integer, nullable=True),
     Column("overrides", JSON, nullable=True),
     Column("cooldown_until", UTCDateTime, nullable=True),
+    Column("check", JSON, nullable=True),
+    Column("metrics", JSON, nullable=True),
+    Column("state_reason", Text, nullable=True),
+    Column("waiting", Integer, nullable=True),
+    Column("running", Integer, nullable=True),
+    Column("kv_cache_usage", ExactFloat, nullable=True),
+    Column("load_at", UTCDateTime, nullable=True),
 )
 
 #: API tokens: a digest of each secret, never the secret (see ``model_registry.auth``).

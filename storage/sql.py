@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import case, delete, event, func, select, text, true, update
+from sqlalchemy import case, delete, event, false, func, select, text, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -38,11 +38,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql import ColumnElement
 
 from model_registry_sdk.record import (
+    CHECK_REASON,
     OVERRIDABLE_FIELDS,
     InstanceKey,
     ModelInstance,
     ModelSummary,
     apply_overrides,
+    held_by_check,
 )
 
 from . import migrations
@@ -306,33 +308,57 @@ class SQLStorage(Storage):
     async def touch(
         self, key: InstanceKey, now: datetime, queue_length: int | None
     ) -> tuple[ModelInstance, bool] | None:
-        values: dict[str, Any] = {"last_heartbeat": now, "healthy": True, "unhealthy_since": None}
+        values: dict[str, Any] = {"last_heartbeat": now}
         if queue_length is not None:
             values["queue_length"] = queue_length
         async with self._write("record a heartbeat") as conn:
             # The row lock makes "was it healthy" and the update one step.
-            was_healthy = await conn.scalar(select(_t.c.healthy).where(_where_key(key)).with_for_update())
-            if was_healthy is None:
+            found = await conn.execute(
+                select(_t.c.healthy, _t.c.state_reason).where(_where_key(key)).with_for_update()
+            )
+            was = found.first()
+            if was is None:
                 return None
+            held = held_by_check(ModelInstance("", "", 0, healthy=was.healthy, state_reason=was.state_reason))
+            if not held:  # held by its check: the beat is recorded, the check decides
+                values.update(healthy=True, unhealthy_since=None, state_reason=None)
             statement = update(_t).where(_where_key(key)).values(values).returning(*_t.c)
             row = (await conn.execute(statement)).one()
-        return _record(row), not was_healthy
+        return _record(row), not was.healthy and not held
 
-    async def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
+    async def mark_unhealthy(
+        self, key: InstanceKey, now: datetime, reason: str | None = None
+    ) -> ModelInstance | None:
         since = case((_t.c.healthy == true(), now), else_=func.coalesce(_t.c.unhealthy_since, now))
-        values = {"healthy": False, "unhealthy_since": since}
-        return await self._update_one("deregister an instance", key, values)
+        values = {"healthy": False, "unhealthy_since": since, "state_reason": reason}
+        return await self._update_one("mark an instance unhealthy", key, values)
+
+    async def pass_check(self, key: InstanceKey, heard_after: datetime) -> ModelInstance | None:
+        statement = (
+            update(_t)
+            .where(
+                _where_key(key)
+                & (_t.c.healthy == false())
+                & _t.c.state_reason.startswith(CHECK_REASON, autoescape=True)
+                & (_t.c.last_heartbeat.is_(None) | (_t.c.last_heartbeat >= heard_after))
+            )
+            .values(healthy=True, unhealthy_since=None, state_reason=None)
+            .returning(*_t.c)
+        )
+        async with self._write("mark an instance healthy") as conn:
+            row = (await conn.execute(statement)).first()
+        return None if row is None else _record(row)
 
     async def delete(self, key: InstanceKey) -> ModelInstance | None:
         async with self._write("delete an instance") as conn:
             row = (await conn.execute(delete(_t).where(_where_key(key)).returning(*_t.c))).first()
         return None if row is None else _record(row)
 
-    async def expire(self, cutoff: datetime, now: datetime) -> list[ModelInstance]:
+    async def expire(self, cutoff: datetime, now: datetime, reason: str | None = None) -> list[ModelInstance]:
         statement = (
             update(_t)
             .where(EXPIRABLE & (_t.c.last_heartbeat < cutoff))
-            .values(healthy=False, unhealthy_since=now)
+            .values(healthy=False, unhealthy_since=now, state_reason=reason)
             .returning(*_t.c)
         )
         async with self._write("mark silent instances unhealthy") as conn:

@@ -18,7 +18,7 @@ from model_registry_sdk.record import InstanceKey, ModelInstance
 from .base import Edit
 from .index import IndexReads, InstanceIndex, expire_in_slices
 from .interning import collector_paused
-from .journal import COLUMNS, Journal, record_of
+from .journal import QUOTED_COLUMNS, Journal, record_of
 from .sql import SQLStorage
 
 __all__ = ["SQLiteStorage"]
@@ -38,7 +38,7 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
         await super()._open()
         async with self._guard("load the instances"), self._engine.connect() as conn:  # type: ignore[union-attr]
             with collector_paused():
-                result = await conn.exec_driver_sql(f"SELECT {', '.join(COLUMNS)} FROM instances")
+                result = await conn.exec_driver_sql(f"SELECT {', '.join(QUOTED_COLUMNS)} FROM instances")
                 self._index.load(record_of(row) for row in result.fetchall())
         self._journal = Journal(self._index, self._engine, self.flush_interval)  # type: ignore[arg-type]
         await self._journal.start()
@@ -114,10 +114,26 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
             self._journal.later(key)  # type: ignore[union-attr]
         return record, revived
 
-    async def mark_unhealthy(self, key: InstanceKey, now: datetime) -> ModelInstance | None:
-        record = self._index.mark_unhealthy(key, now)
+    async def mark_unhealthy(
+        self, key: InstanceKey, now: datetime, reason: str | None = None
+    ) -> ModelInstance | None:
+        record = self._index.mark_unhealthy(key, now, reason)
         if record is not None:
             await self._commit([key])
+        return record
+
+    async def pass_check(self, key: InstanceKey, heard_after: datetime) -> ModelInstance | None:
+        record = self._index.pass_check(key, heard_after)
+        if record is not None:
+            await self._commit([key])
+        return record
+
+    def set_load(
+        self, key: InstanceKey, waiting: int | None, running: int | None, kv: float | None, at: datetime
+    ) -> ModelInstance | None:
+        record = self._index.set_load(key, waiting, running, kv, at)
+        if record is not None and self._journal is not None:
+            self._journal.later(key)
         return record
 
     async def delete(self, key: InstanceKey) -> ModelInstance | None:
@@ -126,8 +142,8 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
             await self._commit([key])
         return record
 
-    async def expire(self, cutoff: datetime, now: datetime) -> list[ModelInstance]:
-        expired = await expire_in_slices(self._index, cutoff, now)
+    async def expire(self, cutoff: datetime, now: datetime, reason: str | None = None) -> list[ModelInstance]:
+        expired = await expire_in_slices(self._index, cutoff, now, reason)
         if expired:
             await self._commit([r.key for r in expired])
         return expired

@@ -32,12 +32,14 @@ async def _every_field_set(url: str) -> None:
     body = {
         "model_name": "wire@llm", "host": "10.0.0.9", "port": 9001, "weight": 2, "check_healthy": True,
         "enabled": True, "prompt_template": "chatml", "metadata": {"gpu": "a100", "unhealthy_threshold": 1},
+        "check": {"http": "/health", "interval": 60, "timeout": 1}, "metrics": {"url": "/metrics"},
     }  # fmt: skip
+    load = {"queue_length": 4, "waiting": 1, "running": 2, "kv_cache_usage": 0.5}
     key = {"model_name": "wire@llm", "host": "10.0.0.9", "port": "9001"}
     async with aiohttp.ClientSession(url) as http:
         for method, path, kwargs in (
             ("POST", "/api/v1/instances", {"json": body}),
-            ("POST", "/api/v1/heartbeat", {"json": {**body, "queue_length": 4}}),
+            ("POST", "/api/v1/heartbeat", {"json": {**body, **load}}),
             ("PATCH", "/api/v1/instances", {"params": key, "json": {"weight": 3, "metadata": {"zone": "b"}}}),
             ("POST", "/api/v1/reports", {"json": {**body, "ok": False, "status": 500}}),
             ("DELETE", "/api/v1/instances", {"params": key}),

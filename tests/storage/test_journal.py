@@ -146,4 +146,5 @@ def test_beat_rows_write_each_timestamp_as_a_whole_one_would_be_written() -> Non
     rows = beat_rows(records, [*records, gone])
     assert [row[0] for row in rows] == [_text(m) for m in moments]
     assert rows[0][0] == "2026-12-31 23:59:59.999998" and rows[2][0] == "2027-01-01 00:00:00.000000"
-    assert [row[1:] for row in rows] == [(r.queue_length, *r.key) for r in records.values()]
+    loads = [(r.queue_length, None, None, None, None, *r.key) for r in records.values()]
+    assert [row[1:] for row in rows] == loads

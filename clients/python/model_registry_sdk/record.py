@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 from .errors import InvalidRequest, RegistryUnavailable
 
 __all__ = [
+    "CHECK_REASON",
+    "LOAD_FIELDS",
     "OVERRIDABLE_FIELDS",
     "SERVER_MANAGED_FIELDS",
     "Change",
@@ -35,6 +37,7 @@ __all__ = [
     "apply_overrides",
     "check",
     "from_wire",
+    "held_by_check",
     "summary_from_wire",
     "to_wire",
 ]
@@ -74,6 +77,14 @@ class ModelInstance:
     nothing is overridden. ``cooldown_until``: routers reported failures, so
     selection and healthy listings leave the instance out until then.
 
+    ``check`` and ``metrics``: what the registry probes (an HTTP health check)
+    and scrapes (the engine's Prometheus endpoint) for this instance, as the
+    client gave them (``model_registry.probes``). ``state_reason``: why the
+    instance last turned unhealthy (``probe: connection refused``), ``None``
+    while it is healthy. ``waiting``, ``running``, ``kv_cache_usage`` (0 to 1)
+    and ``load_at``: the engine's load, scraped or sent with a heartbeat, and
+    when it was measured; managed by the registry, like ``queue_length``.
+
     Not slotted on purpose: orjson serialises a dataclass with a ``__dict__``
     about three times faster than a slotted one, for some 50 more bytes.
     """
@@ -93,6 +104,13 @@ class ModelInstance:
     queue_length: int | None = None
     overrides: dict[str, Any] | None = None
     cooldown_until: datetime | None = None
+    check: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    state_reason: str | None = None
+    waiting: int | None = None
+    running: int | None = None
+    kv_cache_usage: float | None = None
+    load_at: datetime | None = None
 
     @property
     def key(self) -> InstanceKey:
@@ -114,8 +132,27 @@ SERVER_MANAGED_FIELDS = frozenset(
         "queue_length",
         "overrides",
         "cooldown_until",
+        "state_reason",
+        "waiting",
+        "running",
+        "kv_cache_usage",
+        "load_at",
     }
 )
+
+#: How ``state_reason`` begins while the instance's own check holds it unhealthy: a
+#: heartbeat then does not bring it back, only passing the check does.
+CHECK_REASON = "probe: "
+
+
+def held_by_check(record: ModelInstance) -> bool:
+    """Whether ``record`` is unhealthy because its check fails (or has not yet passed)."""
+    reason = record.state_reason
+    return not record.healthy and reason is not None and reason.startswith(CHECK_REASON)
+
+
+#: The fields of an engine's load (``load_at`` says when it was measured).
+LOAD_FIELDS = ("waiting", "running", "kv_cache_usage")
 
 #: The fields an operator may override (``PATCH``), and so pin.
 OVERRIDABLE_FIELDS = ("enabled", "weight", "metadata")
