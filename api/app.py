@@ -119,10 +119,13 @@ def create_app(
                 registry, concurrency=settings.probe_concurrency, owns=await storage.probe_shares()
             )
             await prober.start()
+            app[METRICS].prober = prober
+            app[METRICS].lag.start()
             try:
                 yield
             finally:
                 lifecycle.registry = None
+                await app[METRICS].lag.stop()
                 await prober.stop()
                 await tokens.stop()
                 await cancelled([warning])

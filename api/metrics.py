@@ -34,6 +34,9 @@ from prometheus_client.core import (
 from model_registry import ModelInstance, Registry
 
 from .keys import CONNECTIONS, SETTINGS
+from .lag import BUCKETS as LAG_BUCKETS
+from .lag import LoopLag
+from .prober import Prober
 from .responses import SERVER
 
 __all__ = ["BUCKETS", "CONTENT_TYPE", "Metrics", "RouteTimes", "metrics"]
@@ -74,6 +77,10 @@ class Metrics:
         self.events_sent = 0
         self.watchers_cut_off = 0
         self.prometheus = CollectorRegistry(auto_describe=False)
+        #: The event loop's lateness (started with the registry).
+        self.lag = LoopLag()
+        #: The prober's counters, once it runs.
+        self.prober: Prober | None = None
         self._snapshot: _Snapshot | None = None
         self.prometheus.register(_Collector(self))
 
@@ -255,6 +262,23 @@ class _Collector:
             ],
         )
 
+        yield from self._lag()
+        if self._metrics.prober is not None:
+            yield from _probes(self._metrics.prober)
+
+    def _lag(self) -> Iterator[Metric]:
+        lag = self._metrics.lag
+        family = HistogramMetricFamily(
+            "model_registry_event_loop_lag_seconds",
+            f"How late the event loop ran a task due every {lag.period:g} s: a floor under request latency",
+        )
+        cumulative, buckets = 0, []
+        for bound, n in zip((*LAG_BUCKETS, float("inf")), lag.counts, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        family.add_metric([], buckets, lag.sum)
+        yield family
+
     def _requests(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(
             "model_registry_request_duration_seconds",
@@ -273,6 +297,29 @@ class _Collector:
                     buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
                 family.add_metric([times.route, f"{klass}xx"], buckets, times.sums[klass])
         yield family
+
+
+def _probes(prober: Prober) -> Iterator[Metric]:
+    yield _counter(
+        "model_registry_probes",
+        "Health-check probes (kind=check) and metrics scrapes (kind=metrics) done, by outcome",
+        [
+            ({"kind": kind, "outcome": outcome}, prober.outcomes.get((kind, outcome), 0))
+            for kind in ("check", "metrics")
+            for outcome in ("ok", "failed")
+        ],
+    )
+    yield _counter(
+        "model_registry_probe_seconds",
+        "Time spent probing and scraping, by kind (wall time, requests overlapping)",
+        [({"kind": kind}, prober.seconds.get(kind, 0.0)) for kind in ("check", "metrics")],
+    )
+    yield _gauge(
+        "model_registry_probes_scheduled",
+        "Checks and scrapes on this process's schedule (every replica schedules all; one does each)",
+        [({}, prober.followed)],
+    )
+    yield _gauge("model_registry_probes_in_flight", "Probes and scrapes under way", [({}, prober.in_flight)])
 
 
 def _storage(stats: dict[str, Any]) -> Iterator[Metric]:

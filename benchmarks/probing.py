@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp  # noqa: E402
 
-from benchmarks.load import HERE, LOAD_CORE, ROOT, Server, drive, free_port, pin, registry  # noqa: E402
+from benchmarks.load import LOAD_CORE, ROOT, Server, drive, free_port, pin, registry  # noqa: E402
 from benchmarks.run import _post_each, _register_over_http  # noqa: E402
 
 COUNT = 10_000
@@ -185,7 +185,9 @@ def measure(db: Path, args: argparse.Namespace) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--stub", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per round")

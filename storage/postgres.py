@@ -19,9 +19,10 @@ an unknown instance does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +36,7 @@ from .interning import clone, collector_paused
 from .notify import CHANNEL, Notifier, Remote
 from .options import PoolOptions
 from .schema import instances
+from .shares import ProbeShares
 from .sql import SQLStorage
 from .tasks import cancelled
 
@@ -127,6 +129,7 @@ class PostgresStorage(SQLStorage):
         # a crash still loses no more than ``flush_interval`` of them.
         self._degraded = False
         self._notifier: Notifier | None = None
+        self._shares: ProbeShares | None = None
         self._subscriber: Remote | None = None
 
     async def _open(self) -> None:
@@ -176,6 +179,8 @@ class PostgresStorage(SQLStorage):
             self._subscriber(change, key, record)
 
     async def _close(self) -> None:
+        if self._shares is not None:
+            await self._shares.stop()
         if self._notifier is not None:
             await self._notifier.stop()
         await cancelled([self._flusher])
@@ -184,6 +189,16 @@ class PostgresStorage(SQLStorage):
         except Exception as exc:  # closing anyway; say what was lost
             log.warning("could not write %d pending heartbeats on close: %s", len(self._pending), exc)
         await super()._close()
+
+    async def probe_shares(self) -> Callable[[InstanceKey], bool] | None:
+        if self._shares is None:
+            assert self._engine is not None
+            dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._shares = ProbeShares(dsn, connect_timeout=self._pool.connect_timeout)
+            self._shares.start()
+            with contextlib.suppress(TimeoutError):  # probing none until the first round
+                await asyncio.wait_for(self._shares.ready.wait(), self._pool.connect_timeout)
+        return self._shares.owns
 
     def _remember(self, record: ModelInstance | None) -> ModelInstance | None:
         if record is not None:

@@ -31,14 +31,15 @@ from typing import Any
 
 from .aio import AsyncRegistryClient
 from .errors import RegistryClientError, RegistryUnavailable
-from .record import ModelInstance, check
+from .record import LOAD_FIELDS, ModelInstance, check
 from .sync import RegistryClient
 
 __all__ = ["HeartbeatAgent", "Load"]
 
 log = logging.getLogger("model_registry_sdk.agent")
 
-#: What ``load`` may return: a queue length, or a mapping holding one.
+#: What ``load`` may return: a queue length, or a mapping holding one (``queue_length``)
+#: and, or, the engine's load (``waiting``, ``running``, ``kv_cache_usage`` from 0 to 1).
 Load = Callable[[], int | Mapping[str, Any] | None | Awaitable[int | Mapping[str, Any] | None]]
 
 
@@ -186,8 +187,9 @@ class HeartbeatAgent:
 
     async def _beat(self) -> None:
         try:
+            queue_length, load = await self._load_now()
             stored = await self._client.heartbeat(
-                self.instance, await self._queue_length(), deadline=self.interval
+                self.instance, queue_length, load=load, deadline=self.interval
             )
         except RegistryUnavailable as exc:
             self._lose(exc)
@@ -201,19 +203,22 @@ class HeartbeatAgent:
             log.warning("the registry had lost this instance; registered it again", extra=self._fields())
         self._found("registry reachable again")
 
-    async def _queue_length(self) -> int | None:
+    async def _load_now(self) -> tuple[int | None, dict[str, Any] | None]:
+        """The queue length and the engine's load the ``load`` callable reports."""
         if self._load is None:
-            return None
+            return None, None
         try:
             value = self._load()
             if inspect.isawaitable(value):
                 value = await value
+            engine = None
             if isinstance(value, Mapping):
+                engine = {k: value[k] for k in LOAD_FIELDS if value.get(k) is not None} or None
                 value = value.get("queue_length")
-            return None if value is None else int(value)
+            return (None if value is None else int(value)), engine
         except Exception as exc:  # the worker's callable: report, never die of it
             log.warning("load callable failed; beating without load: %r", exc, extra=self._fields())
-            return None
+            return None, None
 
     def _lose(self, exc: Exception) -> None:
         if not self._lost:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -12,7 +12,16 @@ from urllib.parse import quote
 from .cache import HealthyCache
 from .clock import Clock
 from .errors import RegistryUnavailable
-from .record import InstanceKey, ModelInstance, ModelSummary, from_wire, summary_from_wire, to_wire
+from .record import (
+    LOAD_FIELDS,
+    InstanceKey,
+    ModelInstance,
+    ModelSummary,
+    from_wire,
+    summary_from_wire,
+    to_wire,
+    with_probes,
+)
 from .retry import Retry
 from .transport import Transport
 from .watch import WatchEvent, watch
@@ -85,8 +94,20 @@ class AsyncRegistryClient:
 
     # -- the API -----------------------------------------------------------
 
-    async def register(self, instance: ModelInstance) -> ModelInstance:
-        answer = await self._transport.request("POST", f"{_V1}/instances", json=to_wire(instance))
+    async def register(
+        self,
+        instance: ModelInstance,
+        *,
+        check: Mapping[str, Any] | str | None = None,
+        metrics: Mapping[str, Any] | str | None = None,
+    ) -> ModelInstance:
+        """Register (or update) ``instance``. ``check``: an active health check the
+        registry runs on it (``{"http": "/health", "interval": 10, ...}``, or just the
+        path); ``metrics``: its engine's Prometheus endpoint to scrape (``{"url":
+        "/metrics", "interval": 10}``, or just the path). Either replaces the
+        instance's own ``check`` / ``metrics`` when given."""
+        body = to_wire(with_probes(instance, check, metrics))
+        answer = await self._transport.request("POST", f"{_V1}/instances", json=body)
         return from_wire(answer)
 
     async def heartbeat(
@@ -94,11 +115,15 @@ class AsyncRegistryClient:
         instance: ModelInstance,
         queue_length: int | None = None,
         *,
+        load: Mapping[str, Any] | None = None,
         deadline: float | None = None,
     ) -> ModelInstance:
         """Beat for ``instance``. The whole instance is sent, so a registry that
-        lost it registers it again as described."""
+        lost it registers it again as described. ``load``: the engine's load, any
+        of ``waiting``, ``running`` (request counts) and ``kv_cache_usage`` (0 to 1)."""
         body = {**to_wire(instance), "queue_length": queue_length}
+        if load:
+            body.update({name: load[name] for name in LOAD_FIELDS if load.get(name) is not None})
         answer = await self._transport.request("POST", f"{_V1}/heartbeat", json=body, deadline=deadline)
         return from_wire(answer)
 
@@ -163,8 +188,16 @@ class AsyncRegistryClient:
     async def select(self, model_name: str, strategy: str = "weighted") -> ModelInstance:
         """One healthy instance, picked by ``strategy``: weighted, round_robin, least_load or
         power_of_two."""
+        return (await self.select_why(model_name, strategy))[0]
+
+    async def select_why(
+        self, model_name: str, strategy: str = "weighted"
+    ) -> tuple[ModelInstance, dict[str, Any]]:
+        """``select``, and why it picked that one: ``{"strategy", "load", "fresh"}``, to log."""
         params = {"model_name": model_name, "strategy": strategy}
-        return from_wire(await self._transport.request("GET", f"{_V1}/select", params=params))
+        answer = await self._transport.request("GET", f"{_V1}/select", params=params)
+        reason = answer.get("reason") if isinstance(answer, dict) else None
+        return from_wire(answer), reason if isinstance(reason, dict) else {}
 
     def watch(self, model_name: str | None = None) -> AsyncIterator[WatchEvent]:
         """A snapshot of ``model_name``'s instances (or every model's), then each change as it

@@ -91,6 +91,19 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     )
     register.add_argument("--prompt-template", help="prompt template name")
     register.add_argument("--metadata", type=_json_object, default={}, help="metadata as a JSON object")
+    register.add_argument(
+        "--check",
+        metavar="PATH",
+        help="have the registry probe it: a path on it (/health) or a URL of its own host and port",
+    )
+    register.add_argument("--check-interval", type=float, help="seconds between probes (default: 10)")
+    register.add_argument("--check-timeout", type=float, help="seconds a probe may take (default: 2)")
+    register.add_argument(
+        "--metrics",
+        metavar="PATH",
+        help="have the registry scrape its engine's Prometheus endpoint (/metrics)",
+    )
+    register.add_argument("--metrics-interval", type=float, help="seconds between scrapes (default: 10)")
 
     deregister = commands.add_parser("deregister", parents=[common], help="mark an instance unhealthy")
     _identity(deregister)
@@ -211,7 +224,16 @@ def _call(client: RegistryClient, args: argparse.Namespace) -> Any:
         prompt_template=args.prompt_template,
         metadata=args.metadata,
     )
-    return [client.register(instance)]
+    check = _spec("http", args.check, interval=args.check_interval, timeout=args.check_timeout)
+    metrics = _spec("url", args.metrics, interval=args.metrics_interval)
+    return [client.register(instance, check=check, metrics=metrics)]
+
+
+def _spec(target_name: str, target: str | None, **options: float | None) -> dict[str, Any] | None:
+    """A ``check`` or ``metrics`` object from the flags; the registry's defaults for the rest."""
+    if target is None:
+        return None
+    return {target_name: target, **{k: v for k, v in options.items() if v is not None}}
 
 
 def run_client_command(args: argparse.Namespace) -> int:

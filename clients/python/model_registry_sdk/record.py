@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -38,6 +39,7 @@ __all__ = [
     "check",
     "from_wire",
     "held_by_check",
+    "with_probes",
     "summary_from_wire",
     "to_wire",
 ]
@@ -235,6 +237,23 @@ def from_wire(value: dict[str, Any]) -> ModelInstance:
     if type(record.weight) is int:
         record.weight = float(record.weight)
     return record
+
+
+def with_probes(
+    instance: ModelInstance,
+    check: Mapping[str, Any] | str | None = None,
+    metrics: Mapping[str, Any] | str | None = None,
+) -> ModelInstance:
+    """``instance`` with a ``check`` and ``metrics`` to register it with, when given: a
+    mapping, or a path (``"/health"``, ``"/metrics"``) for the defaults."""
+    if check is None and metrics is None:
+        return instance
+    changes: dict[str, Any] = {}
+    if check is not None:
+        changes["check"] = {"http": check} if isinstance(check, str) else dict(check)
+    if metrics is not None:
+        changes["metrics"] = {"url": metrics} if isinstance(metrics, str) else dict(metrics)
+    return dataclasses.replace(instance, **changes)
 
 
 def summary_from_wire(value: dict[str, Any]) -> ModelSummary:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -93,8 +93,15 @@ class RegistryClient:
 
     # -- the API, as in AsyncRegistryClient ---------------------------------
 
-    def register(self, instance: ModelInstance) -> ModelInstance:
-        return self.run(self._aio.register(instance))
+    def register(
+        self,
+        instance: ModelInstance,
+        *,
+        check: Mapping[str, Any] | str | None = None,
+        metrics: Mapping[str, Any] | str | None = None,
+    ) -> ModelInstance:
+        """See ``AsyncRegistryClient.register``."""
+        return self.run(self._aio.register(instance, check=check, metrics=metrics))
 
     def create_token(
         self, name: str, role: str, models: Sequence[str] | None = None, expires: str | None = None
@@ -107,8 +114,14 @@ class RegistryClient:
     def revoke_token(self, name: str) -> None:
         self.run(self._aio.revoke_token(name))
 
-    def heartbeat(self, instance: ModelInstance, queue_length: int | None = None) -> ModelInstance:
-        return self.run(self._aio.heartbeat(instance, queue_length))
+    def heartbeat(
+        self,
+        instance: ModelInstance,
+        queue_length: int | None = None,
+        *,
+        load: Mapping[str, Any] | None = None,
+    ) -> ModelInstance:
+        return self.run(self._aio.heartbeat(instance, queue_length, load=load))
 
     def deregister(self, instance: ModelInstance | InstanceKey, *, purge: bool = False) -> ModelInstance:
         return self.run(self._aio.deregister(instance, purge=purge))
@@ -145,6 +158,9 @@ class RegistryClient:
 
     def select(self, model_name: str, strategy: str = "weighted") -> ModelInstance:
         return self.run(self._aio.select(model_name, strategy))
+
+    def select_why(self, model_name: str, strategy: str = "weighted") -> tuple[ModelInstance, dict[str, Any]]:
+        return self.run(self._aio.select_why(model_name, strategy))
 
     def health(self) -> dict[str, Any]:
         return self.run(self._aio.health())
