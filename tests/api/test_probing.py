@@ -313,3 +313,21 @@ async def test_a_heartbeat_may_carry_the_engine_load(client: TestClient) -> None
     assert body["load_at"] is not None
     bad = await client.post("/api/v1/heartbeat", json={**registration(9001), "kv_cache_usage": 1.5})
     assert bad.status == 422 and (await bad.json())["field"] == "kv_cache_usage"
+
+
+async def test_an_operator_may_allow_other_probe_hosts(aiohttp_client: Any, clock: Any) -> None:
+    from model_registry.api import create_app
+    from model_registry.settings import Settings
+    from tests.api.conftest import serve_app
+
+    settings = Settings(storage="memory://", probe_allowed_hosts="Sidecar.Internal, 10.9.9.9")
+    assert settings.probe_hosts == frozenset({"sidecar.internal", "10.9.9.9"})
+    client = await serve_app(aiohttp_client, create_app(settings, clock=clock))
+    allowed = {"url": "http://sidecar.internal:9100/metrics", "interval": 30}
+    answer = await client.post(INSTANCES, json=registration(8000, metrics=allowed))
+    assert answer.status == 201, await answer.text()
+    other = {"http": "http://10.9.9.8:8000/health"}
+    answer = await client.post(INSTANCES, json=registration(8001, check=other))
+    assert answer.status == 422 and "--probe-allowed-hosts" in (await answer.json())["detail"]
+    with pytest.raises(ValueError, match="not a hostname"):
+        Settings(storage="memory://", probe_allowed_hosts="no such host!")

@@ -348,3 +348,76 @@ async def test_tokens_are_stored_by_name_listed_and_removed(storage: Storage) ->
     assert await storage.remove_token("gpu-pool-a") == worker
     assert await storage.remove_token("gpu-pool-a") is None
     assert await storage.tokens() == [admin]
+
+
+# -- what an instance's check and its engine's load do to a record ------------------------
+
+CHECK = {"http": "/health", "interval": 10.0, "timeout": 2.0, "healthy_after": 1, "unhealthy_after": 3}
+
+
+def checked(**fields) -> ModelInstance:
+    base = dict(check=CHECK, metrics={"url": "/metrics", "interval": 5.0}, last_heartbeat=None)
+    return record(**{**base, **fields})
+
+
+async def test_round_trip_keeps_checks_reasons_and_load(storage: Storage) -> None:
+    full = checked(
+        healthy=False,
+        unhealthy_since=T0,
+        state_reason="probe: HTTP 503 after 2 s",
+        waiting=3,
+        running=12,
+        kv_cache_usage=0.625,
+        load_at=T0,
+    )
+    stored, _ = await storage.upsert(full)
+    assert stored == full and await storage.get(full.key) == full
+
+
+async def test_a_check_failure_holds_the_record_and_a_beat_does_not_revive_it(storage: Storage) -> None:
+    await storage.upsert(checked())
+    key = checked().key
+    marked = await storage.mark_unhealthy(key, T0, "probe: connection refused")
+    assert marked is not None and not marked.healthy and marked.state_reason == "probe: connection refused"
+    beaten, revived = await storage.touch(key, T0 + timedelta(seconds=1), 4)
+    assert not revived and not beaten.healthy and beaten.state_reason == "probe: connection refused"
+    assert beaten.last_heartbeat == T0 + timedelta(seconds=1) and beaten.queue_length == 4
+    passed = await storage.pass_check(key, T0)
+    assert passed is not None and passed.healthy and passed.state_reason is None
+    assert passed.unhealthy_since is None
+    assert await storage.get(key) == passed
+
+
+async def test_passing_a_check_revives_only_what_the_check_holds(storage: Storage) -> None:
+    await storage.upsert(checked())
+    key = checked().key
+    assert await storage.pass_check(key, T0) is None  # healthy already: nothing to do
+    await storage.mark_unhealthy(key, T0, "deregistered")
+    assert await storage.pass_check(key, T0) is None  # deregistered: not the check's to undo
+    await storage.upsert(checked(last_heartbeat=T0, healthy=False, state_reason="probe: HTTP 500"))
+    # It beats, and its last beat is older than the cutoff: the heartbeat timeout holds it too.
+    assert await storage.pass_check(key, T0 + timedelta(seconds=1)) is None
+    assert (await storage.pass_check(key, T0)).healthy
+    assert await storage.pass_check(InstanceKey("nobody", "10.0.0.1", 1), T0) is None
+
+
+async def test_a_beat_revives_an_expired_record_and_clears_its_reason(storage: Storage) -> None:
+    await storage.upsert(record())
+    (expired,) = await storage.expire(T0 + timedelta(seconds=1), T0, "heartbeat: none within 30 s")
+    assert expired.state_reason == "heartbeat: none within 30 s"
+    beaten, revived = await storage.touch(record().key, T0 + timedelta(seconds=2), None)
+    assert revived and beaten.healthy and beaten.state_reason is None
+
+
+async def test_set_load_is_kept_and_survives_a_flush(storage: Storage) -> None:
+    await storage.upsert(record())
+    key = record().key
+    loaded = storage.set_load(key, 2, 5, 0.5, T0)
+    assert loaded is not None and (loaded.waiting, loaded.running, loaded.kv_cache_usage) == (2, 5, 0.5)
+    assert storage.set_load(InstanceKey("nobody", "10.0.0.1", 1), 1, 1, 0.1, T0) is None
+    flush = getattr(storage, "flush", None)
+    if flush is not None:  # PostgreSQL: written behind, read from the database
+        await flush()
+    got = await storage.get(key)
+    assert (got.waiting, got.running, got.kv_cache_usage, got.load_at) == (2, 5, 0.5, T0)
+    assert got.healthy and got.last_heartbeat == T0  # the load changes nothing else

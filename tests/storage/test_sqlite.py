@@ -133,6 +133,19 @@ async def test_every_field_survives_a_reopen(tmp_path: Path) -> None:
         assert await storage.list() == [full]
 
 
+async def test_a_probe_transition_is_durable_and_load_is_written_behind(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "r.db")
+    checked = record(check={"http": "/health", "interval": 10.0}, last_heartbeat=None)
+    async with open_storage(url) as storage:
+        await storage.upsert(checked)
+        await storage.mark_unhealthy(checked.key, T0, "probe: connection refused")
+        storage.set_load(checked.key, 1, 2, 0.5, T0)  # no wait: written with the next flush
+    async with open_storage(url) as storage:
+        (got,) = await storage.list()
+    assert not got.healthy and got.state_reason == "probe: connection refused"
+    assert (got.waiting, got.running, got.kv_cache_usage, got.load_at) == (1, 2, 0.5, T0)
+
+
 def test_head_names_the_newest_migration() -> None:
     from alembic.script import ScriptDirectory
 
