@@ -116,7 +116,10 @@ def create_app(
             app[FASTCHAT] = FastChat(registry, settings.fastchat_dispatch, advice)
             warning = _warn_open(settings) if not settings.auth and not settings.loopback else None
             app[PROBER] = prober = Prober(
-                registry, concurrency=settings.probe_concurrency, owns=await storage.probe_shares()
+                registry,
+                concurrency=settings.probe_concurrency,
+                idle_connections=settings.probe_idle_connections,
+                owns=await storage.probe_shares(),
             )
             await prober.start()
             app[METRICS].prober = prober

@@ -320,6 +320,17 @@ def _probes(prober: Prober) -> Iterator[Metric]:
         [({}, prober.followed)],
     )
     yield _gauge("model_registry_probes_in_flight", "Probes and scrapes under way", [({}, prober.in_flight)])
+    fetcher = prober.fetcher
+    yield _counter(
+        "model_registry_probe_connections",
+        "Probes and scrapes sent on a new connection (new) or on one kept from the last (reused)",
+        [({"connection": "new"}, fetcher.connected), ({"connection": "reused"}, fetcher.reused)],
+    )
+    yield _gauge(
+        "model_registry_probe_connections_idle",
+        "Connections kept open between probes (at most --probe-idle-connections)",
+        [({}, fetcher.idle)],
+    )
 
 
 def _storage(stats: dict[str, Any]) -> Iterator[Metric]:

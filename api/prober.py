@@ -21,7 +21,9 @@ Bounded
     waits for one to end (it slips rather than piles up). Every request has a
     timeout (the check's own; a scrape's is half its interval, at most 5 s),
     redirects are not followed (a redirect could point anywhere) and a scraped
-    answer is read up to ``MAX_SCRAPE_BYTES``. Nothing here blocks the loop:
+    answer is read up to ``MAX_SCRAPE_BYTES``. Connections stay open between
+    probes while the instance keeps them, ``idle_connections`` at most
+    (``fetch.Fetcher``: a new TCP connection costs several times a GET). Nothing here blocks the loop:
     the text of a scrape is picked apart by a regular expression before the
     few lines that matter are parsed (``engines``).
 Hysteresis
@@ -39,18 +41,16 @@ One replica per instance
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
+import math
 import random
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-import aiohttp
 
 from model_registry.engines import EngineMetricsError, parse_engine_metrics
 from model_registry.errors import InvalidInstance
@@ -61,17 +61,30 @@ from model_registry.storage import InstanceKey, ModelInstance, StorageUnavailabl
 from model_registry.storage.tasks import cancelled
 from model_registry_sdk.record import Change, held_by_check
 
-__all__ = ["DEFAULT_CONCURRENCY", "MAX_SCRAPE_BYTES", "Prober", "probe_reason"]
+from .fetch import Fetcher, FetchError, Target
+
+__all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_IDLE_CONNECTIONS", "MAX_SCRAPE_BYTES", "Prober", "probe_reason"]
 
 log = logging.getLogger("registry.prober")
 
 #: Requests out at once, at most, by default (``--probe-concurrency``).
 DEFAULT_CONCURRENCY = 256
+#: Connections kept open between probes (``Fetcher``), at most.
+DEFAULT_IDLE_CONNECTIONS = 10_000
 #: The most of a scraped answer that is read (a vLLM ``/metrics`` is some 50 KB).
 MAX_SCRAPE_BYTES = 4 * 1024 * 1024
 _MAX_SCRAPE_TIMEOUT = 5.0
 _GONE = frozenset({Change.DEREGISTERED, Change.EVICTED, Change.PURGED})
 _CHECK, _SCRAPE = "check", "metrics"
+
+
+#: The schedule's resolution: probes due within it of one another start together.
+TICK = 0.01
+
+
+def _wake_up(wake: asyncio.Future[None]) -> None:
+    if not wake.done():
+        wake.set_result(None)
 
 
 def probe_reason(problem: str, took: float | None = None) -> str:
@@ -87,6 +100,7 @@ class _Entry:
     key: InstanceKey
     kind: str  # _CHECK or _SCRAPE
     url: str
+    target: Target
     interval: float
     timeout: float
     record: ModelInstance  # the instance as the feed last showed it
@@ -104,22 +118,24 @@ class Prober:
         registry: Registry,
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
+        idle_connections: int = DEFAULT_IDLE_CONNECTIONS,
         owns: Callable[[InstanceKey], bool] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._registry = registry
         self.concurrency = concurrency
+        self.fetcher = Fetcher(idle_connections)
         self._owns = owns or (lambda key: True)
         self._rng = rng or random.Random()
         self._entries: dict[tuple[InstanceKey, str], _Entry] = {}
         self._heap: list[tuple[float, int, tuple[InstanceKey, str], int]] = []
         self._order = itertools.count()
         self._generations = itertools.count(1)
-        self._wake = asyncio.Event()
+        self._wake: asyncio.Future[None] | None = None  # the runner's sleep
+        self._sleep_until = math.inf
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
         #: Probes and scrapes done, by kind and outcome (``check``/``metrics``, ``ok``/``failed``).
         self.outcomes: Counter[tuple[str, str]] = Counter()
         #: The seconds they took in all, by kind.
@@ -128,12 +144,6 @@ class Prober:
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.concurrency, force_close=True, ttl_dns_cache=60),
-            auto_decompress=True,
-            trust_env=False,  # no proxy from the environment: a probe goes to the instance
-            headers={"User-Agent": "model-registry-prober"},
-        )
         self._registry.feed.listeners.append(self._heard)
         records = self._registry.storage.records_now()
         if records is None:
@@ -148,9 +158,7 @@ class Prober:
             self._registry.feed.listeners.remove(self._heard)
         await cancelled([self._runner, *self._tasks])
         self._runner = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self.fetcher.close()
 
     @property
     def followed(self) -> int:
@@ -171,7 +179,12 @@ class Prober:
 
     def _drop(self, key: InstanceKey) -> None:
         for kind in (_CHECK, _SCRAPE):
-            self._entries.pop((key, kind), None)  # its heap items are skipped when they come up
+            self._unfollow((key, kind))
+
+    def _unfollow(self, slot: tuple[InstanceKey, str]) -> None:
+        entry = self._entries.pop(slot, None)  # its heap items are skipped when they come up
+        if entry is not None:
+            self.fetcher.forget(entry.target)
 
     def _follow(self, record: ModelInstance, now: float, *, jitter: bool) -> None:
         """Put ``record``'s check and scrape on the schedule (again, if they changed)."""
@@ -180,14 +193,14 @@ class Prober:
             slot = (key, kind)
             entry = self._entries.get(slot)
             if spec is None:
-                self._entries.pop(slot, None)
+                self._unfollow(slot)
                 continue
             target = spec["http"] if kind == _CHECK else spec["url"]
             try:
                 url = target_url(key.host, key.port, target, kind, self._registry.probe_allowed_hosts)
             except InvalidInstance:  # allowed when registered, no longer (the operator narrowed the list)
                 log.warning("not probing %s: %s is no longer allowed", key, target)
-                self._entries.pop(slot, None)
+                self._unfollow(slot)
                 continue
             interval = float(spec["interval"])
             timeout = float(spec["timeout"]) if kind == _CHECK else min(interval / 2, _MAX_SCRAPE_TIMEOUT)
@@ -200,7 +213,10 @@ class Prober:
             hysteresis = (
                 Hysteresis(spec["healthy_after"], spec["unhealthy_after"]) if kind == _CHECK else None
             )
-            entry = _Entry(key, kind, url, interval, timeout, record, hysteresis, next(self._generations))
+            self._unfollow(slot)
+            entry = _Entry(
+                key, kind, url, Target(url), interval, timeout, record, hysteresis, next(self._generations)
+            )
             self._entries[slot] = entry
             self._schedule(entry, now + (self._rng.uniform(0, interval) if jitter else 0.0))
 
@@ -208,36 +224,45 @@ class Prober:
         entry.due = due
         item = (due, next(self._order), (entry.key, entry.kind), entry.generation)
         heapq.heappush(self._heap, item)
-        if self._heap[0] is item:  # sooner than the runner sleeps for
-            self._wake.set()
+        if (
+            due < self._sleep_until and self._wake is not None and not self._wake.done()
+        ):  # sooner than the runner sleeps for
+            self._wake.set_result(None)
 
     # -- the schedule --------------------------------------------------------------
 
     async def _run(self) -> None:
+        """Start what is due, then sleep until the next is (at least ``TICK``: probes
+        due within a tick of one another start together, with one wake-up)."""
+        loop = asyncio.get_running_loop()
         heap = self._heap
         while True:
-            if not heap:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            delay = heap[0][0] - time.monotonic()
-            if delay > 0:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                continue
-            due, _, slot, generation = heapq.heappop(heap)
-            entry = self._entries.get(slot)
-            if entry is None or entry.generation != generation:
-                continue  # gone, or rescheduled since
-            self._schedule(entry, due + entry.interval)
-            if entry.running or not self._wanted(entry):
-                continue
-            await self._slots.acquire()  # bounded: the schedule waits for a free slot
-            entry.running = True
-            task = asyncio.create_task(self._probe(entry))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._sleep_until = math.inf  # starting what is due: no need to wake
+            now = time.monotonic()
+            while heap and heap[0][0] <= now:
+                due, _, slot, generation = heapq.heappop(heap)
+                entry = self._entries.get(slot)
+                if entry is None or entry.generation != generation:
+                    continue  # gone, or rescheduled since
+                self._schedule(entry, due + entry.interval)
+                if entry.running or not self._wanted(entry):
+                    continue
+                await self._slots.acquire()  # bounded: the schedule waits for a free slot
+                entry.running = True
+                task = loop.create_task(self._probe(entry))  # not asyncio's: see Fetcher._loop
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            self._wake = wake = loop.create_future()
+            timer = None
+            if heap:
+                delay = max(heap[0][0] - time.monotonic(), TICK)
+                self._sleep_until = time.monotonic() + delay
+                timer = loop.call_later(delay, _wake_up, wake)
+            try:
+                await wake
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
     def _wanted(self, entry: _Entry) -> bool:
         record = entry.record
@@ -260,18 +285,6 @@ class Prober:
             entry.running = False
             self.seconds[entry.kind] += time.perf_counter() - started
             self._slots.release()
-
-    async def _get(self, entry: _Entry) -> tuple[int, bytes | None]:
-        """The status of a GET of the entry's URL, and (scrapes only) the body."""
-        assert self._session is not None
-        timeout = aiohttp.ClientTimeout(total=entry.timeout)
-        async with self._session.get(entry.url, timeout=timeout, allow_redirects=False) as response:
-            if entry.kind == _CHECK or response.status != 200:
-                return response.status, None
-            body = await response.content.read(MAX_SCRAPE_BYTES + 1)
-            if len(body) > MAX_SCRAPE_BYTES or not response.content.at_eof():
-                raise _TooLarge
-            return response.status, body
 
     async def _check(self, entry: _Entry, started: float) -> None:
         problem = await self._fetch(entry)
@@ -299,13 +312,11 @@ class Prober:
     async def _fetch(self, entry: _Entry) -> tuple[int | None, str] | None:
         """``None`` when the check passes; else the status (if any) and what went wrong."""
         try:
-            status, _ = await self._get(entry)
+            status, _ = await self.fetcher.get(entry.target, entry.timeout)
         except TimeoutError:
             return None, f"no answer within {entry.timeout:g} s"
-        except aiohttp.ClientConnectorError as exc:
-            return None, _connect_problem(exc)
-        except aiohttp.ClientError as exc:
-            return None, f"{type(exc).__name__}: {str(exc)[:200]}"
+        except FetchError as exc:
+            return None, str(exc)[:200]
         if 200 <= status < 400:
             return None
         return status, f"HTTP {status}"
@@ -313,13 +324,15 @@ class Prober:
     async def _scrape(self, entry: _Entry) -> None:
         key = entry.key
         try:
-            status, body = await self._get(entry)
-            if body is None:
+            status, body = await self.fetcher.get(
+                entry.target, entry.timeout, body=True, limit=MAX_SCRAPE_BYTES
+            )
+            if status != 200 or body is None:
                 raise EngineMetricsError(f"the metrics endpoint answered HTTP {status}")
             load = _parse(body.decode("utf-8", "replace"), key.model_name)
-        except (TimeoutError, aiohttp.ClientError, EngineMetricsError, _TooLarge) as exc:
+        except (TimeoutError, FetchError, EngineMetricsError) as exc:
             self.outcomes[(_SCRAPE, "failed")] += 1
-            problem = "too large" if isinstance(exc, _TooLarge) else str(exc)[:200] or type(exc).__name__
+            problem = str(exc)[:200] or type(exc).__name__
             log.debug(
                 "scrape failed", extra={"model": key.model_name, "addr": key.address, "reason": problem}
             )
@@ -336,24 +349,9 @@ class Prober:
         }
 
 
-class _TooLarge(Exception):
-    pass
-
-
 def _parse(text: str, model: str) -> Any:
     """The engine's load for ``model``; all of the server's when it does not name it."""
     try:
         return parse_engine_metrics(text, model)
     except EngineMetricsError:
         return parse_engine_metrics(text)
-
-
-def _connect_problem(exc: aiohttp.ClientConnectorError) -> str:
-    errno = getattr(exc.os_error, "errno", None)
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return "cannot resolve the host"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
-        return "TLS error"
-    if errno == 111 or isinstance(exc.os_error, ConnectionRefusedError):
-        return "connection refused"
-    return f"cannot connect ({exc.os_error})"[:200]

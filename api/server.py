@@ -87,6 +87,10 @@ def raise_open_files_limit() -> int:
 async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain and return."""
     open_files = raise_open_files_limit()
+    # The prober's connections come out of the same descriptors as clients':
+    # those it may keep idle are capped at half of them.
+    probe_files = min(settings.probe_idle_connections, open_files // 2)
+    settings = settings.model_copy(update={"probe_idle_connections": probe_files})
     app = create_app(settings, clock=clock)
     access_log = logging.getLogger("aiohttp.access") if settings.log_level == "debug" else None
     reserve = min(1.0, settings.shutdown_timeout / 4)  # for aiohttp's own wait, step 4
@@ -105,7 +109,7 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
         assert runner.server is not None
         app[DISCONNECTS].attach(runner.server)
         connections = app[CONNECTIONS]
-        connections.total = max(1, open_files - RESERVED_FILES)
+        connections.total = max(1, open_files - RESERVED_FILES - probe_files - settings.probe_concurrency)
         connections.attach(runner.server)
         loop.set_exception_handler(_accept_failures(connections))
         site = web.TCPSite(runner, settings.host, settings.port, ssl_context=_tls(settings))

@@ -3,22 +3,34 @@
 What the registry's own requests cost the heartbeat path. One registry (SQLite,
 as ``serve`` runs by default) holds 10,000 instances that beat (wrk drives them,
 as the other benchmarks do) and 10,000 more, each a loopback stub, in one of
-three set-ups, each its own database file:
+four set-ups, each its own database file:
 
 - ``off``: the 10,000 stubs registered without a check (the baseline);
 - ``check``: each with ``check: {"http": "/health", "interval": 10}``: 1,000
-  probes a second;
-- ``check+metrics``: each also with ``metrics: {"url": "/metrics", "interval":
-  10}``, answered with a real vLLM ``/metrics`` text: 1,000 scrapes a second more.
+  probes a second, to stubs that keep connections open (as TGI, Ollama and
+  aiohttp do), so that each probe after the first is a GET on a kept connection;
+- ``check-reconnect``: the same to stubs that close a connection idle for 5 s,
+  as uvicorn does under vLLM and SGLang: every probe connects anew;
+- ``check+metrics``: ``check`` and ``metrics: {"url": "/metrics", "interval":
+  10}``, answered with a real vLLM ``/metrics`` text (85 KB): 1,000 scrapes a
+  second more.
 
-The stubs are one process (uvloop, a bare protocol) on the load core, listening
-on one port of every loopback address: instance *n* is at ``127.77.x.y``. Rounds
-alternate the set-ups, a fresh server each (restarted, the prober spreads its
-first probes over one interval, as after any restart), and after a warm-up
-measure for ``--duration`` seconds: the heartbeat rate, the probes and scrapes
-done, and the event loop's lag (``model_registry_event_loop_lag_seconds``, from
-``/metrics``). Printed: per set-up the median rate over ``off``'s (round by
-round), and the median of the rounds' p99 lag (a histogram bucket's bound).
+The stubs are one process per behaviour (uvloop, a bare protocol) on the load
+core, listening on one port of every loopback address: instance *n* is at
+``127.77.x.y``. Rounds alternate the set-ups, a fresh server each, and after a
+warm-up longer than one interval (after a restart the prober spreads its first
+probes over one interval; those connect anew) measure for ``--duration``
+seconds: the heartbeat rate, the probes and scrapes done, the share sent on
+kept connections, and the event loop's lag (``model_registry_event_loop_lag_seconds``,
+from ``/metrics``); then for ``--quiet`` seconds without heartbeats, the core
+the prober alone takes and the loop's lag. Printed: per set-up the median rate
+over ``off``'s (round by round) and the medians of the rest (a lag is the bound
+of the histogram bucket that holds the 99th percentile).
+
+The server keeps at most half of its open-files limit as idle probe
+connections: 20,000 (``check+metrics``: 2 per stub) need a limit of 40,000,
+which the benchmark asks for and may not get without CAP_SYS_RESOURCE; it says
+so, and the share on kept connections shows it.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -45,7 +58,9 @@ from benchmarks.run import _post_each, _register_over_http  # noqa: E402
 COUNT = 10_000
 BEATS = {"BENCH_PATH": "/api/v1/heartbeat", "BENCH_COUNT": str(COUNT)}
 METRICS_TEXT = (ROOT / "tests" / "registry" / "fixtures" / "vllm_metrics.txt").read_bytes()
-SETUPS = ("off", "check", "check+metrics")
+SETUPS = ("off", "check", "check+metrics", "check-reconnect")
+#: Set-ups whose stubs close a connection idle for 5 s, as uvicorn does.
+RECONNECT = {"check-reconnect"}
 
 
 def stub_host(n: int) -> str:
@@ -64,7 +79,10 @@ def stub_instance(n: int, port: int, setup: str) -> dict:
 # -- the stubs: one process, one port on every loopback address ----------------------
 
 
-def serve_stubs(port: int) -> None:
+def serve_stubs(port: int, idle_timeout: float | None) -> None:
+    """Answer ``/health`` and ``/metrics`` on ``port``, keeping connections open,
+    or closing those idle for ``idle_timeout`` seconds (as uvicorn does, after 5 s,
+    under vLLM and SGLang)."""
     import uvloop
 
     health = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
@@ -76,13 +94,25 @@ def serve_stubs(port: int) -> None:
 
     class Stub(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.transport, self.buffer = transport, b""
+            self.transport, self.buffer, self.timer = transport, b"", None
+            self._idle()
+
+        def _idle(self) -> None:
+            if idle_timeout is not None:
+                self.timer = asyncio.get_running_loop().call_later(idle_timeout, self.transport.close)
 
         def data_received(self, data: bytes) -> None:
+            if self.timer is not None:
+                self.timer.cancel()
             self.buffer += data
             while b"\r\n\r\n" in self.buffer:
                 head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
                 self.transport.write(metrics if head.startswith(b"GET /metrics") else health)  # type: ignore[attr-defined]
+            self._idle()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.timer is not None:
+                self.timer.cancel()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -94,11 +124,12 @@ def serve_stubs(port: int) -> None:
 
 
 class Stubs:
-    def __init__(self) -> None:
+    def __init__(self, idle_timeout: float | None = None) -> None:
         self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--stub", str(self.port)], cwd=ROOT, preexec_fn=pin(LOAD_CORE)
-        )
+        argv = [sys.executable, __file__, "--stub", str(self.port)]
+        if idle_timeout is not None:
+            argv += ["--stub-idle-timeout", str(idle_timeout)]
+        self.proc = subprocess.Popen(argv, cwd=ROOT, preexec_fn=pin(LOAD_CORE))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -146,6 +177,15 @@ def _lag_p99(before: str, after: str) -> float:
     return float("inf")
 
 
+def _reused(before: str, after: str) -> float:
+    """The share of probes and scrapes sent on a kept connection."""
+    name = "model_registry_probe_connections_total"
+    old, new = _samples(before, name), _samples(after, name)
+    sent = {k: v - old.get(k, 0) for k, v in new.items()}
+    total = sum(sent.values())
+    return sum(v for k, v in sent.items() if "reused" in k) / total if total else 0.0
+
+
 def _done(before: str, after: str, kind: str) -> float:
     name = "model_registry_probes_total"
     old, new = _samples(before, name), _samples(after, name)
@@ -163,7 +203,14 @@ def prepare(db: Path, setup: str, stubs: Stubs) -> None:
         server.stop()
 
 
+def _cpu_ns(pid: int) -> int:
+    """Nanoseconds the process's threads have spent on a core."""
+    tasks = Path(f"/proc/{pid}/task").glob("*/schedstat")
+    return sum(int(task.read_text().split()[0]) for task in tasks)
+
+
 def measure(db: Path, args: argparse.Namespace) -> dict[str, float]:
+    """One round of one set-up: heartbeats at full speed, then the prober alone."""
     server = _server(db)
     try:
         server.wait_ready()
@@ -171,6 +218,10 @@ def measure(db: Path, args: argparse.Namespace) -> dict[str, float]:
         time.sleep(args.warmup)
         before = asyncio.run(_scrape(server.url))
         load = drive(server.url, "heartbeat.lua", BEATS, args.duration, args.connections)
+        during = asyncio.run(_scrape(server.url))
+        cpu, started = _cpu_ns(server.proc.pid), time.monotonic()
+        time.sleep(args.quiet)
+        busy = (_cpu_ns(server.proc.pid) - cpu) / 1e9 / (time.monotonic() - started)
         after = asyncio.run(_scrape(server.url))
     finally:
         server.stop()
@@ -178,10 +229,29 @@ def measure(db: Path, args: argparse.Namespace) -> dict[str, float]:
         raise SystemExit(f"{load.errors} heartbeats failed")
     return {
         "rps": load.rps,
-        "lag_p99": _lag_p99(before, after),
-        "probes_per_s": _done(before, after, "check") / args.duration,
-        "scrapes_per_s": _done(before, after, "metrics") / args.duration,
+        "lag_p99": _lag_p99(before, during),
+        "quiet_lag_p99": _lag_p99(during, after),
+        "quiet_busy": busy,
+        "probes_per_s": _done(before, during, "check") / args.duration,
+        "scrapes_per_s": _done(before, during, "metrics") / args.duration,
+        "reused": _reused(before, during),
     }
+
+
+def _raise_open_files(wanted: int) -> None:
+    """Enough descriptors for the server to keep a connection to every stub (it
+    keeps at most half of its limit): the servers inherit the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
+    except (ValueError, OSError):
+        print(
+            f"the open-files limit stays {soft} (raising it to {wanted} needs CAP_SYS_RESOURCE): the "
+            f"server keeps at most {soft // 2} probe connections open between probes",
+            file=sys.stderr,
+        )
 
 
 def main() -> None:
@@ -189,48 +259,67 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--stub", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--stub-idle-timeout", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per round")
-    parser.add_argument("--warmup", type=float, default=5.0, help="seconds after the start before measuring")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=12.0,
+        help="seconds after the start before measuring (past one interval: every instance probed once)",
+    )
+    parser.add_argument("--quiet", type=float, default=5.0, help="seconds measured with no heartbeats")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--setups", default=",".join(SETUPS), help=f"which of {', '.join(SETUPS)}")
     args = parser.parse_args()
     if args.stub:
-        serve_stubs(args.stub)
+        serve_stubs(args.stub, args.stub_idle_timeout)
         return
+    _raise_open_files(2 * 2 * COUNT + 1024)
     setups = [s for s in args.setups.split(",") if s]
     if "off" not in setups:
         setups.insert(0, "off")
     if not shutil.which("wrk"):
         print("wrk is not installed: the rates come from the built-in generator", file=sys.stderr)
     stubs = Stubs()
+    closing = Stubs(idle_timeout=5.0) if RECONNECT & set(setups) else None
     results: dict[str, list[dict[str, float]]] = {s: [] for s in setups}
     with tempfile.TemporaryDirectory(prefix="registry-probing-") as tmp:
         try:
             dbs = {s: Path(tmp) / f"{s.replace('+', '-')}.db" for s in setups}
             for setup, db in dbs.items():
-                prepare(db, setup, stubs)
+                prepare(db, setup, closing if setup in RECONNECT else stubs)
             for round_ in range(args.rounds):
                 order = setups if round_ % 2 == 0 else setups[::-1]
                 for setup in order:
                     result = measure(dbs[setup], args)
                     results[setup].append(result)
                     print(
-                        f"round {round_ + 1}: {setup:14} {result['rps']:7.0f} beats/s  "
-                        f"p99 lag ≤ {result['lag_p99'] * 1000:g} ms  "
-                        f"{result['probes_per_s']:5.0f} probes/s  {result['scrapes_per_s']:5.0f} scrapes/s",
+                        f"round {round_ + 1}: {setup:15} {result['rps']:7.0f} beats/s, "
+                        f"p99 lag ≤ {result['lag_p99'] * 1000:g} ms; "
+                        f"{result['probes_per_s']:5.0f} probes/s, {result['scrapes_per_s']:5.0f} scrapes/s "
+                        f"({result['reused']:.0%} on kept connections); alone: {result['quiet_busy']:.1%} "
+                        f"of the core, p99 lag ≤ {result['quiet_lag_p99'] * 1000:g} ms",
                         flush=True,
                     )
         finally:
             stubs.stop()
+            if closing is not None:
+                closing.stop()
     print()
     for setup in setups:
         ratios = [r["rps"] / o["rps"] for r, o in zip(results[setup], results["off"], strict=True)]
+        rounds = results[setup]
+
+        def median(key: str, rounds: list[dict[str, float]] = rounds) -> float:
+            return statistics.median(r[key] for r in rounds)
+
         print(
-            f"{setup:14} heartbeats {statistics.median(ratios):.3f} of off's; "
-            f"p99 loop lag ≤ {statistics.median(r['lag_p99'] for r in results[setup]) * 1000:g} ms; "
-            f"{statistics.median(r['probes_per_s'] for r in results[setup]):.0f} probes/s, "
-            f"{statistics.median(r['scrapes_per_s'] for r in results[setup]):.0f} scrapes/s"
+            f"{setup:15} heartbeats {statistics.median(ratios):.3f} of off's, p99 lag ≤ "
+            f"{median('lag_p99') * 1000:g} ms; {median('probes_per_s'):.0f} probes/s, "
+            f"{median('scrapes_per_s'):.0f} scrapes/s, {median('reused'):.0%} on kept connections; "
+            f"without heartbeats {median('quiet_busy'):.1%} of the core, p99 lag ≤ "
+            f"{median('quiet_lag_p99') * 1000:g} ms"
         )
 
 

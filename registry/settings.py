@@ -191,6 +191,15 @@ class Settings(BaseSettings):
         le=10_000,
         description="health-check probes and metrics scrapes the registry may have out at once",
     )
+    probe_idle_connections: int = Field(
+        10_000,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "probe and scrape connections kept open between probes, when the instance keeps them "
+            "(0: a new connection for each probe); the server keeps as many descriptors aside"
+        ),
+    )
     probe_allowed_hosts: str = Field(
         "",
         description=(
