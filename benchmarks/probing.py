@@ -22,8 +22,9 @@ warm-up longer than one interval (after a restart the prober spreads its first
 probes over one interval; those connect anew) measure for ``--duration``
 seconds: the heartbeat rate, the probes and scrapes done, the share sent on
 kept connections, and the event loop's lag (``model_registry_event_loop_lag_seconds``,
-from ``/metrics``); then for ``--quiet`` seconds without heartbeats, the core
-the prober alone takes and the loop's lag. Printed: per set-up the median rate
+from ``/metrics``); then for ``--steady`` seconds with heartbeats at a steady
+1,000 a second (the 10,000 instances beating every 10 s, as a registry runs, not
+saturated), the core the server takes and the loop's lag. Printed: per set-up the median rate
 over ``off``'s (round by round) and the medians of the rest (a lag is the bound
 of the histogram bucket that holds the 99th percentile).
 
@@ -51,8 +52,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp  # noqa: E402
+import orjson  # noqa: E402
 
-from benchmarks.load import LOAD_CORE, ROOT, Server, drive, free_port, pin, registry  # noqa: E402
+from benchmarks.load import LOAD_CORE, ROOT, Server, beat_body, drive, free_port, pin, registry  # noqa: E402
 from benchmarks.run import _post_each, _register_over_http  # noqa: E402
 
 COUNT = 10_000
@@ -209,8 +211,40 @@ def _cpu_ns(pid: int) -> int:
     return sum(int(task.read_text().split()[0]) for task in tasks)
 
 
+def steady(url: str, rate: int, seconds: float) -> None:
+    """Heartbeats at ``rate`` a second for ``seconds``, from a process on the load core."""
+    argv = [sys.executable, __file__, "--beat", url, str(rate), str(seconds)]
+    subprocess.run(argv, cwd=ROOT, preexec_fn=pin(LOAD_CORE), check=True)
+
+
+async def _beat_steadily(url: str, rate: int, seconds: float) -> None:
+    """``rate`` beats a second, a hundredth of them every 10 ms, over 16 connections."""
+    bodies = [orjson.dumps(beat_body(n)) for n in range(COUNT)]
+    headers = {"Content-Type": "application/json"}
+    per_tick, n = max(1, rate // 100), 0
+    connector = aiohttp.TCPConnector(limit=16)
+    async with aiohttp.ClientSession(url, connector=connector, headers=headers) as http:
+
+        async def beat(body: bytes) -> None:
+            async with http.post("/api/v1/heartbeat", data=body) as answer:
+                if answer.status != 200:
+                    raise SystemExit(f"a heartbeat was answered {answer.status}")
+
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        pending: set[asyncio.Task[None]] = set()
+        for tick in range(int(seconds * 100)):
+            for _ in range(per_tick):
+                task = asyncio.create_task(beat(bodies[n % COUNT]))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                n += 1
+            await asyncio.sleep(max(0.0, start + (tick + 1) / 100 - loop.time()))
+        await asyncio.gather(*pending)
+
+
 def measure(db: Path, args: argparse.Namespace) -> dict[str, float]:
-    """One round of one set-up: heartbeats at full speed, then the prober alone."""
+    """One round of one set-up: heartbeats at full speed, then at a steady rate."""
     server = _server(db)
     try:
         server.wait_ready()
@@ -220,7 +254,7 @@ def measure(db: Path, args: argparse.Namespace) -> dict[str, float]:
         load = drive(server.url, "heartbeat.lua", BEATS, args.duration, args.connections)
         during = asyncio.run(_scrape(server.url))
         cpu, started = _cpu_ns(server.proc.pid), time.monotonic()
-        time.sleep(args.quiet)
+        steady(server.url, args.steady_rate, args.steady)
         busy = (_cpu_ns(server.proc.pid) - cpu) / 1e9 / (time.monotonic() - started)
         after = asyncio.run(_scrape(server.url))
     finally:
@@ -230,8 +264,8 @@ def measure(db: Path, args: argparse.Namespace) -> dict[str, float]:
     return {
         "rps": load.rps,
         "lag_p99": _lag_p99(before, during),
-        "quiet_lag_p99": _lag_p99(during, after),
-        "quiet_busy": busy,
+        "steady_lag_p99": _lag_p99(during, after),
+        "steady_busy": busy,
         "probes_per_s": _done(before, during, "check") / args.duration,
         "scrapes_per_s": _done(before, during, "metrics") / args.duration,
         "reused": _reused(before, during),
@@ -268,12 +302,25 @@ def main() -> None:
         default=12.0,
         help="seconds after the start before measuring (past one interval: every instance probed once)",
     )
-    parser.add_argument("--quiet", type=float, default=5.0, help="seconds measured with no heartbeats")
+    parser.add_argument(
+        "--steady", type=float, default=5.0, help="seconds measured with heartbeats at --steady-rate"
+    )
+    parser.add_argument(
+        "--steady-rate",
+        type=int,
+        default=1000,
+        help="heartbeats a second in that phase (1,000: the 10,000 instances beating every 10 s)",
+    )
+    parser.add_argument("--beat", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--setups", default=",".join(SETUPS), help=f"which of {', '.join(SETUPS)}")
     args = parser.parse_args()
     if args.stub:
         serve_stubs(args.stub, args.stub_idle_timeout)
+        return
+    if args.beat:
+        url, rate, seconds = args.beat
+        asyncio.run(_beat_steadily(url, int(rate), float(seconds)))
         return
     _raise_open_files(2 * 2 * COUNT + 1024)
     setups = [s for s in args.setups.split(",") if s]
@@ -298,8 +345,9 @@ def main() -> None:
                         f"round {round_ + 1}: {setup:15} {result['rps']:7.0f} beats/s, "
                         f"p99 lag ≤ {result['lag_p99'] * 1000:g} ms; "
                         f"{result['probes_per_s']:5.0f} probes/s, {result['scrapes_per_s']:5.0f} scrapes/s "
-                        f"({result['reused']:.0%} on kept connections); alone: {result['quiet_busy']:.1%} "
-                        f"of the core, p99 lag ≤ {result['quiet_lag_p99'] * 1000:g} ms",
+                        f"({result['reused']:.0%} on kept connections); at {args.steady_rate} beats/s: "
+                        f"{result['steady_busy']:.1%} of the core, "
+                        f"p99 lag ≤ {result['steady_lag_p99'] * 1000:g} ms",
                         flush=True,
                     )
         finally:
@@ -318,8 +366,8 @@ def main() -> None:
             f"{setup:15} heartbeats {statistics.median(ratios):.3f} of off's, p99 lag ≤ "
             f"{median('lag_p99') * 1000:g} ms; {median('probes_per_s'):.0f} probes/s, "
             f"{median('scrapes_per_s'):.0f} scrapes/s, {median('reused'):.0%} on kept connections; "
-            f"without heartbeats {median('quiet_busy'):.1%} of the core, p99 lag ≤ "
-            f"{median('quiet_lag_p99') * 1000:g} ms"
+            f"at {args.steady_rate} beats/s {median('steady_busy'):.1%} of the core, p99 lag ≤ "
+            f"{median('steady_lag_p99') * 1000:g} ms"
         )
 
 
