@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from aiohttp import web
@@ -31,11 +31,14 @@ LOG_WINDOW_S = 60.0
 class ConnectionCap:
     """Counts a server's open connections by client address, and closes at
     once those past ``per_client`` from one address (0: no such limit) or past
-    ``total`` in all (what the open-files limit leaves for connections)."""
+    ``total`` in all (what the open-files limit leaves for connections), less
+    what ``held_elsewhere()`` says the process holds besides (the prober's
+    connections)."""
 
     def __init__(self, per_client: int, total: int | None = None) -> None:
         self.per_client = per_client
         self.total = total
+        self.held_elsewhere: Callable[[], int] = lambda: 0
         self.open: dict[str, int] = {}
         self.connections = 0
         #: Connections closed for each reason, since the start.
@@ -54,7 +57,7 @@ class ConnectionCap:
             count = self.open.get(address, 0) + 1
             self.open[address] = count
             self.connections += 1
-            if self.total is not None and self.connections > self.total:
+            if self.total is not None and self.connections > self.total - self.held_elsewhere():
                 self.refused_at_limit += 1
                 self._log_limit(address)
                 transport.close()

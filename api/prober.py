@@ -169,6 +169,10 @@ class Prober:
     def in_flight(self) -> int:
         return len(self._tasks)
 
+    def descriptors(self) -> int:
+        """Connections open now: those kept between probes, and those of probes under way."""
+        return self.fetcher.idle + len(self._tasks)
+
     # -- what to probe -----------------------------------------------------------
 
     def _heard(self, event: Event) -> None:

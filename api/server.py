@@ -35,7 +35,7 @@ from model_registry.storage import redact
 
 from .app import StartupError, create_app
 from .connections import ConnectionCap
-from .keys import CONNECTIONS, DISCONNECTS, LIFECYCLE, REGISTRY
+from .keys import CONNECTIONS, DISCONNECTS, LIFECYCLE, PROBER, REGISTRY
 from .responses import SERVER_OPTIONS
 
 __all__ = ["StartupError", "serve"]
@@ -87,10 +87,10 @@ def raise_open_files_limit() -> int:
 async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain and return."""
     open_files = raise_open_files_limit()
-    # The prober's connections come out of the same descriptors as clients':
-    # those it may keep idle are capped at half of them.
-    probe_files = min(settings.probe_idle_connections, open_files // 2)
-    settings = settings.model_copy(update={"probe_idle_connections": probe_files})
+    # The prober's connections come out of the same descriptors as clients'
+    # (see ``held_elsewhere`` below): those it may keep idle, at most half.
+    probe_idle = min(settings.probe_idle_connections, open_files // 2)
+    settings = settings.model_copy(update={"probe_idle_connections": probe_idle})
     app = create_app(settings, clock=clock)
     access_log = logging.getLogger("aiohttp.access") if settings.log_level == "debug" else None
     reserve = min(1.0, settings.shutdown_timeout / 4)  # for aiohttp's own wait, step 4
@@ -109,7 +109,8 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
         assert runner.server is not None
         app[DISCONNECTS].attach(runner.server)
         connections = app[CONNECTIONS]
-        connections.total = max(1, open_files - RESERVED_FILES - probe_files - settings.probe_concurrency)
+        connections.total = max(1, open_files - RESERVED_FILES)
+        connections.held_elsewhere = app[PROBER].descriptors
         connections.attach(runner.server)
         loop.set_exception_handler(_accept_failures(connections))
         site = web.TCPSite(runner, settings.host, settings.port, ssl_context=_tls(settings))

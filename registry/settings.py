@@ -197,7 +197,7 @@ class Settings(BaseSettings):
         le=1_000_000,
         description=(
             "probe and scrape connections kept open between probes, when the instance keeps them "
-            "(0: a new connection for each probe); the server keeps as many descriptors aside"
+            "(0: a new connection for each probe); at most half the open-files limit"
         ),
     )
     probe_allowed_hosts: str = Field(
