@@ -48,17 +48,20 @@ FLUSH_INTERVAL = 1.0
 _CHUNK = 1000
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
+# The row of one instance, by its key's bound parameters.
+_BY_KEY = (
+    (instances.c.model_name == bindparam("b_model"))
+    & (instances.c.host == bindparam("b_host"))
+    & (instances.c.port == bindparam("b_port"))
+)
+
 # Write-behind beats update what is there and create nothing: an instance
 # deleted meanwhile (purged or evicted, perhaps through another replica) stays
 # deleted, and its worker's next beat, which this replica then takes to the
 # database, registers it again in the open (logged, announced to watchers).
 _FLUSH = (
     update(instances)
-    .where(
-        (instances.c.model_name == bindparam("b_model"))
-        & (instances.c.host == bindparam("b_host"))
-        & (instances.c.port == bindparam("b_port"))
-    )
+    .where(_BY_KEY)
     .values(
         last_heartbeat=bindparam("b_heard", type_=instances.c.last_heartbeat.type),
         queue_length=func.coalesce(bindparam("b_load", type_=Integer), instances.c.queue_length),
@@ -76,11 +79,7 @@ _FLUSH = (
 # An engine's load, scraped or reported: only the load, never the health.
 _LOAD_FLUSH = (
     update(instances)
-    .where(
-        (instances.c.model_name == bindparam("b_model"))
-        & (instances.c.host == bindparam("b_host"))
-        & (instances.c.port == bindparam("b_port"))
-    )
+    .where(_BY_KEY)
     .values(
         waiting=bindparam("b_waiting", type_=Integer),
         running=bindparam("b_running", type_=Integer),
