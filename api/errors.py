@@ -7,13 +7,15 @@ Every error body is ``{"error": "<code>", "detail": "<sentence>"}`` (plus
 from __future__ import annotations
 
 import logging
+import math
 import time
 from bisect import bisect_left as _bucket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import hdrs, web
 
-from model_registry import RegistryClientError, StorageUnavailable
+from model_registry import AllCoolingDown, RegistryClientError, StorageUnavailable
 from model_registry.auth import SCOPED, Action
 
 from .keys import Lifecycle
@@ -47,7 +49,7 @@ _HTTP_CODES: dict[int, tuple[str, str | None]] = {
 
 
 def error_response(
-    status: int, code: str, detail: str, *, headers: dict[str, str] | None = None, **extra: str
+    status: int, code: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
 ) -> web.Response:
     return json_response({"error": code, "detail": detail, **extra}, status=status, headers=headers)
 
@@ -145,6 +147,11 @@ def failure_response(request: web.Request, exc: Exception) -> web.StreamResponse
     if isinstance(exc, ApiError):
         extra = {"field": exc.field} if exc.field else {}
         return error_response(exc.status, exc.code, exc.detail, headers=exc.headers, **extra)
+    if isinstance(exc, AllCoolingDown):
+        retry = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        return error_response(
+            exc.status, exc.code, exc.detail, headers=retry, retry_after=round(exc.retry_after, 3)
+        )
     if isinstance(exc, RegistryClientError):  # InstanceNotFound, NoHealthyInstance, InvalidInstance
         extra = {"field": exc.field} if exc.field else {}
         return error_response(exc.status, exc.code, exc.detail, **extra)

@@ -219,8 +219,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                 {**_spellings(STRATEGIES, dashes=True), "default": DEFAULT_STRATEGY},
                 f"how to pick: {', '.join(STRATEGIES)} (in any case, `-` for `_`)",
             ),
+            _query(
+                "fallback",
+                {"enum": ["least_bad"]},
+                "when every instance is cooling down: the one whose cooldown ends first, `degraded`",
+            ),
         ),
-        refusals={404: ("no_healthy_instance",), 422: ("invalid_input",)},
+        refusals={404: ("no_healthy_instance",), 422: ("invalid_input",), 503: ("all_cooling_down",)},
     ),
     ("GET", "/api/v1/watch"): Operation(
         "Watch changes over a WebSocket",

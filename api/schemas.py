@@ -167,6 +167,10 @@ def components() -> dict[str, Any]:
                 "error": {"type": "string", "description": "a code (see the README's Errors)"},
                 "detail": {"type": "string", "description": "what happened and what to do, in a sentence"},
                 "field": {"type": "string", "description": "the input field at fault"},
+                "retry_after": {
+                    "type": "number",
+                    "description": "all_cooling_down: seconds until the first cooldown ends",
+                },
             },
             "required": ["error", "detail"],
             "additionalProperties": False,
@@ -176,23 +180,46 @@ def components() -> dict[str, Any]:
             **record,
             "properties": {
                 **record["properties"],
-                "reason": _obj(
-                    strategy={"enum": list(STRATEGIES)},
-                    load={
-                        "anyOf": [{"type": "object", "additionalProperties": True}, {"type": "null"}],
-                        "description": "the load the strategy read: the engine's, or the queue length",
-                    },
-                    fresh={"type": "boolean", "description": "whether that load is recent enough to read"},
-                ),
+                "reason": {
+                    **_obj(
+                        strategy={"enum": [*STRATEGIES, "least_bad"]},
+                        load={
+                            "anyOf": [{"type": "object", "additionalProperties": True}, {"type": "null"}],
+                            "description": "the load the strategy read: the engine's, or the queue length",
+                        },
+                        fresh={
+                            "type": "boolean",
+                            "description": "whether that load is recent enough to read",
+                        },
+                        trial={"type": "boolean", "description": "picked for one of its trial requests"},
+                        cooldown_until={
+                            "anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}],
+                            "description": "least_bad: when the cooldown of the instance picked ends",
+                        },
+                    ),
+                    "required": ["strategy"],
+                },
+                "degraded": {
+                    "type": "boolean",
+                    "description": "picked by `fallback=least_bad` although it is cooling down",
+                },
             },
-            "required": [*record["required"], "reason"],
+            "required": [*record["required"], "reason", "degraded"],
             "description": "The instance picked, and why (`reason`), for a router's log.",
         },
         "Registration": registration,
         "Heartbeat": heartbeat,
         "Override": override,
         "Report": report,
-        "Reported": _obj(instance=ref("Instance"), failures=_INT),
+        "Reported": _obj(
+            instance=ref("Instance"),
+            failures=_INT,
+            outcome={
+                "enum": ["success", "failure", "busy", "ignored"],
+                "description": "what the report meant (see the README's failure classification)",
+            },
+            why={"type": "string", "description": "the report in a few words, as reasons quote it"},
+        ),
         "InstanceList": _obj(instances={"type": "array", "items": ref("Instance")}, count=_INT),
         "ModelSummary": _strict(_json_schema(TypeAdapter(ModelSummary), defs, mode="serialization")),
         "SelfPreservation": {

@@ -113,8 +113,10 @@ async def patch(request: web.Request, registry: Registry) -> web.Response:
 
 
 async def report(request: web.Request, registry: Registry) -> web.Response:
-    instance, failures = await registry.report(await read_object(request))
-    return json_response({"instance": instance, "failures": failures})
+    instance, failures, verdict = await registry.report(await read_object(request))
+    return json_response(
+        {"instance": instance, "failures": failures, "outcome": verdict.kind, "why": verdict.why}
+    )
 
 
 def _is_long_poll(request: web.Request) -> bool:
@@ -151,8 +153,11 @@ async def _long_poll(request: web.Request, registry: Registry, model_name: str |
 async def select(request: web.Request, registry: Registry) -> web.Response:
     model_name = model_name_param(request, required=True)
     strategy = strategy_param(request)
-    picked, reason = await registry.select_why(model_name, strategy)
-    return json_response({**picked.__dict__, "reason": reason})
+    fallback = request.query.get("fallback")
+    if fallback is not None and fallback != "least_bad":
+        raise ApiError(422, "invalid_input", "fallback: the one fallback is least_bad", field="fallback")
+    picked, reason, degraded = await registry.select_why(model_name, strategy, fallback)
+    return json_response({**picked.__dict__, "reason": reason, "degraded": degraded})
 
 
 async def health(request: web.Request, registry: Registry) -> web.Response:

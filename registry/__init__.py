@@ -17,6 +17,7 @@ from model_registry_sdk.record import InstanceKey, ModelInstance, ModelSummary
 
 from .clock import Clock, ManualClock, SystemClock
 from .errors import (
+    AllCoolingDown,
     InstanceLimit,
     InstanceNotFound,
     InvalidInstance,
@@ -40,6 +41,7 @@ __all__ = [
     "ModelInstance",
     "ModelSummary",
     "NoHealthyInstance",
+    "AllCoolingDown",
     "Registry",
     "RegistryClientError",
     "RegistryError",

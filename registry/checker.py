@@ -143,12 +143,15 @@ class Checker:
     async def check_once(self) -> CheckResult:
         """Mark silent instances unhealthy and evict long-unhealthy ones.
 
-        Does nothing during the start-up grace: for one full timeout after the
+        Marks nothing during the start-up grace: for one full timeout after the
         registry starts, workers may not have had the chance to beat to *this*
-        process yet, and marking them would flap a live fleet.
+        process yet, and marking them would flap a live fleet. Cooldowns that
+        are over end all the same: that takes nothing from anyone.
         """
         if self.grace_remaining > 0:
-            return CheckResult([], [], in_grace=True)
+            core = self._core
+            restored = await self._cooldowns.end_due(core.clock.now(), core.clock.monotonic())
+            return CheckResult([], [], in_grace=True, restored=restored)
         started = time.perf_counter()
         try:
             return await self._sweep()

@@ -4,6 +4,7 @@
     └── RegistryClientError         server and its clients, one class per meaning)
         ├── InstanceNotFound       the identity names no registered instance
         ├── NoHealthyInstance      the model has no instance that selection may pick
+        │   └── AllCoolingDown     503: it has some, but every one is cooling down
         ├── InstanceLimit          no room for a new instance (507, or 429 for its model)
         └── InvalidRequest
             └── InvalidInstance    the input breaks a rule; ``problems`` names each field
@@ -15,6 +16,7 @@ of the request but of the backend, and callers answer it differently (retry).
 from __future__ import annotations
 
 from model_registry_sdk.errors import (
+    AllCoolingDown,
     InstanceLimit,
     InstanceNotFound,
     InvalidRequest,
@@ -29,6 +31,7 @@ __all__ = [
     "InvalidInstance",
     "InvalidRequest",
     "NoHealthyInstance",
+    "AllCoolingDown",
     "RegistryClientError",
     "RegistryError",
 ]

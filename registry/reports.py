@@ -1,28 +1,35 @@
-"""Failures seen by routers: when a beating instance goes into cooldown.
+"""Routers' reports: when a beating instance cools down, is tried again, and is restored.
 
 A worker can keep beating while every request to it fails (model crashed,
-GPU wedged, credits exhausted). Routers report each outcome; after
-``threshold`` failures within ``window`` seconds with no success between, the
-instance goes into cooldown for ``cooldown`` seconds. A success clears the
-count. Counts are kept per registry process (bounded: only instances with
-recent failures are held); the cooldown itself is stored, so every replica
-honours it.
+GPU wedged, credits exhausted). Routers report each outcome, and ``failures``
+says what each one means (a failure, busyness, the caller's fault, a success).
 
-Each threshold can be set per instance in its metadata, under the same names
-as the settings: ``unhealthy_threshold``, ``failure_window``,
-``failure_cooldown``. Values outside ``LIMITS`` (as for the settings: a
-threshold of at most 1,000 failures, a window or cooldown of at most a day),
-and values that are not positive numbers, are ignored: the setting applies.
+failure
+    Counted; ``threshold`` failures within ``window`` seconds, with no success
+    between (``reset_on_success``), put the instance in cooldown for
+    ``cooldown`` seconds, out of selection.
+busy
+    The instance is passed over for the report's ``retry_after`` (or
+    ``busy_pass_over``) seconds: a cooldown too, but no failure is counted and
+    no trial follows it.
+half-open trial
+    When a failure cooldown ends the instance is on trial: selection may pick
+    it ``trial_requests`` times before a router reports on it. A success
+    restores it; a failure sends it back into cooldown at once, for twice the
+    last one, up to ``max_cooldown`` (flap damping). A trial nobody reports on
+    for ``window`` seconds ends as a success would.
+ignored
+    Nothing changes.
 
-``Cooldowns`` applies the rules: it counts a report, stores a cooldown when
-the count is reached, and ends the cooldowns this process set once they are
-over (the checker asks it to, each sweep).
+Counts, trials and the doubling are kept per registry process (bounded: only
+instances with recent failures, cooldowns or trials are held); the cooldown
+itself, and why (``state_reason``), are stored, so every replica honours them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,40 +38,13 @@ from model_registry_sdk.record import Change, ModelInstance
 
 from .core import Core, fields_of
 from .errors import InstanceNotFound
+from .failures import FailurePolicy, Verdict, classify
 from .storage import InstanceKey
 from .validation import Report, report_from
 
-__all__ = ["LIMITS", "Cooldowns", "FailurePolicy", "FailureTracker"]
+__all__ = ["Cooldowns", "FailureTracker"]
 
 log = logging.getLogger("registry")
-
-
-@dataclass(frozen=True, slots=True)
-class FailurePolicy:
-    threshold: int = 3
-    window: float = 60.0
-    cooldown: float = 30.0
-
-    def for_instance(self, metadata: dict[str, Any]) -> FailurePolicy:
-        """This policy with the instance's own settings (from its metadata) over it."""
-        return FailurePolicy(
-            _number(metadata, "unhealthy_threshold", self.threshold, int),
-            _number(metadata, "failure_window", self.window, float),
-            _number(metadata, "failure_cooldown", self.cooldown, float),
-        )
-
-
-#: The largest value of each failure setting, in the settings and in an instance's metadata.
-LIMITS = {"unhealthy_threshold": 1000, "failure_window": 86_400.0, "failure_cooldown": 86_400.0}
-
-
-def _number(metadata: dict[str, Any], name: str, default: Any, kind: type) -> Any:
-    value = metadata.get(name)
-    # bool is an int to Python, never a threshold; ignore what does not fit
-    # (NaN fails both comparisons, infinity and 2**80 the upper one).
-    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= LIMITS[name]:
-        return kind(value)
-    return default
 
 
 class FailureTracker:
@@ -83,6 +63,10 @@ class FailureTracker:
             times.popleft()
         return len(times)
 
+    def count(self, key: InstanceKey) -> int:
+        times = self._failures.get(key)
+        return 0 if times is None else len(times)
+
     def succeeded(self, key: InstanceKey) -> None:
         self._failures.pop(key, None)
 
@@ -95,23 +79,38 @@ class FailureTracker:
         return len(self._failures)
 
 
+@dataclass(slots=True)
+class _Cooling:
+    """A cooldown this process set."""
+
+    until: datetime
+    busy: bool  # a pass-over for busyness: no trial after it
+    seconds: float  # its length, which a failed trial doubles
+
+
+@dataclass(slots=True)
+class _Trial:
+    left: int  # selections it may still get before a report
+    since: float  # monotonic
+    seconds: float  # the cooldown it follows
+
+
 class Cooldowns:
-    """Routers' reports, and the cooldowns they cause."""
+    """Routers' reports, the cooldowns they cause, and the trials after them."""
 
     def __init__(self, core: Core, policy: FailurePolicy) -> None:
         self._core = core
         self.policy = policy
         self._failures = FailureTracker()
-        self._cooling: dict[InstanceKey, datetime] = {}  # cooldowns this process set, to end them
-        #: Reports received, by outcome: for the metrics.
-        self.reports = {"ok": 0, "failed": 0}
+        self._cooling: dict[InstanceKey, _Cooling] = {}
+        self._trials: dict[InstanceKey, _Trial] = {}
+        #: Reports received, by what they meant (``ok``, ``failed``, ``busy``, ``ignored``): for the metrics.
+        self.reports: Counter[str] = Counter({"ok": 0, "failed": 0, "busy": 0, "ignored": 0})
 
-    async def report(self, report: Report | dict[str, Any]) -> tuple[ModelInstance, int]:
+    async def report(self, report: Report | dict[str, Any]) -> tuple[ModelInstance, int, Verdict]:
         """A router's report on one request to an instance. Returns the
-        instance and its failures in the current window (0 after a success).
-
-        Enough failures in a row put the instance in cooldown; a success ends it.
-        """
+        instance as it now is, its failures in the current window, and what the
+        report meant."""
         core = self._core
         if isinstance(report, dict):
             report = report_from(report)
@@ -120,51 +119,130 @@ class Cooldowns:
             record = await core.storage.get(key)
         if record is None:
             raise InstanceNotFound(key)
+        policy = self.policy.for_instance(record.metadata, key.model_name)
+        verdict = classify(policy, report.ok, report.status, report.error, report.retry_after)
+        self.reports[_COUNTED[verdict.kind]] += 1
+        if verdict.kind == "success":
+            if policy.reset_on_success:
+                self._failures.succeeded(key)
+            if record.cooldown_until is not None and not self._busy(key):
+                record = await self._restore(key, "a router reported a success") or record
+            return record, self._failures.count(key), verdict
+        if verdict.kind == "ignored":
+            return record, self._failures.count(key), verdict
         now = core.clock.now()
-        cooling = record.in_cooldown(now)
-        self.reports["ok" if report.ok else "failed"] += 1
-        if report.ok:
-            self._failures.succeeded(key)
-            if cooling:
-                record = await self._end(key, "a router reported a success")
-            return record, 0
-        policy = self.policy.for_instance(record.metadata)
+        if verdict.kind == "busy":
+            return await self._pass_over(record, verdict, now), self._failures.count(key), verdict
+        trial = self._trials.pop(key, None)
+        if trial is not None:
+            seconds = min(trial.seconds * 2, policy.max_cooldown)
+            reason = f"its trial failed ({verdict.why}): cooling down {seconds:g} s"
+            record = await self._cool(key, now, seconds, reason, busy=False) or record
+            return record, self._failures.count(key), verdict
         failures = self._failures.failed(key, core.clock.monotonic(), policy)
-        if failures >= policy.threshold and not cooling:
-            until = now + timedelta(seconds=policy.cooldown)
-            with core.noting_outages():
-                cooled = await core.storage.set_cooldown(key, until)
-            if cooled is not None:
-                record = cooled
-                self._cooling[key] = until
-                log.warning(
-                    "instance in cooldown: routers report it failing",
-                    extra={
-                        **fields_of(key),
-                        "failures": failures,
-                        "cooldown_s": policy.cooldown,
-                        "last_error": report.error,
-                        "last_status": report.status,
-                    },
-                )
-                core.publish(Change.COOLDOWN, record)
-        return record, failures
+        if failures >= policy.threshold and not record.in_cooldown(now):
+            reason = f"{failures} failures in {policy.window:g} s, last: {verdict.why}"
+            record = await self._cool(key, now, policy.cooldown, reason, busy=False) or record
+        return record, failures, verdict
 
-    async def _end(self, key: InstanceKey, why: str) -> ModelInstance | None:
+    def _busy(self, key: InstanceKey) -> bool:
+        cooling = self._cooling.get(key)
+        return cooling is not None and cooling.busy
+
+    async def _pass_over(self, record: ModelInstance, verdict: Verdict, now: datetime) -> ModelInstance:
+        until = now + timedelta(seconds=verdict.pass_over)
+        if record.cooldown_until is not None and record.cooldown_until >= until:
+            return record  # cooling down for longer already
+        key = record.key
+        if key in self._trials:
+            return record  # on trial: busy is no verdict on it; the trial goes on
+        reason = f"busy: {verdict.why}; passed over for {verdict.pass_over:g} s"
+        return await self._cool(key, now, verdict.pass_over, reason, busy=True) or record
+
+    async def _cool(
+        self, key: InstanceKey, now: datetime, seconds: float, reason: str, *, busy: bool
+    ) -> ModelInstance | None:
+        core = self._core
+        until = now + timedelta(seconds=seconds)
+        with core.noting_outages():
+            cooled = await core.storage.set_cooldown(key, until, reason)
+        if cooled is None:
+            return None
+        self._cooling[key] = _Cooling(until, busy, seconds)
+        log.log(
+            logging.INFO if busy else logging.WARNING,
+            "instance passed over: it is busy" if busy else "instance in cooldown: routers report it failing",
+            extra={**fields_of(key), "reason": reason, "cooldown_s": seconds},
+        )
+        core.publish(Change.COOLDOWN, cooled)
+        return cooled
+
+    async def _restore(self, key: InstanceKey, why: str) -> ModelInstance | None:
         self._cooling.pop(key, None)
+        self._trials.pop(key, None)
         with self._core.noting_outages():
-            record = await self._core.storage.set_cooldown(key, None)
+            record = await self._core.storage.set_cooldown(key, None, None)
         if record is not None:
-            log.info("instance out of cooldown", extra={**fields_of(key), "why": why})
+            log.info("instance restored", extra={**fields_of(key), "why": why})
             self._core.publish(Change.RESTORED, record)
         return record
 
+    async def _try(self, key: InstanceKey, cooling: _Cooling) -> ModelInstance | None:
+        """A failure cooldown is over: the instance goes on trial."""
+        del self._cooling[key]
+        record = await self._core.storage.get(key)
+        if record is None:
+            return None
+        policy = self.policy.for_instance(record.metadata, key.model_name)
+        left = policy.trial_requests
+        self._trials[key] = _Trial(left, self._core.clock.monotonic(), cooling.seconds)
+        reason = (
+            f"on trial after a {cooling.seconds:g} s cooldown: {left} request{'s' if left != 1 else ''} "
+            "until a router reports"
+        )
+        with self._core.noting_outages():
+            tried = await self._core.storage.set_cooldown(key, cooling.until, reason)
+        if tried is not None:
+            log.info("instance on trial", extra={**fields_of(key), "trial_requests": left})
+            self._core.publish(Change.TRIAL, tried)
+        return tried
+
     async def end_due(self, now: datetime, mono: float) -> list[ModelInstance]:
-        """End the cooldowns over at ``now``; forget failures older than the window."""
-        restored = []
-        for key in [k for k, until in self._cooling.items() if until <= now]:
-            record = await self._end(key, "its cooldown is over")
+        """End the cooldowns over at ``now`` (a busy one restores the instance, a
+        failure one puts it on trial), end the trials nobody reported on, and
+        forget failures older than the window."""
+        changed = []
+        for key, cooling in [(k, c) for k, c in self._cooling.items() if c.until <= now]:
+            if cooling.busy:
+                record = await self._restore(key, "it was passed over long enough")
+            else:
+                record = await self._try(key, cooling)
             if record is not None:
-                restored.append(record)
+                changed.append(record)
+        for key in [k for k, t in self._trials.items() if mono - t.since > self.policy.window]:
+            record = await self._restore(key, "no router reported on its trial")
+            if record is not None:
+                changed.append(record)
         self._failures.forget_older_than(mono - self.policy.window)
-        return restored
+        return changed
+
+    # -- selection's side of a trial ------------------------------------------
+
+    def selectable(self, candidates: list[ModelInstance]) -> list[ModelInstance]:
+        """``candidates`` without those on trial that have had their trial requests."""
+        trials = self._trials
+        if not trials:
+            return candidates
+        return [c for c in candidates if (t := trials.get(c.key)) is None or t.left > 0]
+
+    def picked(self, key: InstanceKey) -> None:
+        """Selection picked ``key``: one trial request fewer, when it is on trial."""
+        trial = self._trials.get(key)
+        if trial is not None and trial.left > 0:
+            trial.left -= 1
+
+    def on_trial(self, key: InstanceKey) -> bool:
+        return key in self._trials
+
+
+_COUNTED = {"success": "ok", "failure": "failed", "busy": "busy", "ignored": "ignored"}

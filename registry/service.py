@@ -26,13 +26,14 @@ from .clock import Clock
 from .core import Core, fields_of
 from .dbgpt import DBGPTMethods
 from .engines import EngineLoad
-from .errors import InstanceLimit, InstanceNotFound, NoHealthyInstance
+from .errors import AllCoolingDown, InstanceLimit, InstanceNotFound, NoHealthyInstance
 from .events import Event, Feed
+from .failures import FailurePolicy, Verdict
 from .pins import changer
 from .preservation import Preservation
 from .probes import STARTING, same_problem, target_url
 from .replication import Replication
-from .reports import Cooldowns, FailurePolicy
+from .reports import Cooldowns
 from .selection import DEFAULT_STRATEGY, Selector
 from .storage import InstanceKey, ModelInstance, ModelSummary, Storage, StorageUnavailable
 from .validation import (
@@ -408,10 +409,11 @@ class Registry(DBGPTMethods):
         running = None if load.running is None else min(round(load.running), MAX_QUEUE_LENGTH)
         return self.storage.set_load(key, waiting, running, load.kv_cache_usage, at or self._core.clock.now())
 
-    async def report(self, report: Report | dict[str, Any]) -> tuple[ModelInstance, int]:
+    async def report(self, report: Report | dict[str, Any]) -> tuple[ModelInstance, int, Verdict]:
         """A router's report on one request to an instance. Returns the
-        instance and its failures in the current window (0 after a success);
-        enough failures in a row put it in cooldown (see ``reports``)."""
+        instance, its failures in the current window, and what the report
+        meant (``failures.classify``); enough failures in a row put it in
+        cooldown, busyness passes it over (see ``reports``)."""
         return await self._cooldowns.report(report)
 
     def _fresh(self, instance: ModelInstance, previous: ModelInstance | None = None) -> ModelInstance:
@@ -511,14 +513,34 @@ class Registry(DBGPTMethods):
         return (await self.select_why(model_name, strategy))[0]
 
     async def select_why(
-        self, model_name: str, strategy: str = DEFAULT_STRATEGY
-    ) -> tuple[ModelInstance, dict[str, Any]]:
-        """``select``, and why: ``{"strategy", "load", "fresh"}`` (see ``Selector.reason``)."""
+        self, model_name: str, strategy: str = DEFAULT_STRATEGY, fallback: str | None = None
+    ) -> tuple[ModelInstance, dict[str, Any], bool]:
+        """``select``, why (``{"strategy", "load", "fresh"}``, see ``Selector.reason``;
+        ``"trial": true`` for a trial request), and whether it is ``degraded``.
+
+        When every healthy, enabled instance is cooling down (or on a trial that
+        has had its requests): ``AllCoolingDown`` with the seconds until the first
+        cooldown ends, or with ``fallback="least_bad"`` that instance, degraded.
+        ``NoHealthyInstance`` when the model has no such instance at all."""
+        cooldowns = self._cooldowns
         now = self._core.clock.now()
-        picked = self._selector.pick(await self.instances(model_name, healthy_only=True), strategy, now)
-        if picked is None:
+        candidates = cooldowns.selectable(await self.instances(model_name, healthy_only=True))
+        picked = self._selector.pick(candidates, strategy, now)
+        if picked is not None:
+            reason = self._selector.reason(picked, strategy, now)
+            if cooldowns.on_trial(picked.key):
+                cooldowns.picked(picked.key)
+                reason["trial"] = True
+            return picked, reason, False
+        cooling = [r for r in await self.instances(model_name) if r.healthy and r.enabled and r.weight > 0]
+        if not cooling:
             raise NoHealthyInstance(model_name)
-        return picked, self._selector.reason(picked, strategy, now)
+        first = min(cooling, key=lambda r: (r.cooldown_until or now, r.host, r.port))
+        ends = first.cooldown_until
+        if fallback == "least_bad":
+            return first, {"strategy": "least_bad", "cooldown_until": ends}, True
+        retry_after = (ends - now).total_seconds() if ends is not None and ends > now else 1.0
+        raise AllCoolingDown(model_name, max(retry_after, 0.001))
 
     def stats(self) -> dict[str, Any]:
         """Counters and gauges for the metrics, read at once (no storage round trip)."""

@@ -18,12 +18,13 @@ import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .checker import check_timing
+from .failures import FailurePolicy, PolicyError, parse_statuses, policy_from
 from .preservation import Preservation
-from .reports import FailurePolicy
 from .storage import PoolOptions, open_storage
 from .validation import normalize_host
 
@@ -52,6 +53,7 @@ def backends_of(name: str) -> str:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore", frozen=True)
     _bootstrap: str | None = PrivateAttr(None)  # the admin token, read once (``bootstrap_token``)
+    _failures: FailurePolicy | None = PrivateAttr(None)  # read once (``failures``)
 
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for every interface)")
     allowed_hosts: str = Field(
@@ -144,13 +146,47 @@ class Settings(BaseSettings):
         description="failures routers report, with no success between, before an instance cools down",
     )
     failure_window: float = Field(
-        60.0, gt=0, le=86_400, description="seconds within which those failures must fall"
+        60.0,
+        gt=0,
+        le=86_400,
+        description="seconds within which those failures must fall; older ones are forgotten (reset_timeout)",
     )
     failure_cooldown: float = Field(
         30.0,
         gt=0,
         le=86_400,
-        description="seconds a failing instance is left out of selection and healthy listings",
+        description="seconds a failing instance is first left out of selection and healthy listings",
+    )
+    max_cooldown: float = Field(
+        600.0,
+        gt=0,
+        le=86_400,
+        description="the longest cooldown: each failed trial doubles the last one, up to this",
+    )
+    trial_requests: int = Field(
+        1, ge=1, le=1000, description="selections an instance gets after a cooldown, before a router reports"
+    )
+    no_reset_on_success: bool = Field(
+        False, description="a success does not forget the failures counted so far (it does by default)"
+    )
+    busy_pass_over: float = Field(
+        1.0,
+        ge=0,
+        le=3600,
+        description="seconds a busy instance (429) is passed over when the report gives no retry_after",
+    )
+    failure_statuses: str = Field(
+        "402,500,502-599", description="HTTP statuses a report counts as failures (codes and ranges)"
+    )
+    busy_statuses: str = Field(
+        "429", description="HTTP statuses that mean busy (and 503 with retry_after): passed over, not failed"
+    )
+    failure_policy: Path | None = Field(
+        None,
+        description=(
+            "a JSON file of failure classification: these settings, the unhealthy_response_body_patterns "
+            "and unhealthy_exception_patterns, and per-model sections under models"
+        ),
     )
     preservation_share: float = Field(
         0.5,
@@ -277,6 +313,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _failure_rules(self) -> Settings:
+        """The failure policy, read and checked at start: a bad one names its field."""
+        try:
+            self._failures = self._failure_policy()
+        except PolicyError as exc:
+            flag = "--" + exc.field.replace("_", "-") if exc.field in type(self).model_fields else exc.field
+            where = f" (in {self.failure_policy})" if self.failure_policy and flag == exc.field else ""
+            raise ValueError(f"{flag}{where}: {exc.message}") from None
+        return self
+
+    @model_validator(mode="after")
     def _security(self) -> Settings:
         if self.admin_token is not None and self.admin_token_file is not None:
             raise ValueError(
@@ -341,7 +388,36 @@ class Settings(BaseSettings):
 
     @property
     def failures(self) -> FailurePolicy:
-        return FailurePolicy(self.unhealthy_threshold, self.failure_window, self.failure_cooldown)
+        """The failure policy: these settings, with the policy file over them."""
+        if self._failures is None:
+            self._failures = self._failure_policy()
+        return self._failures
+
+    def _failure_policy(self) -> FailurePolicy:
+        base = FailurePolicy(
+            threshold=self.unhealthy_threshold,
+            window=self.failure_window,
+            cooldown=self.failure_cooldown,
+            max_cooldown=max(self.max_cooldown, self.failure_cooldown),
+            trial_requests=self.trial_requests,
+            reset_on_success=not self.no_reset_on_success,
+            busy_pass_over=self.busy_pass_over,
+            failure_statuses=parse_statuses(self.failure_statuses, "failure_statuses"),
+            busy_statuses=parse_statuses(self.busy_statuses, "busy_statuses"),
+        )
+        if self.failure_policy is None:
+            return base
+        try:
+            document = orjson.loads(self.failure_policy.read_bytes())
+        except OSError as exc:
+            raise PolicyError(
+                "failure_policy", f"cannot read {self.failure_policy}: {exc.strerror}"
+            ) from None
+        except orjson.JSONDecodeError as exc:
+            raise PolicyError("failure_policy", f"{self.failure_policy} is not JSON: {exc}") from None
+        if not isinstance(document, dict):
+            raise PolicyError("failure_policy", f"{self.failure_policy} must hold a JSON object")
+        return policy_from(base, document)
 
     @property
     def preservation(self) -> Preservation:

@@ -33,6 +33,7 @@ from pydantic import (
 from model_registry_sdk.record import SERVER_MANAGED_FIELDS, InstanceKey, ModelInstance
 
 from .errors import InvalidInstance
+from .failures import PolicyError, check_metadata
 
 __all__ = [
     "MAX_QUEUE_LENGTH",
@@ -156,6 +157,11 @@ def _instance(value: Any) -> ModelInstance:
             record.check = check_from(record.check).model_dump()
         if record.metrics is not None:
             record.metrics = scrape_from(record.metrics).model_dump()
+    if record.metadata:
+        try:
+            check_metadata(record.metadata)
+        except PolicyError as exc:
+            raise InvalidInstance([(exc.field, exc.message)]) from None
     return record
 
 
@@ -221,6 +227,8 @@ class Report(BaseModel):
     ok: Annotated[bool, Field(strict=True)]
     error: Annotated[str, Field(max_length=1024)] | None = None
     status: Annotated[int, Field(strict=True, ge=100, le=599)] | None = None
+    #: Seconds the instance asked to be left alone (its ``Retry-After``): a 429 or 503 with it is busyness.
+    retry_after: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] | None = None
 
     @property
     def key(self) -> InstanceKey:

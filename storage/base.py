@@ -124,8 +124,12 @@ class Storage(abc.ABC):
         Returns the new record, or ``None`` when unknown."""
 
     @abc.abstractmethod
-    async def set_cooldown(self, key: InstanceKey, until: datetime | None) -> ModelInstance | None:
-        """Set ``cooldown_until``. Returns the record, or ``None`` when unknown."""
+    async def set_cooldown(
+        self, key: InstanceKey, until: datetime | None, reason: str | None = None
+    ) -> ModelInstance | None:
+        """Set ``cooldown_until``, and ``state_reason`` to ``reason`` when the
+        instance is healthy (an unhealthy one keeps why it is unhealthy).
+        Returns the record, or ``None`` when unknown."""
 
     @abc.abstractmethod
     async def insert(self, record: ModelInstance) -> ModelInstance | None:

@@ -224,12 +224,16 @@ class InstanceIndex:
         self._swap(record, changed)
         return changed
 
-    def set_cooldown(self, key: InstanceKey, until: datetime | None) -> ModelInstance | None:
+    def set_cooldown(
+        self, key: InstanceKey, until: datetime | None, reason: str | None = None
+    ) -> ModelInstance | None:
         record = self.records.get(key)
         if record is None:
             return None
         changed = copy_record(record)
         changed.cooldown_until = until
+        if record.healthy:
+            changed.state_reason = reason
         self._swap(record, changed)
         return changed
 

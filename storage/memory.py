@@ -34,8 +34,10 @@ class MemoryStorage(IndexReads, Storage):
     async def override(self, key: InstanceKey, change: Edit) -> ModelInstance | None:
         return self._index.override(key, change)
 
-    async def set_cooldown(self, key: InstanceKey, until: datetime | None) -> ModelInstance | None:
-        return self._index.set_cooldown(key, until)
+    async def set_cooldown(
+        self, key: InstanceKey, until: datetime | None, reason: str | None = None
+    ) -> ModelInstance | None:
+        return self._index.set_cooldown(key, until, reason)
 
     async def insert(self, record: ModelInstance) -> ModelInstance | None:
         return self._index.insert(record)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, func, text, true, update
+from sqlalchemy import Integer, bindparam, case, func, text, true, update
 
 from model_registry_sdk.record import InstanceKey, ModelInstance
 
@@ -71,7 +71,9 @@ _FLUSH = (
         load_at=bindparam("b_load_at", type_=instances.c.load_at.type),
         healthy=true(),
         unhealthy_since=None,
-        state_reason=None,
+        # A beat revives an unhealthy row (and so clears why it was); a healthy
+        # one keeps its reason (a cooldown's).
+        state_reason=case((instances.c.healthy, instances.c.state_reason), else_=None),
     )
 )
 
@@ -327,8 +329,10 @@ class PostgresStorage(SQLStorage):
     async def override(self, key: InstanceKey, change: Edit) -> ModelInstance | None:
         return self._remember(await super().override(key, change))
 
-    async def set_cooldown(self, key: InstanceKey, until: datetime | None) -> ModelInstance | None:
-        return self._remember(await super().set_cooldown(key, until))
+    async def set_cooldown(
+        self, key: InstanceKey, until: datetime | None, reason: str | None = None
+    ) -> ModelInstance | None:
+        return self._remember(await super().set_cooldown(key, until, reason))
 
     async def mark_unhealthy(
         self, key: InstanceKey, now: datetime, reason: str | None = None

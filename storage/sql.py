@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import case, delete, event, false, func, select, text, true, update
+from sqlalchemy import case, delete, event, false, func, literal, select, text, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -287,8 +287,12 @@ class SQLStorage(Storage):
             result = await conn.execute(update(_t).where(_where_key(key)).values(values).returning(*_t.c))
             return _record(result.one())
 
-    async def set_cooldown(self, key: InstanceKey, until: datetime | None) -> ModelInstance | None:
-        return await self._update_one("set a cooldown", key, {"cooldown_until": until})
+    async def set_cooldown(
+        self, key: InstanceKey, until: datetime | None, reason: str | None = None
+    ) -> ModelInstance | None:
+        # An unhealthy instance keeps why it is unhealthy.
+        why = case((_t.c.healthy, literal(reason, type_=_t.c.state_reason.type)), else_=_t.c.state_reason)
+        return await self._update_one("set a cooldown", key, {"cooldown_until": until, "state_reason": why})
 
     async def insert(self, record: ModelInstance) -> ModelInstance | None:
         async with self._write("register an instance") as conn:

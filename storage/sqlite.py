@@ -78,8 +78,10 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
             await self._commit([key])
         return record
 
-    async def set_cooldown(self, key: InstanceKey, until: datetime | None) -> ModelInstance | None:
-        record = self._index.set_cooldown(key, until)
+    async def set_cooldown(
+        self, key: InstanceKey, until: datetime | None, reason: str | None = None
+    ) -> ModelInstance | None:
+        record = self._index.set_cooldown(key, until, reason)
         if record is not None:
             await self._commit([key])
         return record

@@ -95,7 +95,8 @@ async def test_a_failing_worker_is_cooled_down_and_traffic_moves_away(
             assert [i["port"] for i in healthy["instances"]] == [good.server.port]
             after = [await route_one(client, http) for _ in range(5)]
             assert {port for port, _ in after} == {good.server.port} and all(ok for _, ok in after)
-            # The worker recovers; at the end of its cooldown it is back in rotation.
+            # The worker recovers; at the end of its cooldown it is on trial, and the
+            # success of its trial request brings it back into rotation.
             bad.mode = "ok"
             for step in (20, 11):  # the workers keep beating while the clock passes the cooldown
                 clock.advance(step)
@@ -103,8 +104,12 @@ async def test_a_failing_worker_is_cooled_down_and_traffic_moves_away(
                     await client.post("/api/v1/heartbeat", json=worker.identity)
             await client.app[REGISTRY].check_once()
             event = await asyncio.wait_for(ws.receive_json(), 5)
-            assert event["type"] == "restored" and event["instance"]["port"] == bad.server.port
+            assert event["type"] == "trial" and event["instance"]["port"] == bad.server.port
+            assert event["instance"]["state_reason"].startswith("on trial after a 30 s cooldown")
             back = [await route_one(client, http) for _ in range(4)]
+            event = await asyncio.wait_for(ws.receive_json(), 5)
+            assert event["type"] == "restored" and event["instance"]["port"] == bad.server.port
+            assert event["instance"]["state_reason"] is None and event["instance"]["cooldown_until"] is None
     assert {port for port, _ in back} == {bad.server.port, good.server.port}
 
 

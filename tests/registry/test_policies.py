@@ -8,8 +8,8 @@ import pytest
 
 from model_registry import InstanceNotFound, InvalidInstance, ManualClock, NoHealthyInstance, Registry
 from model_registry.events import Change
+from model_registry.failures import FailurePolicy
 from model_registry.preservation import Preservation
-from model_registry.reports import FailurePolicy
 from model_registry.storage import InstanceKey, Storage
 
 M = "glm-4"
@@ -75,15 +75,15 @@ async def test_failures_in_a_row_put_an_instance_in_cooldown_and_a_success_ends_
         await registry.register(body(port))
     start = registry.revision
     for n in (1, 2):
-        _, failures = await registry.report({**body(), "ok": False, "status": 503, "error": "CUDA error"})
+        _, failures, _ = await registry.report({**body(), "ok": False, "status": 503, "error": "CUDA error"})
         assert failures == n
     assert len(await registry.instances(M, healthy_only=True)) == 2  # not yet
-    cooled, failures = await registry.report({**body(), "ok": False})
+    cooled, failures, _ = await registry.report({**body(), "ok": False})
     assert failures == 3 and cooled.cooldown_until is not None and cooled.healthy
     assert [i.port for i in await registry.instances(M, healthy_only=True)] == [8002]
     assert len(await registry.instances(M)) == 2  # still registered
     assert {(await registry.select(M)).port for _ in range(20)} == {8002}
-    restored, failures = await registry.report({**body(), "ok": True})
+    restored, failures, _ = await registry.report({**body(), "ok": True})
     assert failures == 0 and restored.cooldown_until is None
     assert len(await registry.instances(M, healthy_only=True)) == 2
     assert changes(registry, start) == [("cooldown", 8001), ("restored", 8001)]
@@ -92,19 +92,21 @@ async def test_failures_in_a_row_put_an_instance_in_cooldown_and_a_success_ends_
 async def test_a_success_between_failures_resets_the_count(registry: Registry) -> None:
     await registry.register(body())
     for ok in (False, False, True, False, False):
-        record, _ = await registry.report({**body(), "ok": ok})
+        record, _, _ = await registry.report({**body(), "ok": ok})
     assert record.cooldown_until is None
 
 
 async def test_failures_outside_the_window_do_not_add_up(registry: Registry, clock: ManualClock) -> None:
     await registry.register(body())
     for _ in range(3):
-        _, failures = await registry.report({**body(), "ok": False})
+        _, failures, _ = await registry.report({**body(), "ok": False})
         clock.advance(31)  # the window is 60 s: at most two fall within it
     assert failures == 2
 
 
-async def test_the_end_of_the_cooldown_restores_the_instance(registry: Registry, clock: ManualClock) -> None:
+async def test_the_end_of_the_cooldown_puts_the_instance_on_trial(
+    registry: Registry, clock: ManualClock
+) -> None:
     await registry.register(body())
     for _ in range(3):
         await registry.report({**body(), "ok": False})
@@ -116,7 +118,7 @@ async def test_the_end_of_the_cooldown_restores_the_instance(registry: Registry,
     await registry.heartbeat(body())
     assert [r.port for r in (await registry.check_once()).restored] == [8001]
     assert len(await registry.instances(M, healthy_only=True)) == 1
-    assert registry.feed.since(registry.revision - 1)[0].type is Change.RESTORED
+    assert registry.feed.since(registry.revision - 1)[0].type is Change.TRIAL
 
 
 @pytest.fixture
@@ -136,9 +138,9 @@ async def strict(storage: Storage, clock: ManualClock) -> AsyncIterator[Registry
 async def test_thresholds_are_overridable_per_instance_through_metadata(strict: Registry) -> None:
     await strict.register(body(8001))
     await strict.register(body(8002, metadata={"unhealthy_threshold": 1, "failure_cooldown": 5}))
-    first, _ = await strict.report({**body(8001), "ok": False})
+    first, _, _ = await strict.report({**body(8001), "ok": False})
     assert first.cooldown_until is None  # 1 of 5
-    other, _ = await strict.report({**body(8002), "ok": False})
+    other, _, _ = await strict.report({**body(8002), "ok": False})
     assert other.cooldown_until is not None
     assert (other.cooldown_until - other.last_heartbeat).total_seconds() == pytest.approx(5, abs=1)
 
@@ -255,4 +257,5 @@ def test_failure_settings_up_to_their_limits_apply() -> None:
     policy = FailurePolicy().for_instance(
         {"unhealthy_threshold": 1000, "failure_window": 86_400, "failure_cooldown": 86_400}
     )
-    assert policy == FailurePolicy(threshold=1000, window=86_400.0, cooldown=86_400.0)
+    # (a cooldown above max_cooldown raises it: the cooldown is the floor of every one after)
+    assert policy == FailurePolicy(threshold=1000, window=86_400.0, cooldown=86_400.0, max_cooldown=86_400.0)

@@ -17,6 +17,7 @@ from .agent import HeartbeatAgent
 from .aio import AsyncRegistryClient, wait_until_ready
 from .cache import HealthyCache
 from .errors import (
+    AllCoolingDown,
     ClientClosed,
     ClientError,
     InstanceLimit,
@@ -46,6 +47,7 @@ __all__ = [
     "ModelInstance",
     "ModelSummary",
     "NoHealthyInstance",
+    "AllCoolingDown",
     "RegistryClient",
     "RegistryClientError",
     "RegistryError",

@@ -162,12 +162,17 @@ class AsyncRegistryClient:
         *,
         error: str | None = None,
         status: int | None = None,
+        retry_after: float | None = None,
     ) -> ModelInstance:
         """Tell the registry how a request to ``instance`` went (routers do
-        this): enough failures in a row put it in cooldown, a success ends it.
-        Returns the instance as the registry now sees it."""
+        this): enough failures in a row put it in cooldown, a success ends it,
+        a 429 (or a 503 with ``retry_after``, its ``Retry-After`` in seconds)
+        passes it over without counting a failure, another 4xx counts for
+        nothing. Returns the instance as the registry now sees it."""
         key = instance.key if isinstance(instance, ModelInstance) else instance
         body = {**key._asdict(), "ok": ok, "error": error, "status": status}
+        if retry_after is not None:
+            body["retry_after"] = retry_after
         # Not retried: a report that did land would count twice.
         answer = await self._transport.request("POST", f"{_V1}/reports", json=body, idempotent=False)
         return from_wire(answer["instance"])
@@ -185,19 +190,27 @@ class AsyncRegistryClient:
         answer = await self._transport.request("GET", f"{_V1}/models")
         return [summary_from_wire(item) for item in answer["models"]]
 
-    async def select(self, model_name: str, strategy: str = "weighted") -> ModelInstance:
+    async def select(
+        self, model_name: str, strategy: str = "weighted", fallback: str | None = None
+    ) -> ModelInstance:
         """One healthy instance, picked by ``strategy``: weighted, round_robin, least_load or
-        power_of_two."""
-        return (await self.select_why(model_name, strategy))[0]
+        power_of_two. ``AllCoolingDown`` (with ``retry_after``) when every one is cooling
+        down, unless ``fallback="least_bad"``: then the one whose cooldown ends first."""
+        return (await self.select_why(model_name, strategy, fallback))[0]
 
     async def select_why(
-        self, model_name: str, strategy: str = "weighted"
+        self, model_name: str, strategy: str = "weighted", fallback: str | None = None
     ) -> tuple[ModelInstance, dict[str, Any]]:
-        """``select``, and why it picked that one: ``{"strategy", "load", "fresh"}``, to log."""
+        """``select``, and why it picked that one: ``{"strategy", "load", "fresh"}``, to log,
+        with ``"degraded": true`` when the fallback picked an instance cooling down."""
         params = {"model_name": model_name, "strategy": strategy}
+        if fallback is not None:
+            params["fallback"] = fallback
         answer = await self._transport.request("GET", f"{_V1}/select", params=params)
         reason = answer.get("reason") if isinstance(answer, dict) else None
-        return from_wire(answer), reason if isinstance(reason, dict) else {}
+        reason = dict(reason) if isinstance(reason, dict) else {}
+        reason["degraded"] = bool(answer.get("degraded")) if isinstance(answer, dict) else False
+        return from_wire(answer), reason
 
     def watch(self, model_name: str | None = None) -> AsyncIterator[WatchEvent]:
         """A snapshot of ``model_name``'s instances (or every model's), then each change as it

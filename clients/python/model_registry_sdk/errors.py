@@ -5,6 +5,8 @@
     │   │                              carries ``status``, ``code``, ``detail`` and ``field``
     │   ├── InstanceNotFound           404 instance_not_found: the identity names no instance
     │   ├── NoHealthyInstance          404 no_healthy_instance: nothing selection may pick
+    │   │   └── AllCoolingDown         503 all_cooling_down: there are instances, but every one
+    │   │                              is cooling down; ``retry_after`` says when the first ends
     │   ├── InstanceLimit              507 instance_limit / 429 model_instance_limit: no room
     │   │                              for another instance (of the registry, or of the model)
     │   └── InvalidRequest             400/413/415/422: the request itself is wrong
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from .record import InstanceKey
 
 __all__ = [
+    "AllCoolingDown",
     "ClientClosed",
     "ClientError",
     "InstanceLimit",
@@ -87,6 +90,31 @@ class NoHealthyInstance(RegistryClientError, LookupError):
         self.model_name = model_name
 
 
+class AllCoolingDown(NoHealthyInstance):
+    """Every healthy, enabled instance of the model is cooling down (failing,
+    busy, or on a trial that has had its requests): there are instances, just
+    none usable now. ``retry_after``: seconds until the first cooldown ends.
+    Not retried by a client: ask again after ``retry_after``, or with
+    ``fallback="least_bad"``."""
+
+    def __init__(
+        self,
+        model_name: str | None = None,
+        retry_after: float = 1.0,
+        *,
+        detail: str | None = None,
+        status: int = 503,
+        code: str = "all_cooling_down",
+        field: str | None = None,
+    ) -> None:
+        detail = detail or (
+            f"every available instance of model {model_name!r} is cooling down; the first is back in "
+            f"{retry_after:g} s (ask again then, or with fallback=least_bad)"
+        )
+        super().__init__(model_name, detail=detail, status=status, code=code, field=field)
+        self.retry_after = retry_after
+
+
 class InstanceLimit(RegistryClientError):
     """No room for a new instance: the registry holds ``--max-instances`` (507
     ``instance_limit``) or its model ``--max-instances-per-model`` (429
@@ -121,6 +149,10 @@ def client_error(status: int, body: object) -> RegistryClientError:
         return InstanceNotFound(detail=detail, status=status, field=field)
     if code == "no_healthy_instance":
         return NoHealthyInstance(detail=detail, status=status, field=field)
+    if code == "all_cooling_down":
+        retry = body.get("retry_after") if isinstance(body, dict) else None
+        retry_after = float(retry) if isinstance(retry, int | float) and not isinstance(retry, bool) else 1.0
+        return AllCoolingDown(retry_after=retry_after, detail=detail, status=status, field=field)
     if code in _INVALID:
         return InvalidRequest(status, code, detail, field)
     if code in _LIMITS:

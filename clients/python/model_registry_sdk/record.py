@@ -194,7 +194,8 @@ class Change(StrEnum):
     HEALTHY = "healthy"
     ENABLED = "enabled"
     DISABLED = "disabled"
-    COOLDOWN = "cooldown"
+    COOLDOWN = "cooldown"  # out of selection for a while: failing, or busy (``state_reason`` says)
+    TRIAL = "trial"  # its cooldown is over: on trial, a few requests until a router reports
     RESTORED = "restored"
     DEREGISTERED = "deregistered"  # marked unhealthy by its worker or an operator, and kept
     EVICTED = "evicted"  # deleted by the checker after staying unhealthy past --evict-after

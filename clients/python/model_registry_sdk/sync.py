@@ -145,8 +145,9 @@ class RegistryClient:
         *,
         error: str | None = None,
         status: int | None = None,
+        retry_after: float | None = None,
     ) -> ModelInstance:
-        return self.run(self._aio.report(instance, ok, error=error, status=status))
+        return self.run(self._aio.report(instance, ok, error=error, status=status, retry_after=retry_after))
 
     def list_instances(
         self, model_name: str | None = None, healthy_only: bool = False
@@ -156,11 +157,15 @@ class RegistryClient:
     def list_models(self) -> list[ModelSummary]:
         return self.run(self._aio.list_models())
 
-    def select(self, model_name: str, strategy: str = "weighted") -> ModelInstance:
-        return self.run(self._aio.select(model_name, strategy))
+    def select(
+        self, model_name: str, strategy: str = "weighted", fallback: str | None = None
+    ) -> ModelInstance:
+        return self.run(self._aio.select(model_name, strategy, fallback))
 
-    def select_why(self, model_name: str, strategy: str = "weighted") -> tuple[ModelInstance, dict[str, Any]]:
-        return self.run(self._aio.select_why(model_name, strategy))
+    def select_why(
+        self, model_name: str, strategy: str = "weighted", fallback: str | None = None
+    ) -> tuple[ModelInstance, dict[str, Any]]:
+        return self.run(self._aio.select_why(model_name, strategy, fallback))
 
     def health(self) -> dict[str, Any]:
         return self.run(self._aio.health())

@@ -38,6 +38,8 @@ from .retry import RETRY_STATUSES, Retry
 
 #: The registry is full (``InstanceLimit``): an answer to give up on, not to retry.
 INSUFFICIENT_STORAGE = 507
+#: 503 answers that are outcomes, not outages: raised at once, never retried elsewhere.
+NOT_RETRIED = frozenset({"all_cooling_down"})
 
 __all__ = ["Transport", "parse_urls"]
 
@@ -166,6 +168,8 @@ class Transport:
                 self._failures_in_a_row = 0
                 if status < 400:
                     return answer
+                if status == 503 and isinstance(answer, dict) and answer.get("error") in NOT_RETRIED:
+                    raise client_error(status, answer)  # an answer about the model, not the registry
                 retryable = status in RETRY_STATUSES or (status == 500 and idempotent)
                 if 400 <= status < 500 or not retryable:
                     if status >= 500 and status != INSUFFICIENT_STORAGE:
