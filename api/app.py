@@ -98,6 +98,7 @@ def create_app(
                 max_instances=settings.max_instances,
                 max_instances_per_model=settings.max_instances_per_model,
                 probe_allowed_hosts=settings.probe_hosts,
+                startup_grace=settings.startup_grace,
                 clock=clock,
                 rng=rng,
             ) as registry,

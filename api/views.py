@@ -13,7 +13,7 @@ from model_registry.auth import Action, Principal
 from model_registry.validation import key_from
 
 from .audit import audit, audit_deregistration
-from .auth import in_scope
+from .auth import in_scope, principal_of
 from .keys import CONNECTIONS, DISCONNECTS, LIFECYCLE, SETTINGS
 from .params import duration_param, model_name_param, query_flag, revision_param, strategy_param
 from .problem import ApiError
@@ -107,7 +107,8 @@ async def models(request: web.Request, registry: Registry) -> web.Response:
 async def patch(request: web.Request, registry: Registry) -> web.Response:
     key = key_from(request.query)
     changes = await read_object(request)
-    record = await registry.patch(key, changes)
+    caller = principal_of(request)
+    record = await registry.patch(key, changes, caller.name if caller is not None else None)
     audit(request, "instance changed", model=key.model_name, addr=key.address, changes=changes)
     return json_response(record)
 

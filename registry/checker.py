@@ -15,10 +15,10 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from model_registry_sdk.record import Change, ModelInstance
+from model_registry_sdk.record import CHECK_REASON, GRACE_REASON, Change, ModelInstance
 
 from .core import Core, fields_of
 from .preservation import Guard, Preservation
@@ -78,8 +78,10 @@ class Checker:
         timeout: float,
         evict_after: float,
         preservation: Preservation,
+        startup_grace: float = 600.0,
     ) -> None:
         check_timing(interval, timeout, evict_after)
+        self.startup_grace = startup_grace
         self._core = core
         self._cooldowns = cooldowns
         self.interval, self.timeout, self.evict_after = interval, timeout, evict_after
@@ -172,15 +174,14 @@ class Checker:
         expired: list[ModelInstance] = []
         if not self._guarded(self._expiry_guard, "marking unhealthy", census.silent, census.checked, mono):
             with core.noting_outages():
-                expired = await storage.expire(
-                    expire_cutoff, now, f"heartbeat: none within {self.timeout:g} s"
-                )
+                expired = await storage.expire(expire_cutoff, now, f"heartbeat timeout {self.timeout:g} s")
         for record in expired:
             log.info(
                 "instance marked unhealthy: no heartbeat within the timeout",
-                extra={**fields_of(record.key), "timeout_s": self.timeout},
+                extra={**fields_of(record.key), "timeout_s": self.timeout, "reason": record.state_reason},
             )
             core.publish(Change.UNHEALTHY, record)
+        expired += await self._end_overdue_starts(now)
         evicted: list[ModelInstance] = []
         if self.evict_after > 0 and not self._guarded(
             self._eviction_guard, "evicting", census.evictable, census.total, mono
@@ -201,6 +202,31 @@ class Checker:
             held_eviction=self._eviction_guard.held,
             restored=restored,
         )
+
+    async def _end_overdue_starts(self, now: datetime) -> list[ModelInstance]:
+        """Mark unhealthy the instances still starting past their start-up grace:
+        not ready, or their check never passed."""
+        core, storage = self._core, self._core.storage
+        marked = []
+        with core.noting_outages():
+            overdue = await storage.overdue_starts(now, self.startup_grace)
+        for record in overdue:
+            grace = record.startup_grace if record.startup_grace is not None else self.startup_grace
+            if record.healthy:
+                reason = f"{GRACE_REASON} of {grace:g} s"
+            else:  # its check never passed: still the check's to bring back
+                reason = f"{CHECK_REASON}not passed within its start-up grace of {grace:g} s"
+            with core.noting_outages():
+                changed = await storage.mark_unhealthy(record.key, now, reason)
+            if changed is None:
+                continue
+            log.warning(
+                "instance marked unhealthy: not ready within its start-up grace",
+                extra={**fields_of(record.key), "startup_grace_s": grace, "reason": reason},
+            )
+            core.publish(Change.UNHEALTHY, changed)
+            marked.append(changed)
+        return marked
 
     # -- self-preservation ---------------------------------------------------
 

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from model_registry_sdk.record import STARTING_CHECK
+
 from .errors import InvalidInstance
 from .validation import normalize_host, problems_of
 
@@ -41,7 +43,7 @@ __all__ = [
 
 #: The ``state_reason`` of an instance registered with a check it has not yet passed:
 #: it is listed, and not served, until it does.
-STARTING = "probe: not yet passed"
+STARTING = STARTING_CHECK
 
 #: Seconds between probes (or scrapes) of one instance, at least and at most.
 MIN_INTERVAL_S, MAX_INTERVAL_S = 1.0, 3600.0

@@ -241,7 +241,7 @@ def _eligible(candidates: Sequence[ModelInstance]) -> list[ModelInstance]:
 
     Candidates are of one model, so (host, port) orders them; storage lists
     them in that order already, which makes the sort one cheap pass."""
-    eligible = [c for c in candidates if c.enabled and c.healthy and c.weight > 0]
+    eligible = [c for c in candidates if c.enabled and c.healthy and c.ready and c.weight > 0]
     eligible.sort(key=_address)
     return eligible
 

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from model_registry_sdk.record import Change, held_by_check
+from model_registry_sdk.record import DRAINED_REASON, Change, held_by_check
 
 from .checker import Checker, CheckResult, check_timing
 from .clock import Clock
@@ -36,6 +36,7 @@ from .replication import Replication
 from .reports import Cooldowns
 from .selection import DEFAULT_STRATEGY, Selector
 from .storage import InstanceKey, ModelInstance, ModelSummary, Storage, StorageUnavailable
+from .storage.base import Edit
 from .validation import (
     MAX_QUEUE_LENGTH,
     Report,
@@ -53,6 +54,23 @@ log = logging.getLogger("registry")
 
 #: Changes after which an instance is no candidate of selection until it comes back.
 _GONE = frozenset({Change.DEREGISTERED, Change.EVICTED, Change.PURGED})
+
+
+def _with_drain_reason(change: Edit, reason: str | None) -> Edit:
+    """``change``, then the reason of a drain (``drained by operator ops-1``) while the
+    instance is healthy and drained, and none once it is back in service."""
+
+    def edit(record: ModelInstance) -> None:
+        change(record)
+        if not record.healthy:
+            return  # an unhealthy instance keeps why it is unhealthy
+        drained_for = record.state_reason is not None and record.state_reason.startswith(DRAINED_REASON)
+        if not record.enabled:
+            record.state_reason = reason or f"{DRAINED_REASON}an operator"
+        elif drained_for:
+            record.state_reason = None
+
+    return edit
 
 
 class Registry(DBGPTMethods):
@@ -79,6 +97,7 @@ class Registry(DBGPTMethods):
         max_instances: int = 1_000_000,
         max_instances_per_model: int = 100_000,
         probe_allowed_hosts: frozenset[str] = frozenset(),
+        startup_grace: float = 600.0,
     ) -> None:
         """``checker=False`` leaves sweeping to whoever calls ``check_once``
         (tests, or a replica that must not sweep).
@@ -95,6 +114,8 @@ class Registry(DBGPTMethods):
         (``InstanceLimit``); instances already registered are always updated.
         ``probe_allowed_hosts``: hosts other than the instance's own that a
         registration's check or metrics URL may name (see ``probes``).
+        ``startup_grace``: seconds an instance may stay ``starting`` (registered
+        ``ready: false``, or its check not yet passed) when it sets none itself.
         """
         check_timing(heartbeat_interval, heartbeat_timeout, evict_after)
         self.storage = storage
@@ -121,6 +142,7 @@ class Registry(DBGPTMethods):
             timeout=heartbeat_timeout,
             evict_after=evict_after,
             preservation=preservation or Preservation(),
+            startup_grace=startup_grace,
         )
         self._replication = Replication(core)
 
@@ -226,7 +248,7 @@ class Registry(DBGPTMethods):
         recorded. Synchronous, so that the hottest path awaits nothing.
         """
         beat = known_beat(body)
-        if beat is None or carries_load(body):  # an engine's load is validated by ``heartbeat``
+        if beat is None or carries_load(body) or "ready" in body:  # ``heartbeat`` reads those
             return None
         record = self.storage.beat(beat[0], self._core.clock.now(), beat[1])
         if record is not None:
@@ -243,6 +265,21 @@ class Registry(DBGPTMethods):
         self.heartbeats += 1
         if load is not None:
             record = self.storage.set_load(record.key, *load, self._core.clock.now()) or record
+        ready = instance.get("ready") if isinstance(instance, dict) else None
+        if type(ready) is bool and ready != record.ready:
+            record = await self.set_ready(record.key, ready) or record
+        return record
+
+    async def set_ready(self, key: InstanceKey, ready: bool) -> ModelInstance | None:
+        """The worker says it is ready (its model loaded), or no longer is: ``starting``
+        to ``ready`` and back, with a ``ready`` or ``starting`` event."""
+        core = self._core
+        with core.noting_outages():
+            record = await self.storage.set_ready(key, ready)
+        if record is None:
+            return None
+        log.info("instance ready" if ready else "instance starting again", extra=fields_of(key))
+        core.publish(Change.READY if ready else Change.STARTING, record)
         return record
 
     async def _heartbeat(
@@ -350,12 +387,18 @@ class Registry(DBGPTMethods):
         self._core.publish(Change.PURGED if purge else Change.DEREGISTERED, record)
         return record
 
-    async def patch(self, key: InstanceKey, changes: dict[str, Any]) -> ModelInstance:
+    async def patch(
+        self, key: InstanceKey, changes: dict[str, Any], actor: str | None = None
+    ) -> ModelInstance:
         """An operator's change to ``enabled``, ``weight`` or ``metadata``,
-        pinned over later re-registrations (``null`` releases a pin; see ``pins``)."""
+        pinned over later re-registrations (``null`` releases a pin; see ``pins``).
+        ``actor``: who (a token's name), for the reason of a drain."""
         changes = override_from(changes)
+        change = changer(changes)
+        if "enabled" in changes:
+            change = _with_drain_reason(change, f"{DRAINED_REASON}operator {actor}" if actor else None)
         with self._core.noting_outages():
-            record = await self.storage.override(key, changer(changes))
+            record = await self.storage.override(key, change)
         if record is None:
             raise InstanceNotFound(key)
         if "enabled" in changes:
@@ -445,8 +488,8 @@ class Registry(DBGPTMethods):
             elif previous is not None and held_by_check(previous):
                 fresh.healthy, fresh.unhealthy_since = False, previous.unhealthy_since
                 fresh.state_reason = previous.state_reason
-            else:
-                fresh.healthy, fresh.unhealthy_since, fresh.state_reason = False, now, STARTING
+            else:  # starting: not unhealthy since anything (nothing evicts it before its grace)
+                fresh.healthy, fresh.unhealthy_since, fresh.state_reason = False, None, STARTING
         return fresh
 
     def _targets(self, record: ModelInstance) -> ModelInstance:
@@ -532,7 +575,11 @@ class Registry(DBGPTMethods):
                 cooldowns.picked(picked.key)
                 reason["trial"] = True
             return picked, reason, False
-        cooling = [r for r in await self.instances(model_name) if r.healthy and r.enabled and r.weight > 0]
+        cooling = [
+            r
+            for r in await self.instances(model_name)
+            if r.healthy and r.ready and r.enabled and r.weight > 0
+        ]
         if not cooling:
             raise NoHealthyInstance(model_name)
         first = min(cooling, key=lambda r: (r.cooldown_until or now, r.host, r.port))

@@ -157,6 +157,15 @@ class Settings(BaseSettings):
         le=86_400,
         description="seconds a failing instance is first left out of selection and healthy listings",
     )
+    startup_grace: float = Field(
+        600.0,
+        gt=0,
+        le=86_400,
+        description=(
+            "seconds an instance may stay starting (registered ready: false, or its check not yet "
+            "passed) before it is unhealthy, unless it sets its own startup_grace"
+        ),
+    )
     max_cooldown: float = Field(
         600.0,
         gt=0,

@@ -106,6 +106,11 @@ QueueLength = Annotated[int, Strict(), Field(ge=0, le=MAX_QUEUE_LENGTH)]
 
 
 PromptTemplate = Annotated[str, Strict(), Field(max_length=16 * 1024)]
+#: Seconds a worker may take to load its model (``ready: false``) before it is unhealthy.
+MAX_STARTUP_GRACE = 86_400.0
+StartupGrace = Annotated[
+    float, Strict(), Field(gt=0, le=MAX_STARTUP_GRACE, allow_inf_nan=False), AfterValidator(float)
+]
 
 
 # ``check`` and ``metrics`` are read by ``probes`` (``_instance``), which names the field
@@ -125,6 +130,8 @@ RULES: dict[str, Any] = {
     "queue_length": QueueLength | None,
     "check": Spec | None,
     "metrics": Spec | None,
+    "ready": Flag,
+    "startup_grace": StartupGrace | None,
 }
 
 

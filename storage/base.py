@@ -119,7 +119,8 @@ class Storage(abc.ABC):
 
         ``change`` is a synchronous function that edits, in place, the copy of
         the record it is given, and only its overridable fields (``enabled``,
-        ``weight``, ``metadata``) and ``overrides``: the registry's pin policy
+        ``weight``, ``metadata``), ``overrides`` and ``state_reason`` (a drain's
+        reason): the registry's pin policy
         (``model_registry.pins.changer``); storage knows nothing of its rules.
         Returns the new record, or ``None`` when unknown."""
 
@@ -186,6 +187,20 @@ class Storage(abc.ABC):
         Returns the record, or ``None`` when the key is unknown (to this
         replica). Synchronous: every backend keeps the records it serves in memory."""
         return None
+
+    @abc.abstractmethod
+    async def set_ready(self, key: InstanceKey, ready: bool) -> ModelInstance | None:
+        """Set ``ready``. Made ready, an instance unhealthy because it was not
+        ready within its start-up grace (``record.GRACE_REASON``) is healthy
+        again; one its check holds is not. Returns the record, or ``None``
+        when unknown."""
+
+    @abc.abstractmethod
+    async def overdue_starts(self, now: datetime, default_grace: float) -> list[ModelInstance]:
+        """The instances starting (``record.state_of``: healthy and not ready, or
+        their check not yet passed once) registered at least their
+        ``startup_grace`` (``default_grace`` when they give none) before ``now``.
+        Changes nothing: the registry marks them."""
 
     @abc.abstractmethod
     async def delete(self, key: InstanceKey) -> ModelInstance | None:

@@ -38,7 +38,9 @@ from model_registry_sdk.record import (
     ModelInstance,
     ModelSummary,
     apply_overrides,
+    held,
     held_by_check,
+    state_of,
 )
 
 from .base import Census, Edit
@@ -91,6 +93,8 @@ class InstanceIndex:
         self._wheel = TimingWheel()
         self._expirable = 0  # how many records the checker watches
         self._unhealthy: dict[InstanceKey, ModelInstance] = {}
+        # The records starting (not ready, or their check not yet passed), for their grace.
+        self._starting: dict[InstanceKey, ModelInstance] = {}
         # Models whose records are not in key order since a registration (see ``list``).
         self._unsorted: set[str] = set()
         # model -> its serving records, in key order; dropped by any change to the model.
@@ -107,9 +111,10 @@ class InstanceIndex:
 
     def _unlink(self, record: ModelInstance) -> None:
         """Take ``record`` out of the wheel's count and the unhealthy set (before changing it)."""
+        self._starting.pop(record.key, None)
         if record.healthy:
             heard = record.last_heartbeat
-            if record.check_healthy and heard is not None:
+            if record.check_healthy and heard is not None and record.ready:
                 self._expirable -= 1
                 if heard < self._wheel.settled_before:  # filed exactly there: take it out now
                     self._wheel.unfile(record.key, heard)
@@ -120,9 +125,13 @@ class InstanceIndex:
             self._unhealthy.pop(record.key, None)
 
     def _link(self, record: ModelInstance) -> None:
-        """Put ``record`` where its current state says (after changing it)."""
+        """Put ``record`` where its current state says (after changing it). A record
+        not yet ready is not expired by its heartbeats (its start-up grace is)."""
+        record.state = state = state_of(record)
+        if state == "starting":
+            self._starting[record.key] = record
         if record.healthy:
-            if record.check_healthy and record.last_heartbeat is not None:
+            if record.check_healthy and record.last_heartbeat is not None and record.ready:
                 self._expirable += 1
                 self._wheel.file(record.key, second_of(record.last_heartbeat))  # type: ignore[arg-type]
         else:
@@ -144,6 +153,7 @@ class InstanceIndex:
 
     def _put(self, record: ModelInstance) -> None:
         """Store ``record`` in place of the one with its key (the links are the caller's)."""
+        record.state = state_of(record)
         self.records[record.key] = record
         self._serving.pop(record.model_name, None)
 
@@ -196,9 +206,11 @@ class InstanceIndex:
                 by_address[(key.host, key.port)] = {key: None}
             else:
                 at[key] = None
+            if record.state == "starting":
+                self._starting[key] = record
             if not record.healthy:
                 unhealthy[key] = record
-            elif record.check_healthy and record.last_heartbeat is not None:
+            elif record.check_healthy and record.last_heartbeat is not None and record.ready:
                 filed[key] = None
         self._wheel.file_at_dawn(filed)
         self._expirable = len(filed)
@@ -282,12 +294,33 @@ class InstanceIndex:
             return None
         beaten = copy_record(record)
         beaten.last_heartbeat = now
-        if not held_by_check(record):  # held: the beat is recorded, the check decides
+        if not record.healthy and not held(record):  # held: the check (or ``ready``) decides
             beaten.healthy, beaten.unhealthy_since, beaten.state_reason = True, None, None
         if queue_length is not None:
             beaten.queue_length = queue_length
         self._swap(record, beaten)
         return beaten, beaten.healthy and not record.healthy
+
+    def set_ready(self, key: InstanceKey, ready: bool) -> ModelInstance | None:
+        record = self.records.get(key)
+        if record is None:
+            return None
+        changed = copy_record(record)
+        changed.ready = ready
+        if ready and held(record) and not held_by_check(record):  # its grace had run out
+            changed.healthy, changed.unhealthy_since, changed.state_reason = True, None, None
+        self._swap(record, changed)
+        return changed
+
+    def overdue_starts(self, now: datetime, default_grace: float) -> list[ModelInstance]:
+        """The records starting (``state_of``) whose start-up grace is over at ``now``."""
+        overdue = []
+        for record in self._starting.values():
+            grace = record.startup_grace if record.startup_grace is not None else default_grace
+            registered = record.registered_at
+            if registered is not None and (now - registered).total_seconds() >= grace:
+                overdue.append(record)
+        return overdue
 
     def mark_unhealthy(
         self, key: InstanceKey, now: datetime, reason: str | None = None
@@ -400,8 +433,8 @@ class InstanceIndex:
             records = self._model(model_name)
         if healthy_only:
             if now is None:
-                return [r for r in records if r.healthy]
-            return [r for r in records if r.healthy and not r.in_cooldown(now)]
+                return [r for r in records if r.healthy and r.ready]
+            return [r for r in records if r.healthy and r.ready and not r.in_cooldown(now)]
         return list(records)
 
     def at(self, host: str, port: int, *, ordered: bool = True) -> list[ModelInstance]:
@@ -418,7 +451,7 @@ class InstanceIndex:
     def _serve(self, model_name: str, now: datetime) -> list[ModelInstance]:
         """The model's serving records at ``now``, kept for the next reads unless
         a cooldown makes the answer depend on the time."""
-        healthy = [r for r in self._model(model_name) if r.healthy]
+        healthy = [r for r in self._model(model_name) if r.healthy and r.ready]
         if any(r.cooldown_until is not None for r in healthy):
             return [r for r in healthy if not r.in_cooldown(now)]
         if model_name not in self._by_model:  # never kept for a name nobody registered
@@ -434,7 +467,7 @@ class InstanceIndex:
             for r in map(self.records.__getitem__, keys):
                 healthy += r.healthy
                 enabled += r.enabled
-                available += r.healthy and r.enabled and (now is None or not r.in_cooldown(now))
+                available += r.healthy and r.ready and r.enabled and (now is None or not r.in_cooldown(now))
             summaries.append(ModelSummary(name, len(keys), healthy, enabled, available))
         return summaries
 

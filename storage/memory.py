@@ -34,6 +34,12 @@ class MemoryStorage(IndexReads, Storage):
     async def override(self, key: InstanceKey, change: Edit) -> ModelInstance | None:
         return self._index.override(key, change)
 
+    async def set_ready(self, key: InstanceKey, ready: bool) -> ModelInstance | None:
+        return self._index.set_ready(key, ready)
+
+    async def overdue_starts(self, now: datetime, default_grace: float) -> list[ModelInstance]:
+        return self._index.overdue_starts(now, default_grace)
+
     async def set_cooldown(
         self, key: InstanceKey, until: datetime | None, reason: str | None = None
     ) -> ModelInstance | None:

@@ -329,6 +329,9 @@ class PostgresStorage(SQLStorage):
     async def override(self, key: InstanceKey, change: Edit) -> ModelInstance | None:
         return self._remember(await super().override(key, change))
 
+    async def set_ready(self, key: InstanceKey, ready: bool) -> ModelInstance | None:
+        return self._remember(await super().set_ready(key, ready))
+
     async def set_cooldown(
         self, key: InstanceKey, until: datetime | None, reason: str | None = None
     ) -> ModelInstance | None:

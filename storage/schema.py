@@ -96,6 +96,8 @@ instances = Table(
     Column("running", Integer, nullable=True),
     Column("kv_cache_usage", ExactFloat, nullable=True),
     Column("load_at", UTCDateTime, nullable=True),
+    Column("ready", Boolean, nullable=False, server_default=true()),
+    Column("startup_grace", ExactFloat, nullable=True),
 )
 
 #: API tokens: a digest of each secret, never the secret (see ``model_registry.auth``).

@@ -39,12 +39,15 @@ from sqlalchemy.sql import ColumnElement
 
 from model_registry_sdk.record import (
     CHECK_REASON,
+    DERIVED_FIELDS,
+    GRACE_REASON,
     OVERRIDABLE_FIELDS,
+    STARTING_CHECK,
     InstanceKey,
     ModelInstance,
     ModelSummary,
     apply_overrides,
-    held_by_check,
+    held,
 )
 
 from . import migrations
@@ -63,6 +66,13 @@ _KEY_COLUMNS = ("model_name", "host", "port")
 _KEPT_ON_UPSERT = frozenset({*_KEY_COLUMNS, "registered_at", "cooldown_until"})
 
 
+#: What the heartbeat timeout may expire: the partial index's rows (``EXPIRABLE``)
+#: that are ready (one starting is held by its start-up grace instead).
+_EXPIRING = EXPIRABLE & (_t.c.ready == true())
+#: Serving: healthy and ready (selection and ``healthy_only`` listings).
+_SERVING = (_t.c.healthy == true()) & (_t.c.ready == true())
+
+
 def _not_cooling(now: datetime) -> ColumnElement[bool]:
     """Not in a cooldown at ``now`` (``ModelInstance.in_cooldown`` in SQL)."""
     return _t.c.cooldown_until.is_(None) | (_t.c.cooldown_until <= now)
@@ -78,7 +88,12 @@ def _json_dumps(value: Any) -> str:
 
 
 def _record(row: Any) -> ModelInstance:
-    return ModelInstance(**row._mapping)
+    return ModelInstance(**row._mapping)  # its derived fields (``state``) are worked out
+
+
+def _row(record: ModelInstance) -> dict[str, Any]:
+    """The record's columns: its fields, but the derived ones."""
+    return {k: v for k, v in dataclasses.asdict(record).items() if k not in DERIVED_FIELDS}
 
 
 def _models(models: tuple[str, ...] | None) -> list[str] | None:
@@ -254,7 +269,7 @@ class SQLStorage(Storage):
     # -- writes ------------------------------------------------------------
 
     async def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
-        row = dataclasses.asdict(record)
+        row = _row(record)
         async with self._write("register an instance") as conn:
             while True:
                 inserted = await self._insert_returning(conn, row)
@@ -269,7 +284,7 @@ class SQLStorage(Storage):
                     continue  # deleted between the two statements by another writer: go again
                 stored = dataclasses.replace(record)
                 apply_overrides(stored, kept.overrides)
-                changes = {k: v for k, v in dataclasses.asdict(stored).items() if k not in _KEPT_ON_UPSERT}
+                changes = {k: v for k, v in _row(stored).items() if k not in _KEPT_ON_UPSERT}
                 result = await conn.execute(
                     update(_t).where(_where_key(record.key)).values(changes).returning(*_t.c)
                 )
@@ -283,7 +298,9 @@ class SQLStorage(Storage):
                 return None
             record = _record(row)
             change(record)
-            values = {name: getattr(record, name) for name in (*OVERRIDABLE_FIELDS, "overrides")}
+            values = {
+                name: getattr(record, name) for name in (*OVERRIDABLE_FIELDS, "overrides", "state_reason")
+            }
             result = await conn.execute(update(_t).where(_where_key(key)).values(values).returning(*_t.c))
             return _record(result.one())
 
@@ -296,7 +313,7 @@ class SQLStorage(Storage):
 
     async def insert(self, record: ModelInstance) -> ModelInstance | None:
         async with self._write("register an instance") as conn:
-            return await self._insert_returning(conn, dataclasses.asdict(record))
+            return await self._insert_returning(conn, _row(record))
 
     async def _insert_returning(self, conn: AsyncConnection, row: dict) -> ModelInstance | None:
         statement = self._insert(_t).values(row).on_conflict_do_nothing().returning(*_t.c)
@@ -323,12 +340,12 @@ class SQLStorage(Storage):
             was = found.first()
             if was is None:
                 return None
-            held = held_by_check(ModelInstance("", "", 0, healthy=was.healthy, state_reason=was.state_reason))
-            if not held:  # held by its check: the beat is recorded, the check decides
+            kept = held(ModelInstance("", "", 0, healthy=was.healthy, state_reason=was.state_reason))
+            if not was.healthy and not kept:  # held: the beat is recorded, the check (or ready) decides
                 values.update(healthy=True, unhealthy_since=None, state_reason=None)
             statement = update(_t).where(_where_key(key)).values(values).returning(*_t.c)
             row = (await conn.execute(statement)).one()
-        return _record(row), not was.healthy and not held
+        return _record(row), not was.healthy and not kept
 
     async def mark_unhealthy(
         self, key: InstanceKey, now: datetime, reason: str | None = None
@@ -353,6 +370,35 @@ class SQLStorage(Storage):
             row = (await conn.execute(statement)).first()
         return None if row is None else _record(row)
 
+    async def set_ready(self, key: InstanceKey, ready: bool) -> ModelInstance | None:
+        values: dict[str, Any] = {"ready": ready}
+        if ready:  # one whose grace had run out is back (one held by its check is not)
+            grace_over = (_t.c.healthy == false()) & _t.c.state_reason.startswith(
+                GRACE_REASON, autoescape=True
+            )
+            values.update(
+                healthy=case((grace_over, true()), else_=_t.c.healthy),
+                unhealthy_since=case((grace_over, None), else_=_t.c.unhealthy_since),
+                state_reason=case((grace_over, None), else_=_t.c.state_reason),
+            )
+        return await self._update_one("mark an instance ready", key, values)
+
+    async def overdue_starts(self, now: datetime, default_grace: float) -> list[ModelInstance]:
+        starting = ((_t.c.healthy == true()) & (_t.c.ready == false())) | (
+            (_t.c.healthy == false()) & _t.c.state_reason.startswith(STARTING_CHECK, autoescape=True)
+        )
+        statement = select(_t).where(starting & (_t.c.registered_at.is_not(None)))
+        async with self._read("list the instances starting") as conn:
+            rows = [_record(row) for row in await conn.execute(statement)]
+        # Few rows (only those starting): each grace is judged here, by ``now``.
+        return [
+            r
+            for r in rows
+            if r.registered_at is not None
+            and (now - r.registered_at).total_seconds()
+            >= (r.startup_grace if r.startup_grace is not None else default_grace)
+        ]
+
     async def delete(self, key: InstanceKey) -> ModelInstance | None:
         async with self._write("delete an instance") as conn:
             row = (await conn.execute(delete(_t).where(_where_key(key)).returning(*_t.c))).first()
@@ -361,7 +407,7 @@ class SQLStorage(Storage):
     async def expire(self, cutoff: datetime, now: datetime, reason: str | None = None) -> list[ModelInstance]:
         statement = (
             update(_t)
-            .where(EXPIRABLE & (_t.c.last_heartbeat < cutoff))
+            .where(_EXPIRING & (_t.c.last_heartbeat < cutoff))
             .values(healthy=False, unhealthy_since=now, state_reason=reason)
             .returning(*_t.c)
         )
@@ -384,8 +430,8 @@ class SQLStorage(Storage):
             return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
         statement = select(
-            count(EXPIRABLE),
-            count(EXPIRABLE & (_t.c.last_heartbeat < expire_cutoff)),
+            count(_EXPIRING),
+            count(_EXPIRING & (_t.c.last_heartbeat < expire_cutoff)),
             func.count(),
             count(EVICTABLE & (_t.c.unhealthy_since < evict_cutoff)),
         ).select_from(_t)
@@ -407,7 +453,7 @@ class SQLStorage(Storage):
         if model_name is not None:
             statement = statement.where(_t.c.model_name == model_name)
         if healthy_only:
-            statement = statement.where(_t.c.healthy == true())
+            statement = statement.where(_SERVING)
             if now is not None:
                 statement = statement.where(_not_cooling(now))
         async with self._read("list instances") as conn:
@@ -431,7 +477,7 @@ class SQLStorage(Storage):
                 func.count(),
                 count(healthy),
                 count(enabled),
-                count(healthy & enabled_now),
+                count(_SERVING & enabled_now),
             )
             .group_by(_t.c.model_name)
             .order_by(_t.c.model_name)

@@ -78,6 +78,15 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
             await self._commit([key])
         return record
 
+    async def set_ready(self, key: InstanceKey, ready: bool) -> ModelInstance | None:
+        record = self._index.set_ready(key, ready)
+        if record is not None:
+            await self._commit([key])
+        return record
+
+    async def overdue_starts(self, now: datetime, default_grace: float) -> list[ModelInstance]:
+        return self._index.overdue_starts(now, default_grace)
+
     async def set_cooldown(
         self, key: InstanceKey, until: datetime | None, reason: str | None = None
     ) -> ModelInstance | None:

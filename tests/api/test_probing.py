@@ -210,7 +210,7 @@ async def test_with_both_the_heartbeat_timeout_marks_it_too(
     clock.advance(registry.heartbeat_timeout * 3)
     await registry.check_once()  # (or the checker's own sweep, woken by the clock, did it first)
     record = await instance(client, worker.port)
-    assert record["healthy"] is False and record["state_reason"] == "heartbeat: none within 30 s"
+    assert record["healthy"] is False and record["state_reason"] == "heartbeat timeout 30 s"
     # Passing its check does not bring back an instance whose beats stopped.
     key = next(i.key for i in await registry.instances("llama"))
     assert await registry.check_passed(key) is None

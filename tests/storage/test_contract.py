@@ -403,8 +403,8 @@ async def test_passing_a_check_revives_only_what_the_check_holds(storage: Storag
 
 async def test_a_beat_revives_an_expired_record_and_clears_its_reason(storage: Storage) -> None:
     await storage.upsert(record())
-    (expired,) = await storage.expire(T0 + timedelta(seconds=1), T0, "heartbeat: none within 30 s")
-    assert expired.state_reason == "heartbeat: none within 30 s"
+    (expired,) = await storage.expire(T0 + timedelta(seconds=1), T0, "heartbeat timeout 30 s")
+    assert expired.state_reason == "heartbeat timeout 30 s"
     beaten, revived = await storage.touch(record().key, T0 + timedelta(seconds=2), None)
     assert revived and beaten.healthy and beaten.state_reason is None
 

@@ -28,6 +28,9 @@ from .errors import InvalidRequest, RegistryUnavailable
 
 __all__ = [
     "CHECK_REASON",
+    "DERIVED_FIELDS",
+    "STARTING_CHECK",
+    "STATES",
     "LOAD_FIELDS",
     "OVERRIDABLE_FIELDS",
     "SERVER_MANAGED_FIELDS",
@@ -38,9 +41,13 @@ __all__ = [
     "apply_overrides",
     "check",
     "from_wire",
+    "GRACE_REASON",
+    "DRAINED_REASON",
+    "held",
     "held_by_check",
     "with_probes",
     "summary_from_wire",
+    "state_of",
     "to_wire",
 ]
 
@@ -87,6 +94,12 @@ class ModelInstance:
     and ``load_at``: the engine's load, scraped or sent with a heartbeat, and
     when it was measured; managed by the registry, like ``queue_length``.
 
+    ``ready``: ``False`` while the worker is still loading its model (it is
+    listed, never selected, and not expired until its ``startup_grace``
+    seconds, the registry's default when ``None``, have passed since it
+    registered). ``state``: what all this adds up to, one of ``STATES``
+    (``state_of``); derived, never stored, and ``state_reason`` says why.
+
     Not slotted on purpose: orjson serialises a dataclass with a ``__dict__``
     about three times faster than a slotted one, for some 50 more bytes.
     """
@@ -113,6 +126,12 @@ class ModelInstance:
     running: int | None = None
     kv_cache_usage: float | None = None
     load_at: datetime | None = None
+    ready: bool = True
+    startup_grace: float | None = None
+    state: str = "ready"
+
+    def __post_init__(self) -> None:
+        self.state = state_of(self)
 
     @property
     def key(self) -> InstanceKey:
@@ -124,9 +143,36 @@ class ModelInstance:
         return self.cooldown_until is not None and self.cooldown_until > now
 
 
+#: An instance's states, in the order ``state_of`` tells them apart.
+STATES = ("unhealthy", "starting", "disabled", "cooling", "ready")
+#: How ``state_reason`` begins while an instance's check has not yet passed once.
+STARTING_CHECK = "probe: not yet passed"
+#: Fields derived from the others, never stored (no column, no journal entry).
+DERIVED_FIELDS = frozenset({"state"})
+
+
+def state_of(record: ModelInstance) -> str:
+    """The instance's state: ``unhealthy`` (silent, failing its check, deregistered,
+    or not ready within its start-up grace), ``starting`` (registered ``ready:
+    false``, or its check has not yet passed), ``disabled`` (drained), ``cooling``
+    (routers' reports keep it out, or it is on trial after that), ``ready``. The
+    first that applies, in that order."""
+    if not record.healthy:
+        reason = record.state_reason
+        return "starting" if reason is not None and reason.startswith(STARTING_CHECK) else "unhealthy"
+    if not record.ready:
+        return "starting"
+    if not record.enabled:
+        return "disabled"
+    if record.cooldown_until is not None:
+        return "cooling"
+    return "ready"
+
+
 #: The fields the registry sets; a client's values for them are ignored.
 SERVER_MANAGED_FIELDS = frozenset(
     {
+        "state",
         "healthy",
         "last_heartbeat",
         "registered_at",
@@ -151,6 +197,22 @@ def held_by_check(record: ModelInstance) -> bool:
     """Whether ``record`` is unhealthy because its check fails (or has not yet passed)."""
     reason = record.state_reason
     return not record.healthy and reason is not None and reason.startswith(CHECK_REASON)
+
+
+#: How ``state_reason`` begins once a worker was not ready within its start-up grace.
+GRACE_REASON = "not ready within its start-up grace"
+#: How ``state_reason`` begins while an operator keeps an instance drained.
+DRAINED_REASON = "drained by "
+
+
+def held(record: ModelInstance) -> bool:
+    """Whether a heartbeat leaves ``record`` unhealthy: its check holds it
+    (``held_by_check``), or it was not ready within its start-up grace (only
+    ``ready: true``, or registering again, brings that back)."""
+    if held_by_check(record):
+        return True
+    reason = record.state_reason
+    return not record.healthy and reason is not None and reason.startswith(GRACE_REASON)
 
 
 #: The fields of an engine's load (``load_at`` says when it was measured).
@@ -190,6 +252,8 @@ class Change(StrEnum):
 
     REGISTERED = "registered"
     UPDATED = "updated"
+    READY = "ready"  # a worker that registered ``ready: false`` says it is ready
+    STARTING = "starting"  # a ready worker says it is not (loading another model)
     UNHEALTHY = "unhealthy"
     HEALTHY = "healthy"
     ENABLED = "enabled"
