@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Iterator
-from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -32,6 +31,7 @@ from prometheus_client.core import (
 )
 
 from model_registry import ModelInstance, Registry
+from model_registry_sdk.record import STATES as RECORD_STATES
 
 from .keys import CONNECTIONS, SETTINGS
 from .lag import BUCKETS as LAG_BUCKETS
@@ -46,8 +46,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 #: The label of the models past ``--metrics-max-models``.
 OTHER = "_other"
-#: An instance's state, one per instance (they add up to the total).
-STATES = ("healthy", "unhealthy", "disabled", "cooling")
+#: An instance's state, one per instance (they add up to the total): ``record.STATES``.
+STATES = RECORD_STATES
+_INDEX = {state: i for i, state in enumerate(STATES)}
 #: The kinds of storage errors, always exported (0 until one happens).
 ERROR_KINDS = ("timeout", "pool_exhausted", "driver")
 #: Records tallied between two yields to the event loop, when a scrape counts instances.
@@ -128,14 +129,13 @@ async def _tally(registry: Registry, max_models: int) -> _Tally:
     tally = _Tally()
     records: Iterable[ModelInstance] | None = registry.storage.records_now()
     snapshot = list(records) if records is not None else await registry.instances()
-    now = registry.clock.now()
     by_model = tally.by_model
     for start in range(0, len(snapshot), _SLICE):
         for record in snapshot[start : start + _SLICE]:
             counts = by_model.get(record.model_name)
             if counts is None:
-                counts = by_model[record.model_name] = [0, 0, 0, 0]
-            counts[_state(record, now)] += 1
+                counts = by_model[record.model_name] = [0] * len(STATES)
+            counts[_INDEX[record.state]] += 1
         if start + _SLICE < len(snapshot):
             await asyncio.sleep(0)
     for counts in by_model.values():
@@ -144,24 +144,13 @@ async def _tally(registry: Registry, max_models: int) -> _Tally:
     if len(by_model) > max_models:
         ranked = sorted(by_model.items(), key=lambda item: (-sum(item[1]), item[0]))
         kept = dict(ranked[:max_models])
-        other = [0, 0, 0, 0]
+        other = [0] * len(STATES)
         for _, counts in ranked[max_models:]:
             for i, n in enumerate(counts):
                 other[i] += n
         kept[OTHER] = other
         tally.by_model = kept
     return tally
-
-
-def _state(record: ModelInstance, now: datetime) -> int:
-    """Index into ``STATES``: unhealthy first, then disabled, then cooling down."""
-    if not record.healthy:
-        return 1
-    if not record.enabled:
-        return 2
-    if record.in_cooldown(now):
-        return 3
-    return 0
 
 
 class _Collector:
@@ -180,7 +169,7 @@ class _Collector:
         )
         yield _gauge(
             "model_registry_instances",
-            "Instances by state (healthy, unhealthy, disabled, cooling: one each)",
+            "Instances by state (ready, starting, disabled, cooling, unhealthy: one each)",
             [({"state": s}, n) for s, n in tally.total.items()],
         )
         yield _gauge(

@@ -75,6 +75,8 @@ LIMITS: Mapping[str, float] = {
     "max_cooldown": 86_400.0,
     "trial_requests": 1000,
     "busy_pass_over": 3_600.0,
+    "flap_threshold": 1000,
+    "flap_window": 86_400.0,
 }
 #: ``reset_timeout`` is the failure window under the name routers use for it.
 _ALIASES = {"reset_timeout": "failure_window"}
@@ -144,6 +146,8 @@ class FailurePolicy:
     trial_requests: int = 1  # selections an instance gets after a cooldown, before a report
     reset_on_success: bool = True  # a success forgets the failures counted so far
     busy_pass_over: float = 1.0  # seconds a busy instance is passed over without a retry_after
+    flap_threshold: int = 5  # health changes (healthy <-> unhealthy) within flap_window that hold it out
+    flap_window: float = 600.0
     failure_statuses: frozenset[int] = field(default_factory=lambda: frozenset({402, 500, *range(502, 600)}))
     busy_statuses: frozenset[int] = frozenset({429})
     body_patterns: tuple[str, ...] = ()
@@ -189,6 +193,8 @@ _FIELD_OF = {
     "trial_requests": "trial_requests",
     "reset_on_success": "reset_on_success",
     "busy_pass_over": "busy_pass_over",
+    "flap_threshold": "flap_threshold",
+    "flap_window": "flap_window",
     "failure_statuses": "failure_statuses",
     "busy_statuses": "busy_statuses",
     "unhealthy_response_body_patterns": "body_patterns",
@@ -209,7 +215,7 @@ def _over(base: FailurePolicy, values: Mapping[str, Any], *, strict: bool) -> Fa
                 raise PolicyError(name, f"unknown; the fields are {', '.join(sorted(_NAMES))}")
             continue
         if name in LIMITS:
-            kind = int if name in ("unhealthy_threshold", "trial_requests") else float
+            kind = int if name in ("unhealthy_threshold", "trial_requests", "flap_threshold") else float
             # bool is an int to Python, never a count; NaN fails both comparisons.
             fits = isinstance(value, int | float) and not isinstance(value, bool)
             minimum = 0 if name == "busy_pass_over" else (1 if kind is int else 0)

@@ -20,6 +20,12 @@ half-open trial
     for ``window`` seconds ends as a success would.
 ignored
     Nothing changes.
+flapping
+    An instance whose health changes (healthy to unhealthy and back, by its
+    beats or its check) more than ``flap_threshold`` times within
+    ``flap_window`` seconds is held out the same way: a cooldown (the next
+    sweep starts it), a trial after it, each one after a failed trial or a
+    new bout of flapping twice as long, up to ``max_cooldown``.
 
 Counts, trials and the doubling are kept per registry process (bounded: only
 instances with recent failures, cooldowns or trials are held); the cooldown
@@ -38,6 +44,7 @@ from model_registry_sdk.record import Change, ModelInstance
 
 from .core import Core, fields_of
 from .errors import InstanceNotFound
+from .events import Event
 from .failures import FailurePolicy, Verdict, classify
 from .storage import InstanceKey
 from .validation import Report, report_from
@@ -104,6 +111,9 @@ class Cooldowns:
         self._failures = FailureTracker()
         self._cooling: dict[InstanceKey, _Cooling] = {}
         self._trials: dict[InstanceKey, _Trial] = {}
+        self._flips: dict[InstanceKey, deque[float]] = {}  # health changes, by monotonic time
+        self._flapping: dict[InstanceKey, int] = {}  # to hold out at the next sweep: changes seen
+        self._flap_seconds: dict[InstanceKey, float] = {}  # its last flapping cooldown
         #: Reports received, by what they meant (``ok``, ``failed``, ``busy``, ``ignored``): for the metrics.
         self.reports: Counter[str] = Counter({"ok": 0, "failed": 0, "busy": 0, "ignored": 0})
 
@@ -211,7 +221,7 @@ class Cooldowns:
         """End the cooldowns over at ``now`` (a busy one restores the instance, a
         failure one puts it on trial), end the trials nobody reported on, and
         forget failures older than the window."""
-        changed = []
+        changed = await self._hold_out_flapping(now)
         for key, cooling in [(k, c) for k, c in self._cooling.items() if c.until <= now]:
             if cooling.busy:
                 record = await self._restore(key, "it was passed over long enough")
@@ -224,7 +234,49 @@ class Cooldowns:
             if record is not None:
                 changed.append(record)
         self._failures.forget_older_than(mono - self.policy.window)
+        for key in [k for k, f in self._flips.items() if not f or f[-1] < mono - self.policy.flap_window]:
+            del self._flips[key]
+            self._flap_seconds.pop(key, None)  # calm for a window: the next bout starts over
         return changed
+
+    # -- flapping ---------------------------------------------------------------
+
+    def heard(self, event: Event) -> None:
+        """A feed listener: counts each instance's health changes."""
+        if event.type not in (Change.HEALTHY, Change.UNHEALTHY):
+            return
+        key = event.instance.key
+        policy = self.policy.for_instance(event.instance.metadata, key.model_name)
+        now = self._core.clock.monotonic()
+        flips = self._flips.setdefault(key, deque())
+        flips.append(now)
+        while flips and flips[0] <= now - policy.flap_window:
+            flips.popleft()
+        while len(flips) > policy.flap_threshold + 1:  # more are never needed
+            flips.popleft()
+        if len(flips) > policy.flap_threshold and key not in self._cooling:
+            self._flapping[key] = len(flips)
+
+    async def _hold_out_flapping(self, now: datetime) -> list[ModelInstance]:
+        held = []
+        for key, changes in list(self._flapping.items()):
+            del self._flapping[key]
+            self._flips.pop(key, None)
+            record = await self._core.storage.get(key)
+            if record is None:
+                continue
+            policy = self.policy.for_instance(record.metadata, key.model_name)
+            last = self._flap_seconds.get(key)
+            seconds = policy.cooldown if last is None else min(last * 2, policy.max_cooldown)
+            self._flap_seconds[key] = seconds
+            self._trials.pop(key, None)
+            reason = (
+                f"flapping: {changes} health changes in {policy.flap_window:g} s; cooling down {seconds:g} s"
+            )
+            cooled = await self._cool(key, now, seconds, reason, busy=False)
+            if cooled is not None:
+                held.append(cooled)
+        return held
 
     # -- selection's side of a trial ------------------------------------------
 

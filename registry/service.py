@@ -145,6 +145,7 @@ class Registry(DBGPTMethods):
             startup_grace=startup_grace,
         )
         self._replication = Replication(core)
+        self.feed.listeners.append(self._cooldowns.heard)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -248,10 +249,13 @@ class Registry(DBGPTMethods):
         recorded. Synchronous, so that the hottest path awaits nothing.
         """
         beat = known_beat(body)
-        if beat is None or carries_load(body) or "ready" in body:  # ``heartbeat`` reads those
+        if beat is None or carries_load(body):  # an engine's load is validated by ``heartbeat``
             return None
         record = self.storage.beat(beat[0], self._core.clock.now(), beat[1])
         if record is not None:
+            ready = body.get("ready")
+            if ready is not None and ready is not record.ready:
+                return None  # it says it is (no longer) ready: ``heartbeat`` beats it again, and turns it
             self.heartbeats += 1
         return record
 

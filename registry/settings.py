@@ -166,6 +166,13 @@ class Settings(BaseSettings):
             "passed) before it is unhealthy, unless it sets its own startup_grace"
         ),
     )
+    flap_threshold: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="health changes (healthy to unhealthy and back) within --flap-window that hold it out",
+    )
+    flap_window: float = Field(600.0, gt=0, le=86_400, description="seconds over which flapping is counted")
     max_cooldown: float = Field(
         600.0,
         gt=0,
@@ -411,6 +418,8 @@ class Settings(BaseSettings):
             trial_requests=self.trial_requests,
             reset_on_success=not self.no_reset_on_success,
             busy_pass_over=self.busy_pass_over,
+            flap_threshold=self.flap_threshold,
+            flap_window=self.flap_window,
             failure_statuses=parse_statuses(self.failure_statuses, "failure_statuses"),
             busy_statuses=parse_statuses(self.busy_statuses, "busy_statuses"),
         )

@@ -300,3 +300,15 @@ def test_authentication_is_on_off_loopback_and_with_an_admin_token() -> None:
     assert Settings(admin_token=BOOTSTRAP).auth
     with pytest.raises(ValueError, match="too short"):
         Settings(admin_token="short")
+
+
+async def test_a_drain_names_the_operators_token(secured: tuple[TestClient, dict[str, str]]) -> None:
+    client, tokens = secured
+    body = {"model_name": "glm-4", "host": "10.0.0.8", "port": 8000}
+    assert (await client.post("/api/v1/instances", json=body, headers=bearer(tokens["admin"]))).status == 201
+    query = {"model_name": "glm-4", "host": "10.0.0.8", "port": "8000"}
+    answer = await client.patch(
+        "/api/v1/instances", params=query, json={"enabled": False}, headers=bearer(tokens["operator"])
+    )
+    record = await answer.json()
+    assert (record["state"], record["state_reason"]) == ("disabled", "drained by operator operator")

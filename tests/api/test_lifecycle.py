@@ -283,3 +283,88 @@ async def test_a_model_with_no_healthy_instance_is_still_404(client: TestClient)
     assert answer.status == 404 and (await answer.json())["error"] == "no_healthy_instance"
     answer = await client.get("/api/v1/select", params={"model_name": "nobody", "fallback": "worst"})
     assert answer.status == 422 and (await answer.json())["field"] == "fallback"
+
+
+# -- starting, ready, disabled: the states and their reasons -----------------------------
+
+
+async def _state(client: TestClient, port: int) -> tuple[str, str | None]:
+    answer = await client.get("/api/v1/instances", params={"model_name": M})
+    record = next(i for i in (await answer.json())["instances"] if i["port"] == port)
+    return record["state"], record["state_reason"]
+
+
+async def test_a_worker_loading_its_model_is_starting_until_it_says_ready(
+    client: TestClient, clock: ManualClock
+) -> None:
+    loading = {"model_name": M, "host": "10.0.0.9", "port": 8000, "ready": False}
+    serving = {"model_name": M, "host": "10.0.0.8", "port": 8000}
+    async with client.ws_connect("/api/v1/watch", params={"model_name": M}) as ws:
+        await ws.receive_json()
+        answer = await client.post("/api/v1/instances", json=loading)
+        assert answer.status == 201 and (await answer.json())["state"] == "starting"
+        assert (await ws.receive_json())["instance"]["state"] == "starting"
+        await client.post("/api/v1/instances", json=serving)
+        await ws.receive_json()
+        # Listed, counted, never selected.
+        everything = await (await client.get("/api/v1/instances", params={"model_name": M})).json()
+        assert {i["host"]: i["state"] for i in everything["instances"]} == {
+            "10.0.0.9": "starting",
+            "10.0.0.8": "ready",
+        }
+        for _ in range(10):
+            picked = await (await client.get("/api/v1/select", params={"model_name": M})).json()
+            assert picked["host"] == "10.0.0.8"
+        # Loading takes minutes and blocks its beats: no heartbeat timeout for it.
+        for _ in range(12):
+            clock.advance(10)
+            await client.post("/api/v1/heartbeat", json=serving)
+        result = await client.app[REGISTRY].check_once()
+        assert result.expired == [] and await _state(client, 8000) == ("ready", None)
+        # Loaded: a beat says so.
+        beat = await client.post("/api/v1/heartbeat", json={**loading, "ready": True})
+        assert beat.status == 200 and (await beat.json())["state"] == "ready"
+        event = await ws.receive_json()
+        assert event["type"] == "ready" and event["instance"]["host"] == "10.0.0.9"
+    hosts = {
+        (await (await client.get("/api/v1/select", params={"model_name": M})).json())["host"]
+        for _ in range(30)
+    }
+    assert hosts == {"10.0.0.8", "10.0.0.9"}
+
+
+async def test_a_worker_not_ready_within_its_grace_is_unhealthy_until_it_is(
+    client: TestClient, clock: ManualClock
+) -> None:
+    loading = {"model_name": M, "host": "10.0.0.9", "port": 8000, "ready": False, "startup_grace": 60}
+    await client.post("/api/v1/instances", json=loading)
+    for _ in range(6):
+        clock.advance(10)
+        await client.post("/api/v1/heartbeat", json={k: loading[k] for k in ("model_name", "host", "port")})
+    await client.app[REGISTRY].check_once()  # (or the registry's own checker, meanwhile)
+    state = ("unhealthy", "not ready within its start-up grace of 60 s")
+    answer = await client.get("/api/v1/instances", params={"model_name": M})
+    assert [(i["state"], i["state_reason"]) for i in (await answer.json())["instances"]] == [state]
+    # Plain beats do not bring it back; ready does.
+    await client.post("/api/v1/heartbeat", json={k: loading[k] for k in ("model_name", "host", "port")})
+    answer = await client.get("/api/v1/instances", params={"model_name": M})
+    assert [(i["state"], i["state_reason"]) for i in (await answer.json())["instances"]] == [state]
+    beat = await client.post("/api/v1/heartbeat", json={**loading, "ready": True})
+    assert (await beat.json())["state"] == "ready" and (await beat.json())["healthy"] is True
+
+
+async def test_an_instance_with_a_check_not_yet_passed_is_starting(client: TestClient) -> None:
+    body = {"model_name": M, "host": "127.0.0.1", "port": 9, "check": {"http": "/health", "interval": 60}}
+    answer = await client.post("/api/v1/instances", json=body)
+    record = await answer.json()
+    assert (record["state"], record["state_reason"]) == ("starting", "probe: not yet passed")
+
+
+async def test_a_drain_says_who_drained_it(client: TestClient) -> None:
+    body = {"model_name": M, "host": "10.0.0.8", "port": 8000}
+    await client.post("/api/v1/instances", json=body)
+    query = {"model_name": M, "host": "10.0.0.8", "port": "8000"}
+    drained = await (await client.patch("/api/v1/instances", params=query, json={"enabled": False})).json()
+    assert (drained["state"], drained["state_reason"]) == ("disabled", "drained by an operator")
+    back = await (await client.patch("/api/v1/instances", params=query, json={"enabled": None})).json()
+    assert (back["state"], back["state_reason"]) == ("ready", None)

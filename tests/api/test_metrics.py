@@ -87,7 +87,7 @@ async def test_the_counters_move_with_what_the_registry_does(
     assert one(samples, "model_registry_deregistrations_total") == 1
     assert one(samples, "model_registry_reports_total", outcome="ok") == 1
     assert one(samples, "model_registry_reports_total", outcome="failed") == 1
-    assert one(samples, "model_registry_instances", state="healthy") == 1
+    assert one(samples, "model_registry_instances", state="ready") == 1
     assert one(samples, "model_registry_instances", state="unhealthy") == 1
     assert one(samples, "model_registry_model_instances", model="m", state="unhealthy") == 1
     beats = one(
@@ -111,6 +111,7 @@ async def test_the_counters_move_with_what_the_registry_does(
 async def test_each_instance_is_counted_in_one_state(client: TestClient) -> None:
     for port in (8001, 8002, 8003, 8004):
         await client.post(INSTANCES, json=body(port=port, metadata={"unhealthy_threshold": 1}))
+    await client.post(INSTANCES, json=body(port=8005, ready=False))
     key = {"model_name": "m", "host": "10.0.0.1"}
     await client.patch(INSTANCES, params={**key, "port": "8002"}, json={"enabled": False})
     await client.post("/api/v1/reports", json={**body(port=8003), "ok": False, "status": 500})
@@ -118,9 +119,9 @@ async def test_each_instance_is_counted_in_one_state(client: TestClient) -> None
     samples = await scrape(client)
     states = {
         s: one(samples, "model_registry_instances", state=s)
-        for s in ("healthy", "unhealthy", "disabled", "cooling")
+        for s in ("ready", "starting", "unhealthy", "disabled", "cooling")
     }
-    assert states == {"healthy": 1, "unhealthy": 1, "disabled": 1, "cooling": 1}
+    assert states == {"ready": 1, "starting": 1, "unhealthy": 1, "disabled": 1, "cooling": 1}
 
 
 async def test_per_model_series_are_bounded(
@@ -135,8 +136,8 @@ async def test_per_model_series_are_bounded(
     samples = await scrape(client)
     models = {dict(labels)["model"] for labels in samples["model_registry_model_instances"]}
     assert models == {"big", "mid", "_other"}
-    assert one(samples, "model_registry_model_instances", model="_other", state="healthy") == 3
-    assert one(samples, "model_registry_instances", state="healthy") == 11
+    assert one(samples, "model_registry_model_instances", model="_other", state="ready") == 3
+    assert one(samples, "model_registry_instances", state="ready") == 11
 
 
 async def test_two_applications_in_one_process_keep_their_own_metrics(

@@ -166,3 +166,44 @@ def test_a_bad_instance_fails_in_the_workers_face() -> None:
         HeartbeatAgent(AsyncRegistryClient("http://127.0.0.1:1"), ModelInstance("m", "h", 0))
     with pytest.raises(ValueError, match="interval"):
         HeartbeatAgent(AsyncRegistryClient("http://127.0.0.1:1"), WORKER, interval=0)
+
+
+async def test_a_worker_loading_its_model_registers_starting_and_says_when_it_is_ready(
+    server: ServerProcess,
+) -> None:
+    """Registered ``ready=False`` while its model loads (listed, never selected), then
+    ``set_ready()``: the next beat, sent at once, makes it ready."""
+    loading = ModelInstance("glm-4@llm", "10.0.0.7", 8001, ready=False)
+    async with (
+        AsyncRegistryClient(server.url, retry=FAST) as client,
+        HeartbeatAgent(client, loading, interval=30) as agent,
+    ):
+        assert await agent.wait_registered(timeout=10)
+        [stored] = await client.list_instances()
+        assert stored.state == "starting" and stored.ready is False
+        assert await client.list_instances(healthy_only=True) == []
+        agent.set_ready()
+
+        async def ready() -> bool:
+            return [i.state for i in await client.list_instances()] == ["ready"]
+
+        assert await eventually(ready) < 5  # not the 30 s interval: at once
+        assert (await client.select("glm-4@llm")).port == 8001
+
+
+def test_set_ready_from_sync_code(server: ServerProcess) -> None:
+    loading = ModelInstance("glm-4@llm", "10.0.0.7", 8001, ready=False)
+    with RegistryClient(server.url, retry=FAST) as client:
+        agent = HeartbeatAgent(client, loading, interval=30)
+        agent.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not client.list_instances() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert client.list_instances()[0].state == "starting"
+            agent.set_ready()
+            while client.list_instances()[0].state != "ready" and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert client.list_instances()[0].state == "ready"
+        finally:
+            agent.stop()

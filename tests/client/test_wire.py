@@ -33,6 +33,7 @@ async def _every_field_set(url: str) -> None:
         "model_name": "wire@llm", "host": "10.0.0.9", "port": 9001, "weight": 2, "check_healthy": True,
         "enabled": True, "prompt_template": "chatml", "metadata": {"gpu": "a100", "unhealthy_threshold": 1},
         "check": {"http": "/health", "interval": 60, "timeout": 1}, "metrics": {"url": "/metrics"},
+        "ready": True, "startup_grace": 900,
     }  # fmt: skip
     load = {"queue_length": 4, "waiting": 1, "running": 2, "kv_cache_usage": 0.5}
     key = {"model_name": "wire@llm", "host": "10.0.0.9", "port": "9001"}

@@ -259,3 +259,49 @@ def test_failure_settings_up_to_their_limits_apply() -> None:
     )
     # (a cooldown above max_cooldown raises it: the cooldown is the floor of every one after)
     assert policy == FailurePolicy(threshold=1000, window=86_400.0, cooldown=86_400.0, max_cooldown=86_400.0)
+
+
+# -- flapping --------------------------------------------------------------------------
+
+
+async def test_an_instance_that_flaps_is_held_out_with_a_backoff(
+    registry: Registry, clock: ManualClock
+) -> None:
+    """Silent, then beating again, over and over: past 5 health changes in 10 minutes it
+    is held out like a failing instance, and a second bout holds it out twice as long."""
+    await registry.register(body(8001))
+    await registry.register(body(8002))
+    clock.advance(31)  # past the start-up grace
+
+    async def flap() -> None:
+        for _ in range(3):  # unhealthy, then healthy: two changes each time
+            clock.advance(31)
+            await registry.heartbeat(body(8002))
+            await registry.check_once()  # 8001 is silent: unhealthy
+            await registry.heartbeat(body(8001))  # and back
+
+    await flap()
+    record = await registry.storage.get(key(8001))
+    assert record.cooldown_until is None  # the sweep that sees it comes next
+    await registry.heartbeat(body(8002))
+    await registry.check_once()
+    record = await registry.storage.get(key(8001))
+    assert record.state == "cooling" and record.state_reason == (
+        "flapping: 6 health changes in 600 s; cooling down 30 s"
+    )
+    assert {(await registry.select(M)).port for _ in range(10)} == {8002}
+    assert (await registry.storage.get(key(8002))).state == "ready"
+    # Its cooldown over, it is on trial; a success restores it.
+    clock.advance(31)
+    for port in (8001, 8002):
+        await registry.heartbeat(body(port))
+    await registry.check_once()
+    assert (await registry.storage.get(key(8001))).state_reason.startswith("on trial after a 30 s cooldown")
+    await registry.report({**body(8001), "ok": True})
+    assert (await registry.storage.get(key(8001))).state == "ready"
+    # Flapping again within the window: held out for twice as long.
+    await flap()
+    await registry.heartbeat(body(8002))
+    await registry.check_once()
+    record = await registry.storage.get(key(8001))
+    assert record.state_reason.endswith("cooling down 60 s")

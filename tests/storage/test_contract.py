@@ -421,3 +421,85 @@ async def test_set_load_is_kept_and_survives_a_flush(storage: Storage) -> None:
     got = await storage.get(key)
     assert (got.waiting, got.running, got.kv_cache_usage, got.load_at) == (2, 5, 0.5, T0)
     assert got.healthy and got.last_heartbeat == T0  # the load changes nothing else
+
+
+# -- the lifecycle: ready, the start-up grace, reasons and the state ---------------------
+
+
+async def test_a_record_not_ready_is_starting_listed_not_serving_and_not_expired(storage: Storage) -> None:
+    key = InstanceKey("m", "10.0.0.1", 8000)
+    stored, _ = await storage.upsert(record(ready=False))
+    assert stored.state == "starting" and (await storage.get(key)).state == "starting"
+    await storage.upsert(record("m", port=8001))
+    assert [r.port for r in await storage.list("m")] == [8000, 8001]
+    assert [r.port for r in await storage.list("m", healthy_only=True, now=T0)] == [8001]
+    assert [(s.total, s.healthy, s.available) for s in await storage.summarize(T0)] == [(2, 2, 1)]
+    # Silent far past any timeout: its heartbeats do not expire it, only its grace will.
+    expired = await storage.expire(T0 + timedelta(hours=1), T0 + timedelta(hours=1), "heartbeat timeout 30 s")
+    assert [r.port for r in expired] == [8001]
+    assert (await storage.get(key)).healthy is True
+
+
+async def test_set_ready_and_back(storage: Storage) -> None:
+    key = InstanceKey("m", "10.0.0.1", 8000)
+    await storage.upsert(record(ready=False))
+    ready = await storage.set_ready(key, True)
+    assert ready.ready is True and ready.state == "ready"
+    assert [r.port for r in await storage.list("m", healthy_only=True, now=T0)] == [8000]
+    assert (await storage.set_ready(key, False)).state == "starting"
+    assert await storage.set_ready(InstanceKey("m", "10.0.0.1", 1), True) is None
+
+
+async def test_overdue_starts_by_each_grace(storage: Storage) -> None:
+    await storage.upsert(record(port=1, ready=False))  # the default grace: 600 s
+    await storage.upsert(record(port=2, ready=False, startup_grace=60.0))
+    await storage.upsert(record(port=3))  # ready: never overdue
+    starting_check = record(port=4, healthy=False, state_reason="probe: not yet passed", last_heartbeat=None)
+    await storage.upsert(starting_check)
+    await storage.upsert(record(port=5, healthy=False, state_reason="probe: HTTP 503"))  # unhealthy
+    assert await storage.overdue_starts(T0 + timedelta(seconds=59), 600) == []
+    assert [r.port for r in await storage.overdue_starts(T0 + timedelta(seconds=60), 600)] == [2]
+    overdue = await storage.overdue_starts(T0 + timedelta(seconds=600), 600)
+    assert sorted(r.port for r in overdue) == [1, 2, 4]
+
+
+async def test_grace_run_out_is_held_until_ready(storage: Storage) -> None:
+    key = InstanceKey("m", "10.0.0.1", 8000)
+    await storage.upsert(record(ready=False))
+    reason = "not ready within its start-up grace of 600 s"
+    marked = await storage.mark_unhealthy(key, T0 + timedelta(seconds=600), reason)
+    assert marked.state == "unhealthy" and marked.state_reason == reason
+    beaten, revived = await storage.touch(key, T0 + timedelta(seconds=601), None)
+    assert not revived and beaten.healthy is False and beaten.state_reason == reason
+    back = await storage.set_ready(key, True)
+    assert back.healthy is True and back.state_reason is None and back.state == "ready"
+
+
+async def test_a_cooldowns_reason_is_kept_by_beats_and_dropped_at_its_end(storage: Storage) -> None:
+    key = InstanceKey("m", "10.0.0.1", 8000)
+    await storage.upsert(record())
+    until = T0 + timedelta(seconds=30)
+    cooled = await storage.set_cooldown(key, until, "3 failures in 60 s, last: HTTP 500")
+    assert cooled.state == "cooling" and cooled.state_reason == "3 failures in 60 s, last: HTTP 500"
+    await storage.touch(key, T0 + timedelta(seconds=1), 2)
+    if (beaten := storage.beat(key, T0 + timedelta(seconds=2), 3)) is not None:
+        assert beaten.state_reason == cooled.state_reason
+    await storage.flush() if hasattr(storage, "flush") else None
+    assert (await storage.get(key)).state_reason == cooled.state_reason
+    ended = await storage.set_cooldown(key, None, None)
+    assert ended.state == "ready" and ended.state_reason is None
+    # An unhealthy instance keeps why it is unhealthy.
+    await storage.mark_unhealthy(key, T0, "heartbeat timeout 30 s")
+    assert (await storage.set_cooldown(key, until, "busy")).state_reason == "heartbeat timeout 30 s"
+
+
+async def test_an_operators_edit_may_set_the_reason(storage: Storage) -> None:
+    key = InstanceKey("m", "10.0.0.1", 8000)
+    await storage.upsert(record())
+
+    def drain(r: ModelInstance) -> None:
+        r.enabled, r.overrides, r.state_reason = False, {"enabled": False}, "drained by operator ops-1"
+
+    drained = await storage.override(key, drain)
+    assert drained.state == "disabled" and drained.state_reason == "drained by operator ops-1"
+    assert (await storage.get(key)).state_reason == "drained by operator ops-1"

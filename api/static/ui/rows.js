@@ -94,7 +94,10 @@ export function updateInstanceRow(row, instance, forced, now) {
   row.dataset.enabled = String(instance.enabled);
   row.dataset.cooldown = String(instance.cooldown_until != null);
   setText(cells.address, addressOf(instance));
-  setText(cells.health, instance.healthy ? "healthy" : "unhealthy");
+  // The state where it says more than health (starting, cooling), and why, on hover.
+  const state = instance.state;
+  setText(cells.health, state === "starting" || state === "cooling" ? state : instance.healthy ? "healthy" : "unhealthy");
+  cells.health.title = instance.state_reason ?? "";
   setText(cells.service, instance.enabled ? "in service" : "drained");
   const pins = instance.overrides ?? {};
   setText(cells.weight, formatNumber(instance.weight));

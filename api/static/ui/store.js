@@ -6,9 +6,9 @@ export const keyOf = (instance) => `${instance.model_name}/${instance.host}:${in
 export const addressOf = (instance) =>
   instance.host.includes(":") ? `[${instance.host}]:${instance.port}` : `${instance.host}:${instance.port}`;
 
-// Selection picks from these: healthy, enabled and not cooling down (the registry
-// sends "restored", with cooldown_until null, when a cooldown ends).
-export const isAvailable = (i) => i.healthy && i.enabled && i.cooldown_until == null;
+// Selection picks from these: healthy, ready (not starting), enabled and not cooling
+// down (the registry sends "restored", with cooldown_until null, when a cooldown ends).
+export const isAvailable = (i) => i.healthy && i.ready !== false && i.enabled && i.cooldown_until == null;
 
 // Events whose instance is gone from the registry.
 const REMOVED = new Set(["evicted", "purged"]);
@@ -175,7 +175,8 @@ export class Store {
   instanceOrder(name) {
     const model = this.models.get(name);
     if (model === undefined) return [];
-    const rank = (i) => (!i.healthy ? 0 : !i.enabled ? 1 : i.cooldown_until != null ? 2 : 3);
+    const rank = (i) =>
+      !i.healthy ? 0 : i.ready === false ? 1 : !i.enabled ? 2 : i.cooldown_until != null ? 3 : 4;
     const rows = [];
     for (const key of model.keys) rows.push(this.instances.get(key));
     return rows.sort((a, b) => rank(a) - rank(b) || compareAddress(a, b));

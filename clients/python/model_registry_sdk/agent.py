@@ -65,12 +65,26 @@ class HeartbeatAgent:
         self._sync = client if isinstance(client, RegistryClient) else None
         self._client = client.async_client if isinstance(client, RegistryClient) else client
         self._load = load
+        self._wake: asyncio.Event | None = None  # set to beat at once (``set_ready``)
         self._task: asyncio.Task[None] | None = None
         self._registered: asyncio.Event | None = None
         self._registered_at = None
         self._lost = False
         self._stopping = False
         self.beats = 0
+
+    def set_ready(self, ready: bool = True) -> None:
+        """The worker's model is loaded (or it is loading another): its next beat,
+        sent at once when the agent runs, says so, and the registry turns the
+        instance ``ready`` (or ``starting``). Register with ``ready=False`` in the
+        instance while the model loads, so that no router picks it meanwhile."""
+        self.instance = dataclasses.replace(self.instance, ready=ready)
+        wake = self._wake
+        if wake is not None:
+            if self._sync is not None:  # the agent's loop is the sync client's thread
+                self._sync.loop.call_soon_threadsafe(wake.set)
+            else:
+                wake.set()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -161,8 +175,11 @@ class HeartbeatAgent:
         await self._register()
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + self.interval
+        wake = self._wake = asyncio.Event()
         while True:
-            await asyncio.sleep(max(0.0, next_beat - loop.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), max(0.0, next_beat - loop.time()))
+            wake.clear()
             # A beat that overran skips the slots it missed instead of bursting.
             next_beat = max(next_beat + self.interval, loop.time())
             await self._beat()
