@@ -216,7 +216,7 @@ def test_the_installed_wheels_migrate_and_serve(server_python: Path, tmp_path: P
     run([bin_dir / "model-registry", "migrate", "--storage", f"sqlite+aiosqlite:///{database}"], cwd=work)
     assert database.is_file()
     with contextlib.closing(sqlite3.connect(database)) as connection:
-        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [("0006",)]
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [("0007",)]
 
     served = tmp_path / "served.db"
     server = ServerProcess(
