@@ -213,7 +213,7 @@ class Cooldowns:
         with self._core.noting_outages():
             tried = await self._core.storage.set_cooldown(key, cooling.until, reason)
         if tried is not None:
-            log.info("instance on trial", extra={**fields_of(key), "trial_requests": left})
+            log.info("instance on trial", extra={**fields_of(key), "trial_requests": left, "reason": reason})
             self._core.publish(Change.TRIAL, tried)
         return tried
 

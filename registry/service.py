@@ -409,7 +409,8 @@ class Registry(DBGPTMethods):
             change = Change.ENABLED if record.enabled else Change.DISABLED
         else:
             change = Change.UPDATED
-        log.info("instance changed by an operator", extra={**fields_of(key), "changes": changes})
+        state = {"state": record.state, "reason": record.state_reason}
+        log.info("instance changed by an operator", extra={**fields_of(key), "changes": changes, **state})
         self._core.publish(change, record)
         return record
 
