@@ -200,6 +200,19 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         refusals={429: ("model_instance_limit",), 507: ("instance_limit",)},
         links={200: _INSTANCE_LINKS},
     ),
+    ("POST", "/api/v1/heartbeats"): Operation(
+        "Many heartbeats in one request (a worker with several models, an agent beating a list)",
+        "instances",
+        {
+            200: (
+                "a result per beat, in order: known, registered, or refused with why",
+                ref("HeartbeatResults"),
+            )
+        },
+        body=ref("Heartbeats"),
+        reads="json",
+        refusals={413: ("body_too_large",)},
+    ),
     ("GET", "/api/v1/models"): Operation(
         "Every model with its counts; long-poll with `index`",
         "instances",

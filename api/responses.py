@@ -19,6 +19,7 @@ __all__ = [
     "json_response",
     "read_any_object",
     "read_any_object_now",
+    "read_large_object",
     "read_object",
     "read_object_now",
 ]
@@ -72,10 +73,8 @@ async def read_object(request: web.Request) -> dict[str, Any]:
     return _object(await _read_slowly(request)) if data is None else data
 
 
-def read_object_now(request: web.Request) -> dict[str, Any] | None:
-    """``read_object`` without waiting: the body's object when the whole body
-    has arrived (a small one comes with its headers), ``None`` when it must be
-    awaited with ``read_object``. Refuses bad bodies as ``read_object`` does."""
+def _json_only(request: web.Request) -> None:
+    """415 unless the body is JSON, sent uncompressed."""
     # The exact header every client sends is recognised without parsing it.
     if request.headers.get("Content-Type") != "application/json" and not _is_json(request.content_type):
         raise ApiError(
@@ -85,6 +84,52 @@ def read_object_now(request: web.Request) -> dict[str, Any] | None:
         )
     if hdrs.CONTENT_ENCODING in request.headers:
         _refuse_encoded(request)
+
+
+async def read_large_object(request: web.Request, limit: int) -> dict[str, Any]:
+    """``read_object`` for the one route whose bodies may be larger than
+    ``MAX_BODY_BYTES`` (a batch of heartbeats): up to ``limit`` bytes, 413
+    past it (before reading, when ``Content-Length`` says so), within the body
+    timeout."""
+    _json_only(request)
+    length = request.content_length
+    if length is not None and length > limit:
+        raise web.HTTPRequestEntityTooLarge(limit, length)
+    content = request.content
+    if content.is_eof():
+        body = content.read_nowait()
+    else:
+        body = await _read_up_to(request, limit)
+    if len(body) > limit:
+        raise web.HTTPRequestEntityTooLarge(limit, len(body))
+    return _object(body)
+
+
+async def _read_up_to(request: web.Request, limit: int) -> bytes:
+    timeout = request.app.get(BODY_TIMEOUT, 30.0)
+    parts, size = [], 0
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise web.HTTPRequestEntityTooLarge(limit, size)
+                parts.append(chunk)
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "request_timeout",
+            f"the request body did not arrive within {timeout:g} s; send it at once",
+            headers={"Connection": "close"},
+        ) from None
+    return b"".join(parts)
+
+
+def read_object_now(request: web.Request) -> dict[str, Any] | None:
+    """``read_object`` without waiting: the body's object when the whole body
+    has arrived (a small one comes with its headers), ``None`` when it must be
+    awaited with ``read_object``. Refuses bad bodies as ``read_object`` does."""
+    _json_only(request)
     content = request.content
     if not content.is_eof():
         return None

@@ -22,6 +22,7 @@ ROUTES: list[tuple[str, str, View, Action]] = [
     ("PATCH", "/api/v1/instances", views.patch, Action.PATCH),
     ("POST", "/api/v1/reports", views.report, Action.REPORT),
     ("POST", "/api/v1/heartbeat", views.heartbeat, Action.HEARTBEAT),
+    ("POST", "/api/v1/heartbeats", views.heartbeats, Action.HEARTBEAT),
     ("GET", "/api/v1/models", views.models, Action.READ),
     ("GET", "/api/v1/select", views.select, Action.READ),
     ("GET", "/api/v1/watch", watch.watch, Action.READ),

@@ -209,6 +209,34 @@ def components() -> dict[str, Any]:
         },
         "Registration": registration,
         "Heartbeat": heartbeat,
+        "Heartbeats": {
+            "type": "object",
+            "properties": {
+                "beats": {
+                    "type": "array",
+                    "maxItems": 1000,
+                    "items": {"description": "a Heartbeat; anything else is refused on its own (its result)"},
+                }
+            },
+            "required": ["beats"],
+            "additionalProperties": True,
+            "description": "At most 1,000 heartbeats (in at most 1 MiB), each as /api/v1/heartbeat takes it.",
+        },
+        "HeartbeatResults": _obj(
+            results={
+                "type": "array",
+                "description": "one per beat, in their order",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "result": {"enum": ["known", "registered", "refused"]},
+                        "detail": {"type": "string", "description": "why a beat was refused"},
+                    },
+                    "required": ["result"],
+                    "additionalProperties": False,
+                },
+            }
+        ),
         "Override": override,
         "Report": report,
         "Reported": _obj(

@@ -6,10 +6,13 @@ Each view is called as ``view(request, registry)`` by its route's guard
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from aiohttp import web
 
 from model_registry import ModelInstance, Registry, Snapshot
-from model_registry.auth import Action, Principal
+from model_registry.auth import Action, Forbidden, Principal
 from model_registry.validation import key_from
 
 from .audit import audit, audit_deregistration
@@ -17,7 +20,14 @@ from .auth import in_scope, principal_of
 from .keys import CONNECTIONS, DISCONNECTS, LIFECYCLE, SETTINGS
 from .params import duration_param, model_name_param, query_flag, revision_param, strategy_param
 from .problem import ApiError
-from .responses import dumps, json_body_response, json_response, read_object, read_object_now
+from .responses import (
+    dumps,
+    json_body_response,
+    json_response,
+    read_large_object,
+    read_object,
+    read_object_now,
+)
 
 __all__ = [
     "BUSY_RETRY_AFTER_S",
@@ -57,6 +67,57 @@ async def heartbeat(request: web.Request, registry: Registry, caller: Principal 
     if record is None:
         record = await registry.heartbeat(body)
     return json_response(record)
+
+
+#: A batch of heartbeats holds at most this many beats, in a body of at most this many
+#: bytes (1,000 beats as ``HeartbeatAgent`` sends them, whole instances, fit with room).
+MAX_BEATS = 1000
+MAX_BEATS_BYTES = 1024 * 1024
+_KNOWN_JSON = b'{"result":"known"}'
+
+
+async def heartbeats(request: web.Request, registry: Registry, caller: Principal | None) -> web.Response:
+    """``POST /api/v1/heartbeats``: ``{"beats": [...]}``, each beat as ``/heartbeat``
+    takes it; the results in the same order. A batch too large is refused whole."""
+    body = await read_large_object(request, MAX_BEATS_BYTES)
+    beats = body.get("beats")
+    if type(beats) is not list:
+        raise ApiError(422, "invalid_input", "beats: must be an array of heartbeats", field="beats")
+    if len(beats) > MAX_BEATS:
+        raise ApiError(
+            422,
+            "invalid_input",
+            f"beats: at most {MAX_BEATS} per request, got {len(beats)}; none was applied: "
+            "send them in several requests",
+            field="beats",
+        )
+    refuse = None if caller is None or not caller.scoped else _out_of_scope(caller)
+    results = await registry.beat_many(beats, refuse)
+    encoded = [
+        _KNOWN_JSON if why is None and result == "known" else dumps(_result(result, why))
+        for result, why in results
+    ]
+    return json_body_response(b'{"results":[' + b",".join(encoded) + b"]}")
+
+
+def _result(result: str, why: str | None) -> dict[str, Any]:
+    return {"result": result} if why is None else {"result": result, "detail": why}
+
+
+def _out_of_scope(caller: Principal) -> Callable[[dict[str, Any]], str | None]:
+    """Why a worker token may not beat for a beat's model, or ``None`` when it may."""
+
+    def refuse(beat: dict[str, Any]) -> str | None:
+        model = beat.get("model_name")
+        if type(model) is not str:
+            return None  # the beat's own validation says what is wrong
+        try:
+            caller.require_model(model, _HEARTBEAT)
+        except Forbidden as exc:
+            return str(exc.detail)
+        return None
+
+    return refuse
 
 
 async def deregister(request: web.Request, registry: Registry, caller: Principal | None) -> web.Response:

@@ -26,7 +26,7 @@ from .clock import Clock
 from .core import Core, fields_of
 from .dbgpt import DBGPTMethods
 from .engines import EngineLoad
-from .errors import AllCoolingDown, InstanceLimit, InstanceNotFound, NoHealthyInstance
+from .errors import AllCoolingDown, InstanceLimit, InstanceNotFound, InvalidRequest, NoHealthyInstance
 from .events import Event, Feed
 from .failures import FailurePolicy, Verdict
 from .pins import changer
@@ -51,6 +51,9 @@ from .validation import (
 __all__ = ["CheckResult", "Registry", "check_timing"]
 
 log = logging.getLogger("registry")
+
+_KNOWN, _REGISTERED = ("known", None), ("registered", None)
+_NOT_AN_OBJECT = ("refused", "a beat must be an object: {model_name, host, port, queue_length?}")
 
 #: Changes after which an instance is no candidate of selection until it comes back.
 _GONE = frozenset({Change.DEREGISTERED, Change.EVICTED, Change.PURGED})
@@ -264,15 +267,50 @@ class Registry(DBGPTMethods):
     ) -> ModelInstance:
         """Record a beat (see ``_heartbeat``), and the engine's load when the
         body carries it (``waiting``, ``running``, ``kv_cache_usage``)."""
+        return (await self._beat_slowly(instance, queue_length))[0]
+
+    async def _beat_slowly(
+        self, instance: ModelInstance | dict[str, Any], queue_length: int | None = None
+    ) -> tuple[ModelInstance, bool]:
+        """``heartbeat``, and whether the beat registered the instance."""
         load = load_from(instance) if isinstance(instance, dict) else None
-        record = await self._heartbeat(instance, queue_length)
+        record, created = await self._heartbeat(instance, queue_length)
         self.heartbeats += 1
         if load is not None:
             record = self.storage.set_load(record.key, *load, self._core.clock.now()) or record
         ready = instance.get("ready") if isinstance(instance, dict) else None
         if type(ready) is bool and ready != record.ready:
             record = await self.set_ready(record.key, ready) or record
-        return record
+        return record, created
+
+    async def beat_many(
+        self, bodies: list[Any], refuse: Callable[[dict[str, Any]], str | None] | None = None
+    ) -> list[tuple[str, str | None]]:
+        """Many heartbeats, each as ``heartbeat`` takes it, in order: for each,
+        ``("known", None)``, ``("registered", None)`` (unknown, so registered by
+        its beat) or ``("refused", why)`` (not an instance, a rule broken, no
+        room, or ``refuse(body)`` said why). One refused beat does not stop the
+        others. ``StorageUnavailable`` stops the batch (the beats before it are
+        recorded; a beat twice is a beat, so the batch can be sent again)."""
+        results: list[tuple[str, str | None]] = []
+        append, beat = results.append, self.beat
+        for body in bodies:
+            if type(body) is not dict:
+                append(_NOT_AN_OBJECT)
+                continue
+            if refuse is not None and (why := refuse(body)) is not None:
+                append(("refused", why))
+                continue
+            if beat(body) is not None:
+                append(_KNOWN)
+                continue
+            try:
+                _, created = await self._beat_slowly(body)
+            except (InvalidRequest, InstanceLimit) as exc:
+                append(("refused", exc.detail))
+                continue
+            append(_REGISTERED if created else _KNOWN)
+        return results
 
     async def set_ready(self, key: InstanceKey, ready: bool) -> ModelInstance | None:
         """The worker says it is ready (its model loaded), or no longer is: ``starting``
@@ -288,7 +326,7 @@ class Registry(DBGPTMethods):
 
     async def _heartbeat(
         self, instance: ModelInstance | dict[str, Any], queue_length: int | None
-    ) -> ModelInstance:
+    ) -> tuple[ModelInstance, bool]:
         """Record a beat, with the load the worker reports.
 
         ``instance`` is a ``ModelInstance`` or a heartbeat body (a dict whose
@@ -309,7 +347,7 @@ class Registry(DBGPTMethods):
                     touched = await self.storage.touch(key, core.clock.now(), queue_length)
                 if touched is not None:
                     record, revived = touched
-                    return self._beaten(record, revived) if revived else record
+                    return (self._beaten(record, revived) if revived else record), False
             unknown, queue_length = heartbeat_from(instance)
         else:
             unknown = instance_from(instance)
@@ -320,7 +358,7 @@ class Registry(DBGPTMethods):
             with core.noting_outages():
                 touched = await self.storage.touch(key, core.clock.now(), queue_length)
             if touched is not None:
-                return self._beaten(*touched)
+                return self._beaten(*touched), False
             record = self._fresh(self._targets(unknown))
             record.queue_length, record.last_heartbeat = queue_length, core.clock.now()  # it beats
             await self._room_for(key)
@@ -329,7 +367,7 @@ class Registry(DBGPTMethods):
             if inserted is not None:
                 log.info("instance registered by its heartbeat", extra=fields_of(key))
                 core.publish(Change.REGISTERED, inserted)
-                return inserted
+                return inserted, True
         raise StorageUnavailable(f"instance {key} kept changing under concurrent writes; retry")
 
     def beat_at(

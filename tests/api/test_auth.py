@@ -58,6 +58,7 @@ def sample(method: str, path: str, model: str) -> tuple[dict | None, Any]:
         ("PATCH", "/api/v1/instances"): (_key(model), {"weight": 2}),
         ("POST", "/api/v1/reports"): (None, {**_instance(model), "ok": True}),
         ("POST", "/api/v1/heartbeat"): (None, _instance(model)),
+        ("POST", "/api/v1/heartbeats"): (None, {"beats": [_instance(model)]}),
         ("GET", "/api/v1/models"): (None, None),
         ("GET", "/api/v1/select"): ({"model_name": model}, None),
         ("GET", "/api/v1/watch"): (None, None),
@@ -206,7 +207,11 @@ async def test_every_route_answers_each_kind_of_caller_as_the_permission_table_s
             else:
                 role = ROLE_OF[caller]
                 allowed = action in GRANTS[role]
-                scoped_out = caller == "out-of-scope" and path != "/receive_heart_beat"
+                # (a batch of beats refuses each beat out of scope in its result, not the request)
+                scoped_out = caller == "out-of-scope" and path not in (
+                    "/receive_heart_beat",
+                    "/api/v1/heartbeats",
+                )
                 if allowed and not scoped_out:
                     assert 200 <= status < 300 or status == 101, where
                 else:
@@ -312,3 +317,21 @@ async def test_a_drain_names_the_operators_token(secured: tuple[TestClient, dict
     )
     record = await answer.json()
     assert (record["state"], record["state_reason"]) == ("disabled", "drained by operator operator")
+
+
+async def test_a_batch_of_beats_refuses_each_beat_out_of_a_workers_scope(
+    secured: tuple[TestClient, dict[str, str]],
+) -> None:
+    client, tokens = secured
+    batch = [
+        {"model_name": "glm-4@llm", "host": "10.0.0.1", "port": 8000},
+        {"model_name": "llama", "host": "10.0.0.1", "port": 8000},
+    ]
+    answer = await client.post("/api/v1/heartbeats", json={"beats": batch}, headers=bearer(tokens["worker"]))
+    assert answer.status == 200
+    results = (await answer.json())["results"]
+    assert results[0] == {"result": "registered"}
+    assert results[1]["result"] == "refused" and "glm-4*" in results[1]["detail"]
+    assert (await client.post("/api/v1/heartbeats", json={"beats": batch})).status == 401
+    routers = await client.post("/api/v1/heartbeats", json={"beats": batch}, headers=bearer(tokens["router"]))
+    assert routers.status == 403
