@@ -207,3 +207,28 @@ def test_set_ready_from_sync_code(server: ServerProcess) -> None:
             assert client.list_instances()[0].state == "ready"
         finally:
             agent.stop()
+
+
+async def test_one_agent_beats_several_instances_in_one_request(server: ServerProcess) -> None:
+    """A worker serving two models: both registered, beaten together (one request a
+    beat), and one the registry lost is registered again by the batch."""
+    chat = ModelInstance("glm-4@llm", "10.0.0.7", 8001, metadata={"task": "chat"})
+    embed = ModelInstance("bge-m3", "10.0.0.7", 8001, metadata={"task": "embeddings"})
+    async with AsyncRegistryClient(server.url, retry=FAST) as client:
+        async with HeartbeatAgent(client, [chat, embed], interval=0.1) as agent:
+            assert await agent.wait_registered(timeout=10)
+            assert {i.model_name for i in await client.list_instances()} == {"glm-4@llm", "bge-m3"}
+            before = agent.beats
+
+            async def beaten() -> bool:
+                return agent.beats >= before + 3
+
+            await eventually(beaten)
+            await client.deregister(embed, purge=True)
+
+            async def back() -> bool:
+                found = await client.list_instances("bge-m3")
+                return bool(found) and found[0].metadata == {"task": "embeddings"}
+
+            await eventually(back)
+        assert {i.healthy for i in await client.list_instances()} == {False}  # stop deregistered both

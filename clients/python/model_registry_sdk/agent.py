@@ -5,6 +5,13 @@ From async code::
     async with HeartbeatAgent(async_client, instance, interval=10, load=queue.qsize):
         await serve_forever()
 
+A worker serving several models (or several instances) hands the agent a
+list: it registers each, and beats them all in one request each interval
+(``POST /api/v1/heartbeats``)::
+
+    async with HeartbeatAgent(async_client, [chat, embeddings], interval=10):
+        ...
+
 From sync code (the agent runs on the sync client's background thread)::
 
     agent = HeartbeatAgent(client, instance, interval=10)
@@ -25,18 +32,21 @@ import contextlib
 import dataclasses
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from .aio import AsyncRegistryClient
 from .errors import RegistryClientError, RegistryUnavailable
-from .record import LOAD_FIELDS, ModelInstance, check
+from .record import LOAD_FIELDS, InstanceKey, ModelInstance, check
 from .sync import RegistryClient
 
 __all__ = ["HeartbeatAgent", "Load"]
 
 log = logging.getLogger("model_registry_sdk.agent")
+
+#: The most instances one agent beats for (one batch of heartbeats).
+MAX_BEATS = 1000
 
 #: What ``load`` may return: a queue length, or a mapping holding one (``queue_length``)
 #: and, or, the engine's load (``waiting``, ``running``, ``kv_cache_usage`` from 0 to 1).
@@ -47,7 +57,7 @@ class HeartbeatAgent:
     def __init__(
         self,
         client: AsyncRegistryClient | RegistryClient,
-        instance: ModelInstance,
+        instance: ModelInstance | Sequence[ModelInstance],
         *,
         interval: float = 10.0,
         load: Load | None = None,
@@ -56,9 +66,11 @@ class HeartbeatAgent:
     ) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be above 0 s, got {interval}")
-        self.instance = check(
-            dataclasses.replace(instance)
-        )  # a bad instance fails here, in the worker's face
+        given = [instance] if isinstance(instance, ModelInstance) else list(instance)
+        if not 1 <= len(given) <= MAX_BEATS:
+            raise ValueError(f"an agent beats for 1 to {MAX_BEATS} instances, got {len(given)}")
+        # A bad instance fails here, in the worker's face.
+        self.instances = [check(dataclasses.replace(one)) for one in given]
         self.interval = interval
         self.stop_timeout = stop_timeout
         self.purge_on_stop = purge_on_stop
@@ -68,17 +80,22 @@ class HeartbeatAgent:
         self._wake: asyncio.Event | None = None  # set to beat at once (``set_ready``)
         self._task: asyncio.Task[None] | None = None
         self._registered: asyncio.Event | None = None
-        self._registered_at = None
+        self._registered_at: dict[InstanceKey, Any] = {}
         self._lost = False
         self._stopping = False
         self.beats = 0
 
+    @property
+    def instance(self) -> ModelInstance:
+        """The (first) instance the agent beats for."""
+        return self.instances[0]
+
     def set_ready(self, ready: bool = True) -> None:
         """The worker's model is loaded (or it is loading another): its next beat,
         sent at once when the agent runs, says so, and the registry turns the
-        instance ``ready`` (or ``starting``). Register with ``ready=False`` in the
+        instances ``ready`` (or ``starting``). Register with ``ready=False`` in the
         instance while the model loads, so that no router picks it meanwhile."""
-        self.instance = dataclasses.replace(self.instance, ready=ready)
+        self.instances = [dataclasses.replace(one, ready=ready) for one in self.instances]
         wake = self._wake
         if wake is not None:
             if self._sync is not None:  # the agent's loop is the sync client's thread
@@ -161,13 +178,15 @@ class HeartbeatAgent:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        if not self.registered:
-            return
+        registered = [one for one in self.instances if one.key in self._registered_at]
+        await asyncio.gather(*(self._deregister(one) for one in registered))
+
+    async def _deregister(self, instance: ModelInstance) -> None:
         try:
-            await self._client.deregister(self.instance, purge=self.purge_on_stop, deadline=self.stop_timeout)
-            log.info("deregistered", extra=self._fields())
+            await self._client.deregister(instance, purge=self.purge_on_stop, deadline=self.stop_timeout)
+            log.info("deregistered", extra=self._fields(instance))
         except (RegistryUnavailable, RegistryClientError) as exc:
-            log.warning("could not deregister on stop: %s", exc, extra=self._fields())
+            log.warning("could not deregister on stop: %s", exc, extra=self._fields(instance))
 
     # -- the work ------------------------------------------------------------
 
@@ -186,28 +205,38 @@ class HeartbeatAgent:
 
     async def _register(self) -> None:
         wait = min(0.2, self.interval)
-        while True:
+        pending = list(self.instances)
+        while pending:
             try:
-                stored = await self._client.register(self.instance)
+                stored = await self._client.register(pending[0])
             except RegistryUnavailable as exc:
                 self._lose(exc)
             except RegistryClientError as exc:
-                log.error("the registry refused the registration: %s", exc, extra=self._fields())
+                log.error("the registry refused the registration: %s", exc, extra=self._fields(pending[0]))
             else:
-                self._registered_at = stored.registered_at
-                self._found("registered")
-                assert self._registered is not None
-                self._registered.set()
-                return
+                self._registered_at[stored.key] = stored.registered_at
+                self._found("registered", pending.pop(0))
+                wait = min(0.2, self.interval)
+                continue
             await asyncio.sleep(wait)
             wait = min(wait * 2, self.interval)
+        assert self._registered is not None
+        self._registered.set()
 
     async def _beat(self) -> None:
         try:
             queue_length, load = await self._load_now()
-            stored = await self._client.heartbeat(
-                self.instance, queue_length, load=load, deadline=self.interval
-            )
+            if len(self.instances) == 1:
+                stored = await self._client.heartbeat(
+                    self.instance, queue_length, load=load, deadline=self.interval
+                )
+                lost = stored.registered_at != self._registered_at.get(stored.key)
+                self._registered_at[stored.key] = stored.registered_at
+                results: list[tuple[str, str | None]] = [("registered" if lost else "known", None)]
+            else:
+                results = await self._client.heartbeats(
+                    self.instances, queue_length, load=load, deadline=self.interval
+                )
         except RegistryUnavailable as exc:
             self._lose(exc)
             return
@@ -215,9 +244,13 @@ class HeartbeatAgent:
             log.error("the registry refused a heartbeat: %s", exc, extra=self._fields())
             return
         self.beats += 1
-        if stored.registered_at != self._registered_at:
-            self._registered_at = stored.registered_at
-            log.warning("the registry had lost this instance; registered it again", extra=self._fields())
+        for one, (result, why) in zip(self.instances, results, strict=True):
+            if result == "registered":
+                log.warning(
+                    "the registry had lost this instance; registered it again", extra=self._fields(one)
+                )
+            elif result == "refused":
+                log.error("the registry refused a heartbeat: %s", why, extra=self._fields(one))
         self._found("registry reachable again")
 
     async def _load_now(self) -> tuple[int | None, dict[str, Any] | None]:
@@ -242,13 +275,14 @@ class HeartbeatAgent:
             self._lost = True
             log.warning("registry unreachable; will keep trying: %s", exc, extra=self._fields())
 
-    def _found(self, message: str) -> None:
+    def _found(self, message: str, instance: ModelInstance | None = None) -> None:
         if self._lost or message == "registered":
-            log.info(message, extra=self._fields())
+            log.info(message, extra=self._fields(instance))
         self._lost = False
 
-    def _fields(self) -> dict[str, str]:
-        return {"model": self.instance.model_name, "addr": self.instance.key.address}
+    def _fields(self, instance: ModelInstance | None = None) -> dict[str, str]:
+        instance = instance or self.instance
+        return {"model": instance.model_name, "addr": instance.key.address}
 
 
 def _done(value: Any = None) -> asyncio.Future[Any]:

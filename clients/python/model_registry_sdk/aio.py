@@ -127,6 +127,32 @@ class AsyncRegistryClient:
         answer = await self._transport.request("POST", f"{_V1}/heartbeat", json=body, deadline=deadline)
         return from_wire(answer)
 
+    async def heartbeats(
+        self,
+        instances: Sequence[ModelInstance],
+        queue_length: int | None = None,
+        *,
+        load: Mapping[str, Any] | None = None,
+        deadline: float | None = None,
+    ) -> list[tuple[str, str | None]]:
+        """Beat for several instances in one request (at most 1,000), each sent whole
+        with the same load: a result for each, in order, ``("known", None)``,
+        ``("registered", None)`` (the registry had lost it) or ``("refused", why)``."""
+        body: dict[str, Any] = {"queue_length": queue_length}
+        if load:
+            body.update({name: load[name] for name in LOAD_FIELDS if load.get(name) is not None})
+        beats = [{**to_wire(instance), **body} for instance in instances]
+        answer = await self._transport.request(
+            "POST", f"{_V1}/heartbeats", json={"beats": beats}, deadline=deadline
+        )
+        results = answer.get("results") if isinstance(answer, dict) else None
+        if not isinstance(results, list) or len(results) != len(beats):
+            raise RegistryUnavailable("the registry answered a batch of heartbeats with no result for each")
+        return [
+            (str(r.get("result")), r.get("detail")) if isinstance(r, dict) else ("refused", None)
+            for r in results
+        ]
+
     async def deregister(
         self, instance: ModelInstance | InstanceKey, *, purge: bool = False, deadline: float | None = None
     ) -> ModelInstance:

@@ -123,6 +123,15 @@ class RegistryClient:
     ) -> ModelInstance:
         return self.run(self._aio.heartbeat(instance, queue_length, load=load))
 
+    def heartbeats(
+        self,
+        instances: Sequence[ModelInstance],
+        queue_length: int | None = None,
+        *,
+        load: Mapping[str, Any] | None = None,
+    ) -> list[tuple[str, str | None]]:
+        return self.run(self._aio.heartbeats(instances, queue_length, load=load))
+
     def deregister(self, instance: ModelInstance | InstanceKey, *, purge: bool = False) -> ModelInstance:
         return self.run(self._aio.deregister(instance, purge=purge))
 
