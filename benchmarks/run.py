@@ -236,6 +236,72 @@ def versus_native(
     return result
 
 
+#: Instance-beats a second the batched heartbeats must reach, with batches of 100.
+BATCH_TARGET = 100_000
+BATCH_SIZES = (10, 100, 1000)
+
+
+async def _flush_figures(url: str) -> tuple[float, float]:
+    """The write-behind's flushes so far: how many, and the seconds they took in all."""
+    async with aiohttp.ClientSession(url) as http, http.get("/metrics") as answer:
+        text = await answer.text()
+    figures = {}
+    for name in ("count", "sum"):
+        line = next(
+            (x for x in text.splitlines() if x.startswith(f"model_registry_flush_duration_seconds_{name} ")),
+            None,
+        )
+        figures[name] = float(line.split()[1]) if line else 0.0
+    return figures["count"], figures["sum"]
+
+
+def batched(name: str, make_registry: Callable[[], Server], args: argparse.Namespace) -> dict:
+    """Batched heartbeats (``POST /api/v1/heartbeats``, batch.lua) of 10, 100 and 1,000
+    beats over 10,000 instances, each batch size alternating with the bare server's
+    single heartbeats: instance-beats a second by batch size, beside the bare
+    request rate, and the write-behind's flushes meanwhile (SQLite)."""
+    reg = make_registry()
+    reg.wait_ready()
+    populate(reg, "memory://" if name.endswith("memory") else "", 10_000)
+    base = baseline(uvloop=args.uvloop)
+    base.wait_ready()
+    single = {"BENCH_PATH": "/api/v1/heartbeat", "BENCH_COUNT": "10000"}
+    curve: dict[str, dict] = {}
+    try:
+        for size in BATCH_SIZES:
+            env = {"BENCH_COUNT": "10000", "BENCH_BATCH": str(size)}
+            flushes_before = asyncio.run(_flush_figures(reg.url))
+            base_runs, reg_runs = alternate(
+                lambda seconds: drive(base.url, "heartbeat.lua", single, seconds, args.connections),
+                lambda seconds, env=env: drive(reg.url, "batch.lua", env, seconds, min(args.connections, 16)),
+                args,
+            )
+            flushes, flush_seconds = (
+                b - a for a, b in zip(flushes_before, asyncio.run(_flush_figures(reg.url)), strict=True)
+            )
+            beats = statistics.median(r.rps for r in reg_runs) * size
+            curve[str(size)] = {
+                "instance_beats_per_s": round(beats),
+                "requests_per_s": round(statistics.median(r.rps for r in reg_runs)),
+                "baseline_rps": round(statistics.median(r.rps for r in base_runs)),
+                "errors": sum(r.errors for r in reg_runs),
+                "flushes": int(flushes),
+                "mean_flush_s": round(flush_seconds / flushes, 3) if flushes else None,
+            }
+            sys.stderr.write(
+                f"{name:<24} batch {size:>5}  {beats:>9.0f} instance-beats/s  "
+                f"({curve[str(size)]['requests_per_s']}/s requests; bare single beats "
+                f"{curve[str(size)]['baseline_rps']}/s)  flush {curve[str(size)]['mean_flush_s']} s\n"
+            )
+    finally:
+        reg.stop()
+        base.stop()
+    met = curve["100"]["instance_beats_per_s"] >= BATCH_TARGET and not any(
+        c["errors"] for c in curve.values()
+    )
+    return {"scenario": name, "by_batch": curve, "target": BATCH_TARGET, "met": met}
+
+
 def under_pressure(
     name: str,
     make_registry: Callable[[], Server],
@@ -411,6 +477,14 @@ def main() -> None:
                         prepare,
                     )
                 )
+        for name in ("memory", "sqlite"):
+            scenario = f"heartbeats-batch/{name}"
+            if not want(scenario):
+                continue
+            storage = "memory://" if name == "memory" else f"sqlite+aiosqlite:///{workdir / 'batch.db'}"
+            if storage != "memory://":
+                populate_database(storage, 10_000)
+            results.append(batched(scenario, lambda storage=storage: registry(storage, *extra), args))
         if want("heartbeat-auth/memory"):
             # Authentication on: every beat carries a worker token scoped to model-*.
             admin = "bench-admin-" + "x" * 32
