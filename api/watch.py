@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from model_registry import Registry
 from model_registry.events import Closed, Event, Overflow, Watcher
@@ -135,7 +135,8 @@ class _Session:
             await self._send_event(event)
 
     async def _send_event(self, event: Event) -> None:
-        await self._send({"type": event.type.value, "revision": event.revision, "instance": event.instance})
+        # Encoded once for every watcher of it (``Event.encoded``).
+        await self.ws.send_frame(event.encoded(_encode), WSMsgType.TEXT)
         self.last = event.revision
         self.metrics.events_sent += 1
 
@@ -150,6 +151,10 @@ class _Session:
     async def _close(self, code: int, reason: str) -> None:
         self.closing = True
         await _close(self.ws, code, reason)
+
+
+def _encode(event: Event) -> bytes:
+    return dumps({"type": event.type.value, "revision": event.revision, "instance": event.instance})
 
 
 async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:

@@ -35,6 +35,16 @@ class Event:
     revision: int
     type: Change
     instance: ModelInstance
+    #: The event as sent to watchers, encoded once for all of them (``encoded``).
+    wire: list[bytes] = field(default_factory=list, compare=False, repr=False)
+
+    def encoded(self, encode: Callable[[Event], bytes]) -> bytes:
+        """The event encoded by ``encode``, the first time it is asked for: the
+        same bytes for every watcher, however many there are."""
+        wire = self.wire
+        if not wire:
+            wire.append(encode(self))
+        return wire[0]
 
 
 class Overflow(Exception):

@@ -307,3 +307,27 @@ async def test_watchers_past_the_cap_are_503_with_retry_after(
     await until(lambda: client.app[REGISTRY].feed.watchers == 0)
     async with client.ws_connect(WATCH) as ws:  # the place is free again
         assert (await next_json(ws))["type"] == "snapshot"
+
+
+async def test_an_event_is_encoded_once_however_many_watch_it(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model_registry.api import watch as watch_module
+
+    encoded: list[int] = []
+    encode = watch_module._encode
+
+    def counting(event):  # type: ignore[no-untyped-def]
+        encoded.append(event.revision)
+        return encode(event)
+
+    monkeypatch.setattr(watch_module, "_encode", counting)
+    watchers = [await client.ws_connect("/api/v1/watch") for _ in range(5)]
+    for ws in watchers:
+        assert (await next_json(ws))["type"] == "snapshot"
+    await client.post(INSTANCES, json=body())
+    frames = [await asyncio.wait_for(ws.receive(), 5) for ws in watchers]
+    assert len({frame.data for frame in frames}) == 1  # the same text to each
+    assert len(encoded) == 1
+    for ws in watchers:
+        await ws.close()
