@@ -37,6 +37,7 @@ from .metrics import METRICS, Metrics
 from .prober import Prober
 from .responses import BODY_TIMEOUT, MAX_BODY_BYTES
 from .routes import setup_routes
+from .views import POLL_ANSWERS, PollAnswers
 
 __all__ = ["StartupError", "create_app"]
 
@@ -76,6 +77,7 @@ def create_app(
     app[BODY_TIMEOUT] = settings.body_timeout
     app[LIFECYCLE] = lifecycle = Lifecycle(hosts=AllowedHosts.of(settings.host, settings.allowed_hosts))
     app[DISCONNECTS] = Disconnects()
+    app[POLL_ANSWERS] = PollAnswers()
     app[CONNECTIONS] = ConnectionCap(settings.max_connections_per_client)
     app[METRICS] = Metrics()
     setup_routes(app, lifecycle)

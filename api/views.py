@@ -6,6 +6,7 @@ Each view is called as ``view(request, registry)`` by its route's guard
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -137,9 +138,45 @@ async def list_instances(request: web.Request, registry: Registry) -> web.Respon
     healthy_only = query_flag(request, "healthy_only")
     if _is_long_poll(request):
         await _long_poll(request, registry, model_name)
+        # Every poll woken by one change asks for the same answer: written once.
+        answer = request.app[POLL_ANSWERS].get(registry, model_name, healthy_only)
+        if answer is not None:
+            return json_body_response(answer[1], headers={INDEX_HEADER: str(answer[0])})
     revision = registry.revision  # read first: a change during the read is then not missed
     found = await registry.instances(model_name, healthy_only)
-    return json_body_response(_listing(found), headers={INDEX_HEADER: str(revision)})
+    body = _listing(found)
+    if _is_long_poll(request):
+        request.app[POLL_ANSWERS].keep(model_name, healthy_only, revision, registry.revision, body)
+    return json_body_response(body, headers={INDEX_HEADER: str(revision)})
+
+
+class PollAnswers:
+    """Listings just written for long-polls, by model and ``healthy_only``: the thousands
+    of polls one change wakes get the one answer written for the first. An answer is good
+    while the revision is the one it was read at, for ``TTL`` seconds at most (beats
+    change loads and times without a revision). A few entries: the models polled now."""
+
+    MAX = 256
+    TTL = 0.5
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[str | None, bool], tuple[int, float, bytes]] = {}
+
+    def get(self, registry: Registry, model_name: str | None, healthy_only: bool) -> tuple[int, bytes] | None:
+        kept = self._kept.get((model_name, healthy_only))
+        if kept is None or kept[0] != registry.revision or time.monotonic() - kept[1] > self.TTL:
+            return None
+        return kept[0], kept[2]
+
+    def keep(self, model_name: str | None, healthy_only: bool, read_at: int, now: int, body: bytes) -> None:
+        if read_at != now:
+            return  # it changed during the read: this answer is good for no one else
+        if len(self._kept) >= self.MAX:
+            self._kept.clear()
+        self._kept[(model_name, healthy_only)] = (read_at, time.monotonic(), body)
+
+
+POLL_ANSWERS = web.AppKey("poll_answers", PollAnswers)
 
 
 def _listing(found: list[ModelInstance]) -> bytes:

@@ -24,10 +24,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from model_registry_sdk.record import Change, ModelInstance
 
 __all__ = ["Change", "Closed", "Event", "Feed", "Overflow", "Watcher"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +39,11 @@ class Event:
     type: Change
     instance: ModelInstance
     #: The event as sent to watchers, encoded once for all of them (``encoded``).
-    wire: list[bytes] = field(default_factory=list, compare=False, repr=False)
+    wire: list[Any] = field(default_factory=list, compare=False, repr=False)
 
-    def encoded(self, encode: Callable[[Event], bytes]) -> bytes:
+    def encoded(self, encode: Callable[[Event], T]) -> T:
         """The event encoded by ``encode``, the first time it is asked for: the
-        same bytes for every watcher, however many there are."""
+        same bytes for every watcher, however many there are (one encoding per event)."""
         wire = self.wire
         if not wire:
             wire.append(encode(self))
@@ -70,9 +73,14 @@ class Watcher:
     missed: bool = False  # closed because changes may have been missed (``Feed.gap``)
     #: Called once when the watcher overflows (to stop a sender stuck writing).
     on_overflow: Callable[[], object] | None = None
+    #: Delivers an event at once, when nothing is queued before it: ``True`` when it
+    #: did (the watcher's sender need not wake), ``False`` to queue it as usual.
+    sink: Callable[[Event], bool] | None = None
 
     def offer(self, event: Event) -> None:
         if self.overflowed:
+            return
+        if not self._queue and self.sink is not None and self.sink(event):
             return
         if len(self._queue) >= self.limit:
             self.overflowed = True
@@ -220,12 +228,13 @@ class Feed:
 
         if gone is not None:
             gone.add_done_callback(answer)
+        # A timer that answers, rather than ``asyncio.timeout``: ten thousand polls
+        # woken by one change each cancel theirs, and this is the cheaper of the two.
+        timer = asyncio.get_running_loop().call_later(timeout, answer, None)
         try:
-            async with asyncio.timeout(timeout):
-                await woken
-        except TimeoutError:
-            pass
+            await woken
         finally:
+            timer.cancel()
             self.polls -= 1
             if gone is not None:
                 gone.remove_done_callback(answer)

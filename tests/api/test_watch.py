@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+import socket
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
@@ -13,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from model_registry import ManualClock
 from model_registry.api import create_app
 from model_registry.api.keys import REGISTRY
+from model_registry.api.metrics import METRICS
 from model_registry.settings import Settings
 
 from .conftest import serve_app
@@ -136,21 +141,83 @@ async def test_plain_get_of_the_watch_endpoint_is_a_clear_400(client: TestClient
     assert (await response.json())["error"] == "websocket_required"
 
 
+async def _raw_watcher(client: TestClient) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket watcher on a bare socket with small buffers: one that can stop reading,
+    and whose socket then fills soon."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # no autotuning up to megabytes
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (client.host, client.port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET {WATCH} HTTP/1.1\r\nHost: {client.host}:{client.port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
+
+
+def _frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The (opcode, payload) of each unmasked frame in ``data`` (a server's)."""
+    frames, at = [], 0
+    while at + 2 <= len(data):
+        opcode, size = data[at] & 0x0F, data[at + 1] & 0x7F
+        at += 2
+        if size == 126:
+            size, at = int.from_bytes(data[at : at + 2], "big"), at + 2
+        elif size == 127:
+            size, at = int.from_bytes(data[at : at + 8], "big"), at + 8
+        frames.append((opcode, data[at : at + size]))
+        at += size
+    return frames
+
+
 async def test_a_consumer_too_slow_to_keep_up_is_cut_off(client: TestClient) -> None:
-    registry = client.app[REGISTRY]
-    async with client.ws_connect(WATCH) as ws:
-        snapshot = await next_json(ws)
-        # A burst that the sender has no chance to forward: the queue holds 5.
-        for port in range(8001, 8101):
-            await registry.register(body(port=port))
-        assert registry.feed.watchers == 1
-        code, reason = await closed(ws)
-    assert code == 1013 and "too slow" in reason and f"since={snapshot['revision']}" in reason
+    """A watcher that stops reading: its socket fills, then its queue (5 here), and it
+    is cut off; back to reading, it gets what was sent, in order, then 1013 and where to
+    resume. Another watcher, reading all along, gets every event."""
+    registry, metrics = client.app[REGISTRY], client.app[METRICS]
+    padding = {"pad": "x" * 7000}  # big events fill the socket sooner
+    reader, writer = await _raw_watcher(client)
+    async with client.ws_connect(WATCH) as reading:
+        start = (await next_json(reading))["revision"]
+        for port in range(8001, 12001):
+            await registry.register(body(port=port, metadata=padding))
+            await asyncio.sleep(0)  # the server's own work runs between changes
+            if metrics.watchers_cut_off:
+                break
+        assert metrics.watchers_cut_off == 1, "the stalled watcher was never cut off"
+        data = await asyncio.wait_for(reader.read(), 10)  # reading again: what it was sent, the close
+        changes = port - 8000
+        assert [(await next_json(reading))["revision"] for _ in range(changes)] == list(
+            range(start + 1, start + changes + 1)
+        )
+    writer.close()
+    frames = _frames(data)
+    texts = [orjson.loads(payload) for opcode, payload in frames if opcode == 1]
+    close = next(payload for opcode, payload in frames if opcode == 8)
+    code, reason = int.from_bytes(close[:2], "big"), close[2:].decode()
+    assert code == 1013 and "too slow" in reason and f"since={texts[-1]['revision']}" in reason
+    revisions = [t["revision"] for t in texts[1:]]  # after the snapshot: in order, no gap
+    assert revisions == list(range(start + 1, start + 1 + len(revisions)))
     for _ in range(100):
         if registry.feed.watchers == 0:
             break
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.02)
     assert registry.feed.watchers == 0  # and its queue with it
+
+
+async def test_a_burst_to_a_consumer_that_reads_is_no_reason_to_cut_it_off(client: TestClient) -> None:
+    """More changes at once than its queue holds (5 here): written to it at once, in order."""
+    registry = client.app[REGISTRY]
+    async with client.ws_connect(WATCH) as ws:
+        snapshot = await next_json(ws)
+        for port in range(8001, 8101):
+            await registry.register(body(port=port))
+        revisions = [(await next_json(ws))["revision"] for _ in range(100)]
+    assert revisions == list(range(snapshot["revision"] + 1, snapshot["revision"] + 101))
 
 
 async def test_closing_the_feed_closes_watchers_with_going_away(client: TestClient) -> None:
@@ -331,3 +398,16 @@ async def test_an_event_is_encoded_once_however_many_watch_it(
     assert len(encoded) == 1
     for ws in watchers:
         await ws.close()
+
+
+async def test_polls_woken_by_one_change_get_the_same_answer(client: TestClient) -> None:
+    first = await client.get(INSTANCES, params={"model_name": "m"})
+    index = first.headers["X-Registry-Index"]
+    params = {"model_name": "m", "index": index, "wait": "10s"}
+    polls = [asyncio.create_task(client.get(INSTANCES, params=params)) for _ in range(20)]
+    await asyncio.sleep(0.2)
+    await client.post(INSTANCES, json=body(port=8001))
+    answers = await asyncio.gather(*polls)
+    bodies = {await answer.read() for answer in answers}
+    assert len(bodies) == 1 and b'"port":8001' in bodies.pop()
+    assert {answer.headers["X-Registry-Index"] for answer in answers} == {str(int(index) + 1)}
