@@ -34,6 +34,7 @@ itself, and why (``state_reason``), are stored, so every replica honours them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -114,6 +115,7 @@ class Cooldowns:
         self._flips: dict[InstanceKey, deque[float]] = {}  # health changes, by monotonic time
         self._flapping: dict[InstanceKey, int] = {}  # to hold out at the next sweep: changes seen
         self._flap_seconds: dict[InstanceKey, float] = {}  # its last flapping cooldown
+        self._ending = asyncio.Lock()
         #: Reports received, by what they meant (``ok``, ``failed``, ``busy``, ``ignored``): for the metrics.
         self.reports: Counter[str] = Counter({"ok": 0, "failed": 0, "busy": 0, "ignored": 0})
 
@@ -199,7 +201,8 @@ class Cooldowns:
 
     async def _try(self, key: InstanceKey, cooling: _Cooling) -> ModelInstance | None:
         """A failure cooldown is over: the instance goes on trial."""
-        del self._cooling[key]
+        if self._cooling.pop(key, None) is not cooling:
+            return None  # restored or cooled again meanwhile
         record = await self._core.storage.get(key)
         if record is None:
             return None
@@ -220,7 +223,12 @@ class Cooldowns:
     async def end_due(self, now: datetime, mono: float) -> list[ModelInstance]:
         """End the cooldowns over at ``now`` (a busy one restores the instance, a
         failure one puts it on trial), end the trials nobody reported on, and
-        forget failures older than the window."""
+        forget failures older than the window. One call at a time (the checker's
+        sweep and a sweep asked for may overlap)."""
+        async with self._ending:
+            return await self._end_due(now, mono)
+
+    async def _end_due(self, now: datetime, mono: float) -> list[ModelInstance]:
         changed = await self._hold_out_flapping(now)
         for key, cooling in [(k, c) for k, c in self._cooling.items() if c.until <= now]:
             if cooling.busy:
