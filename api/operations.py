@@ -213,6 +213,19 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         reads="json",
         refusals={413: ("body_too_large",)},
     ),
+    ("POST", "/api/v1/instances/batch"): Operation(
+        "Register many instances at once (a bulk load), written together",
+        "instances",
+        {
+            200: (
+                "a result per instance, in order: created, updated, or refused with why",
+                ref("RegistrationResults"),
+            )
+        },
+        body=ref("Registrations"),
+        reads="json",
+        refusals={413: ("body_too_large",)},
+    ),
     ("GET", "/api/v1/models"): Operation(
         "Every model with its counts; long-poll with `index`",
         "instances",

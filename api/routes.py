@@ -23,6 +23,7 @@ ROUTES: list[tuple[str, str, View, Action]] = [
     ("POST", "/api/v1/reports", views.report, Action.REPORT),
     ("POST", "/api/v1/heartbeat", views.heartbeat, Action.HEARTBEAT),
     ("POST", "/api/v1/heartbeats", views.heartbeats, Action.HEARTBEAT),
+    ("POST", "/api/v1/instances/batch", views.register_batch, Action.REGISTER),
     ("GET", "/api/v1/models", views.models, Action.READ),
     ("GET", "/api/v1/select", views.select, Action.READ),
     ("GET", "/api/v1/watch", watch.watch, Action.READ),

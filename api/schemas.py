@@ -222,6 +222,36 @@ def components() -> dict[str, Any]:
             "additionalProperties": True,
             "description": "At most 1,000 heartbeats (in at most 1 MiB), each as /api/v1/heartbeat takes it.",
         },
+        "Registrations": {
+            "type": "object",
+            "properties": {
+                "instances": {
+                    "type": "array",
+                    "maxItems": 1000,
+                    "items": {
+                        "description": "a Registration; anything else is refused on its own (its result)"
+                    },
+                }
+            },
+            "required": ["instances"],
+            "additionalProperties": True,
+            "description": "At most 1,000 registrations (in at most 1 MiB), written at once.",
+        },
+        "RegistrationResults": _obj(
+            results={
+                "type": "array",
+                "description": "one per instance, in their order",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "result": {"enum": ["created", "updated", "refused"]},
+                        "detail": {"type": "string", "description": "why an instance was refused"},
+                    },
+                    "required": ["result"],
+                    "additionalProperties": False,
+                },
+            }
+        ),
         "HeartbeatResults": _obj(
             results={
                 "type": "array",

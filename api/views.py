@@ -70,30 +70,32 @@ async def heartbeat(request: web.Request, registry: Registry, caller: Principal 
     return json_response(record)
 
 
-#: A batch of heartbeats holds at most this many beats, in a body of at most this many
-#: bytes (1,000 beats as ``HeartbeatAgent`` sends them, whole instances, fit with room).
-MAX_BEATS = 1000
-MAX_BEATS_BYTES = 1024 * 1024
+#: A batch (of heartbeats, or of registrations) holds at most this many items, in a body
+#: of at most this many bytes (1,000 whole instances, as ``HeartbeatAgent`` sends them, fit).
+MAX_BATCH = 1000
+MAX_BATCH_BYTES = 1024 * 1024
 _KNOWN_JSON = b'{"result":"known"}'
 
 
-async def heartbeats(request: web.Request, registry: Registry, caller: Principal | None) -> web.Response:
-    """``POST /api/v1/heartbeats``: ``{"beats": [...]}``, each beat as ``/heartbeat``
-    takes it; the results in the same order. A batch too large is refused whole."""
-    body = await read_large_object(request, MAX_BEATS_BYTES)
-    beats = body.get("beats")
-    if type(beats) is not list:
-        raise ApiError(422, "invalid_input", "beats: must be an array of heartbeats", field="beats")
-    if len(beats) > MAX_BEATS:
+async def _batch(request: web.Request, field: str, what: str) -> list[Any]:
+    """The request's ``field`` array, refused whole (nothing applied) when it is not one or
+    holds more than ``MAX_BATCH``."""
+    body = await read_large_object(request, MAX_BATCH_BYTES)
+    items = body.get(field)
+    if type(items) is not list:
+        raise ApiError(422, "invalid_input", f"{field}: must be an array of {what}", field=field)
+    if len(items) > MAX_BATCH:
         raise ApiError(
             422,
             "invalid_input",
-            f"beats: at most {MAX_BEATS} per request, got {len(beats)}; none was applied: "
+            f"{field}: at most {MAX_BATCH} per request, got {len(items)}; none was applied: "
             "send them in several requests",
-            field="beats",
+            field=field,
         )
-    refuse = None if caller is None or not caller.scoped else _out_of_scope(caller)
-    results = await registry.beat_many(beats, refuse)
+    return items
+
+
+def _results(results: list[tuple[str, str | None]]) -> web.Response:
     encoded = [
         _KNOWN_JSON if why is None and result == "known" else dumps(_result(result, why))
         for result, why in results
@@ -101,19 +103,36 @@ async def heartbeats(request: web.Request, registry: Registry, caller: Principal
     return json_body_response(b'{"results":[' + b",".join(encoded) + b"]}")
 
 
+async def heartbeats(request: web.Request, registry: Registry, caller: Principal | None) -> web.Response:
+    """``POST /api/v1/heartbeats``: ``{"beats": [...]}``, each beat as ``/heartbeat``
+    takes it; the results in the same order. A batch too large is refused whole."""
+    beats = await _batch(request, "beats", "heartbeats")
+    refuse = None if caller is None or not caller.scoped else _out_of_scope(caller, _HEARTBEAT)
+    return _results(await registry.beat_many(beats, refuse))
+
+
+async def register_batch(request: web.Request, registry: Registry, caller: Principal | None) -> web.Response:
+    """``POST /api/v1/instances/batch``: ``{"instances": [...]}``, each registered as
+    ``POST /api/v1/instances`` registers it, all written at once (a bulk load); the
+    results in the same order. A batch too large is refused whole."""
+    instances = await _batch(request, "instances", "instances")
+    refuse = None if caller is None or not caller.scoped else _out_of_scope(caller, Action.REGISTER)
+    return _results(await registry.register_many(instances, refuse))
+
+
 def _result(result: str, why: str | None) -> dict[str, Any]:
     return {"result": result} if why is None else {"result": result, "detail": why}
 
 
-def _out_of_scope(caller: Principal) -> Callable[[dict[str, Any]], str | None]:
-    """Why a worker token may not beat for a beat's model, or ``None`` when it may."""
+def _out_of_scope(caller: Principal, action: Action) -> Callable[[dict[str, Any]], str | None]:
+    """Why a worker token may not act on an item's model, or ``None`` when it may."""
 
-    def refuse(beat: dict[str, Any]) -> str | None:
-        model = beat.get("model_name")
+    def refuse(item: dict[str, Any]) -> str | None:
+        model = item.get("model_name")
         if type(model) is not str:
-            return None  # the beat's own validation says what is wrong
+            return None  # the item's own validation says what is wrong
         try:
-            caller.require_model(model, _HEARTBEAT)
+            caller.require_model(model, action)
         except Forbidden as exc:
             return str(exc.detail)
         return None

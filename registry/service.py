@@ -212,6 +212,47 @@ class Registry(DBGPTMethods):
         core.publish(Change.REGISTERED if created else Change.UPDATED, stored)
         return stored, created
 
+    async def register_many(
+        self, bodies: list[Any], refuse: Callable[[dict[str, Any]], str | None] | None = None
+    ) -> list[tuple[str, str | None]]:
+        """Register many instances at once (a bulk load): each as ``register`` takes
+        it, all written in one go (one transaction where the backend has them). For
+        each, in order: ``("created", None)``, ``("updated", None)`` or ``("refused",
+        why)``. One log line for the batch, an event for each."""
+        core = self._core
+        results: list[tuple[str, str | None]] = [("refused", "")] * len(bodies)
+        records: list[ModelInstance] = []
+        positions: list[int] = []
+        for i, body in enumerate(bodies):
+            if type(body) is not dict:
+                results[i] = ("refused", "an instance must be an object: {model_name, host, port, ...}")
+                continue
+            if refuse is not None and (why := refuse(body)) is not None:
+                results[i] = ("refused", why)
+                continue
+            try:
+                record = self._targets(instance_from(body))
+                previous = None
+                if record.check is not None:
+                    with core.noting_outages():
+                        previous = await self.storage.get(record.key)
+                record = self._fresh(record, previous)
+                await self._room_for(record.key)  # (the caps hold to within one batch)
+            except (InvalidRequest, InstanceLimit) as exc:
+                results[i] = ("refused", exc.detail)
+                continue
+            records.append(record)
+            positions.append(i)
+        if records:
+            with core.noting_outages():
+                stored = await self.storage.upsert_many(records)
+            for i, (record, created) in zip(positions, stored, strict=True):
+                results[i] = ("created", None) if created else ("updated", None)
+                core.publish(Change.REGISTERED if created else Change.UPDATED, record)
+            created = sum(1 for _, new in stored if new)
+            log.info("instances registered in bulk", extra={"new": created, "updated": len(stored) - created})
+        return results
+
     def _forget_gone(self, event: Event) -> None:
         """Selection keeps nothing for an instance that is gone (nor, with its
         last, for its model)."""

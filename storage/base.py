@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import abc
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -111,6 +111,12 @@ class Storage(abc.ABC):
         Returns the stored record and ``True`` when it did not exist before.
         Concurrent upserts of one key leave exactly one record.
         """
+
+    async def upsert_many(self, records: Sequence[ModelInstance]) -> list[tuple[ModelInstance, bool]]:
+        """``upsert`` each record, in order; their results in the same order. Each
+        is atomic as ``upsert`` is; all are durable once this returns (backends
+        that can, write them in one transaction: a bulk registration)."""
+        return [await self.upsert(record) for record in records]
 
     @abc.abstractmethod
     async def override(self, key: InstanceKey, change: Edit) -> ModelInstance | None:

@@ -6,6 +6,7 @@ atomic by construction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from model_registry_sdk.record import InstanceKey, ModelInstance
@@ -30,6 +31,10 @@ class MemoryStorage(IndexReads, Storage):
 
     async def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
         return self._index.upsert(record)
+
+    async def upsert_many(self, records: Sequence[ModelInstance]) -> list[tuple[ModelInstance, bool]]:
+        upsert = self._index.upsert
+        return [upsert(record) for record in records]
 
     async def override(self, key: InstanceKey, change: Edit) -> ModelInstance | None:
         return self._index.override(key, change)

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -322,6 +322,12 @@ class PostgresStorage(SQLStorage):
         stored, created = await super().upsert(record)
         self._remember(stored)
         return stored, created
+
+    async def upsert_many(self, records: Sequence[ModelInstance]) -> list[tuple[ModelInstance, bool]]:
+        results = await super().upsert_many(records)
+        for stored, _ in results:
+            self._remember(stored)
+        return results
 
     async def insert(self, record: ModelInstance) -> ModelInstance | None:
         return self._remember(await super().insert(record))

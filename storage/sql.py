@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -269,26 +269,39 @@ class SQLStorage(Storage):
     # -- writes ------------------------------------------------------------
 
     async def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
-        row = _row(record)
         async with self._write("register an instance") as conn:
-            while True:
-                inserted = await self._insert_returning(conn, row)
-                if inserted is not None:
-                    return inserted, True
-                # The row lock keeps the pins read here from changing until we write.
-                pinned = await conn.execute(
-                    select(_t.c.overrides).where(_where_key(record.key)).with_for_update()
-                )
-                kept = pinned.first()
-                if kept is None:
-                    continue  # deleted between the two statements by another writer: go again
-                stored = dataclasses.replace(record)
-                apply_overrides(stored, kept.overrides)
-                changes = {k: v for k, v in _row(stored).items() if k not in _KEPT_ON_UPSERT}
-                result = await conn.execute(
-                    update(_t).where(_where_key(record.key)).values(changes).returning(*_t.c)
-                )
-                return _record(result.one()), False
+            return await self._upsert_in(conn, record)
+
+    async def upsert_many(self, records: Sequence[ModelInstance]) -> list[tuple[ModelInstance, bool]]:
+        # One transaction for all, its rows locked in key order (two batches that share
+        # keys then wait for each other rather than deadlock).
+        order = sorted(range(len(records)), key=lambda i: records[i].key)
+        results: list[tuple[ModelInstance, bool]] = [None] * len(records)  # type: ignore[list-item]
+        async with self._write("register instances") as conn:
+            for i in order:
+                results[i] = await self._upsert_in(conn, records[i])
+        return results
+
+    async def _upsert_in(self, conn: AsyncConnection, record: ModelInstance) -> tuple[ModelInstance, bool]:
+        row = _row(record)
+        while True:
+            inserted = await self._insert_returning(conn, row)
+            if inserted is not None:
+                return inserted, True
+            # The row lock keeps the pins read here from changing until we write.
+            pinned = await conn.execute(
+                select(_t.c.overrides).where(_where_key(record.key)).with_for_update()
+            )
+            kept = pinned.first()
+            if kept is None:
+                continue  # deleted between the two statements by another writer: go again
+            stored = dataclasses.replace(record)
+            apply_overrides(stored, kept.overrides)
+            changes = {k: v for k, v in _row(stored).items() if k not in _KEPT_ON_UPSERT}
+            result = await conn.execute(
+                update(_t).where(_where_key(record.key)).values(changes).returning(*_t.c)
+            )
+            return _record(result.one()), False
 
     async def override(self, key: InstanceKey, change: Edit) -> ModelInstance | None:
         async with self._write("override an instance") as conn:

@@ -10,6 +10,7 @@ file is loaded into the index.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -71,6 +72,11 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
         stored, created = self._index.upsert(record)
         await self._commit([stored.key])
         return stored, created
+
+    async def upsert_many(self, records: Sequence[ModelInstance]) -> list[tuple[ModelInstance, bool]]:
+        results = [self._index.upsert(record) for record in records]
+        await self._commit([stored.key for stored, _ in results])  # one transaction for all
+        return results
 
     async def override(self, key: InstanceKey, change: Edit) -> ModelInstance | None:
         record = self._index.override(key, change)

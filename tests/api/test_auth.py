@@ -59,6 +59,7 @@ def sample(method: str, path: str, model: str) -> tuple[dict | None, Any]:
         ("POST", "/api/v1/reports"): (None, {**_instance(model), "ok": True}),
         ("POST", "/api/v1/heartbeat"): (None, _instance(model)),
         ("POST", "/api/v1/heartbeats"): (None, {"beats": [_instance(model)]}),
+        ("POST", "/api/v1/instances/batch"): (None, {"instances": [_instance(model)]}),
         ("GET", "/api/v1/models"): (None, None),
         ("GET", "/api/v1/select"): ({"model_name": model}, None),
         ("GET", "/api/v1/watch"): (None, None),
@@ -211,6 +212,7 @@ async def test_every_route_answers_each_kind_of_caller_as_the_permission_table_s
                 scoped_out = caller == "out-of-scope" and path not in (
                     "/receive_heart_beat",
                     "/api/v1/heartbeats",
+                    "/api/v1/instances/batch",
                 )
                 if allowed and not scoped_out:
                     assert 200 <= status < 300 or status == 101, where

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -130,3 +131,53 @@ async def test_not_json_and_compressed_are_415(client: TestClient) -> None:
 async def test_an_empty_batch_is_an_empty_answer(client: TestClient) -> None:
     answer = await client.post(BEATS, json={"beats": []})
     assert answer.status == 200 and await answer.json() == {"results": []}
+
+
+# -- registrations in bulk: POST /api/v1/instances/batch ----------------------------------
+
+BATCH = "/api/v1/instances/batch"
+
+
+async def test_a_bulk_registration_creates_updates_and_refuses_each_in_order(client: TestClient) -> None:
+    await client.post("/api/v1/instances", json=beat(0, weight=1.0))
+    batch = [
+        beat(0, weight=3.0),  # updated
+        beat(1, metadata={"gpu": "a100"}, ready=False),  # created, starting
+        {"model_name": "m", "host": "10.0.0.9", "port": 70000},  # refused
+        ["not", "an", "instance"],  # refused
+        beat(2, check={"http": "http://169.254.169.254/latest/meta-data/"}),  # refused: SSRF
+    ]
+    answer = await client.post(BATCH, json={"instances": batch})
+    assert answer.status == 200
+    results = (await answer.json())["results"]
+    assert [r["result"] for r in results] == ["updated", "created", "refused", "refused", "refused"]
+    assert "port" in results[2]["detail"] and "check" in results[4]["detail"]
+    by_host = await listed(client, model_name="m")
+    assert by_host["10.0.0.1"]["weight"] == 3.0
+    assert by_host["10.0.0.2"]["state"] == "starting" and by_host["10.0.0.2"]["metadata"] == {"gpu": "a100"}
+    assert set(by_host) == {"10.0.0.1", "10.0.0.2"}
+
+
+async def test_a_bulk_registration_is_watched_as_single_ones_are(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="registry")
+    async with client.ws_connect("/api/v1/watch?model_name=m") as ws:
+        await ws.receive_json()
+        answer = await client.post(BATCH, json={"instances": [beat(n) for n in range(3)]})
+        assert [r["result"] for r in (await answer.json())["results"]] == ["created"] * 3
+        events = [await ws.receive_json(timeout=5) for _ in range(3)]
+    assert [e["type"] for e in events] == ["registered"] * 3
+    assert [e["instance"]["host"] for e in events] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    logged = [r for r in caplog.records if r.getMessage() == "instances registered in bulk"]
+    assert [(r.new, r.updated) for r in logged] == [(3, 0)]  # one line for the batch
+
+
+async def test_a_thousand_registrations_pass_and_one_more_is_refused_whole(client: TestClient) -> None:
+    answer = await client.post(BATCH, json={"instances": [beat(n) for n in range(1000)]})
+    assert {r["result"] for r in (await answer.json())["results"]} == {"created"}
+    answer = await client.post(BATCH, json={"instances": [beat(n, "other") for n in range(1001)]})
+    assert answer.status == 422 and (await answer.json())["field"] == "instances"
+    assert (await (await client.get("/api/v1/instances", params={"model_name": "other"})).json())[
+        "count"
+    ] == 0

@@ -77,6 +77,22 @@ async def test_operator_changes_and_router_reports_round_trip(server: ServerProc
             await client.report(InstanceKey(LLAMA, "10.0.0.5", 1), False)
 
 
+async def test_batches_of_registrations_and_beats_answer_each_in_order(server: ServerProcess) -> None:
+    fleet = [ModelInstance(LLAMA, "10.0.0.5", port, weight=2.0) for port in (8001, 8002)]
+    async with AsyncRegistryClient(server.url) as client:
+        results = await client.register_many([*fleet, ModelInstance(LLAMA, "10.0.0.5", 0)])
+        assert results[:2] == [("created", None), ("created", None)]
+        assert results[2][0] == "refused" and results[2][1].startswith("port: ")
+        assert [r for r, _ in await client.register_many(fleet)] == ["updated", "updated"]
+        unknown = ModelInstance("bge-m3", "10.0.0.5", 8001)
+        beats = await client.heartbeats([*fleet, unknown], queue_length=3)
+        assert beats == [("known", None), ("known", None), ("registered", None)]
+        listed = await client.list_instances(LLAMA)
+        assert [(i.key.port, i.weight, i.queue_length) for i in listed] == [(8001, 2.0, 3), (8002, 2.0, 3)]
+    with RegistryClient(server.url) as sync:
+        assert sync.register_many([ModelInstance("m", "h", 1)]) == [("created", None)]
+
+
 async def test_reports_are_not_retried_after_a_500(scripted, clock) -> None:
     fake, server = await scripted((500, {"error": "internal_error", "detail": "oops"}, {}))
     async with AsyncRegistryClient(str(server.make_url("/")), retry=fast(), clock=clock) as client:

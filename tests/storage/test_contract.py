@@ -503,3 +503,31 @@ async def test_an_operators_edit_may_set_the_reason(storage: Storage) -> None:
     drained = await storage.override(key, drain)
     assert drained.state == "disabled" and drained.state_reason == "drained by operator ops-1"
     assert (await storage.get(key)).state_reason == "drained by operator ops-1"
+
+
+async def test_upsert_many_creates_and_updates_in_one_go_and_keeps_them(storage_url: str) -> None:
+    async with open_storage(storage_url) as storage:
+        await storage.upsert(record(host="10.0.0.2", weight=1.0))
+        later = T0 + timedelta(minutes=1)
+        batch = [
+            record(host="10.0.0.3", metadata={"gpu": "h100"}),
+            record(host="10.0.0.2", weight=5.0, registered_at=later, last_heartbeat=later),
+            record(host="10.0.0.1"),
+        ]
+        stored = await storage.upsert_many(batch)
+        assert [(s.key.host, created) for s, created in stored] == [
+            ("10.0.0.3", True),
+            ("10.0.0.2", False),
+            ("10.0.0.1", True),
+        ]
+        assert stored[1][0].registered_at == T0 and stored[1][0].weight == 5.0
+        assert await storage.upsert_many([]) == []
+    if storage_url == "memory://":
+        return
+    async with open_storage(storage_url) as reopened:
+        kept = await reopened.list()
+    assert [(r.key.host, r.weight, r.metadata) for r in kept] == [
+        ("10.0.0.1", 1.0, {}),
+        ("10.0.0.2", 5.0, {}),
+        ("10.0.0.3", 1.0, {"gpu": "h100"}),
+    ]

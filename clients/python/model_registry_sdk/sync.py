@@ -132,6 +132,9 @@ class RegistryClient:
     ) -> list[tuple[str, str | None]]:
         return self.run(self._aio.heartbeats(instances, queue_length, load=load))
 
+    def register_many(self, instances: Sequence[ModelInstance]) -> list[tuple[str, str | None]]:
+        return self.run(self._aio.register_many(instances))
+
     def deregister(self, instance: ModelInstance | InstanceKey, *, purge: bool = False) -> ModelInstance:
         return self.run(self._aio.deregister(instance, purge=purge))
 
