@@ -19,6 +19,7 @@ from model_registry.validation import key_from
 from .audit import audit, audit_deregistration
 from .auth import in_scope, principal_of
 from .keys import CONNECTIONS, DISCONNECTS, LIFECYCLE, SETTINGS
+from .memos import Memos
 from .params import duration_param, model_name_param, query_flag, revision_param, strategy_param
 from .problem import ApiError
 from .responses import (
@@ -198,17 +199,23 @@ class PollAnswers:
 POLL_ANSWERS = web.AppKey("poll_answers", PollAnswers)
 
 
+#: The listings' kept JSON, within a budget (one for the process: it is a cache).
+LISTINGS = Memos()
+
+
 def _listing(found: list[ModelInstance]) -> bytes:
     """A listing's JSON. A snapshot's is written by its first reader and kept
     on it for the others: a model's instances are read far more often than
-    they change, and rendering them is most of what a read costs."""
+    they change, and rendering them is most of what a read costs. What is kept
+    stays within ``LISTINGS``'s budget."""
     if type(found) is Snapshot:
         body = found.memo
         if body is None:
             # Kept as an exact-size copy: orjson grows its output by reallocating,
             # and the allocator's leftovers made each kept listing cost 2.4 times
             # its size in resident memory (benchmarks: memory/100000).
-            found.memo = body = bytes(memoryview(dumps({"instances": found, "count": len(found)})))
+            body = bytes(memoryview(dumps({"instances": found, "count": len(found)})))
+            LISTINGS.keep(found, body)
         return body  # type: ignore[no-any-return]
     return dumps({"instances": found, "count": len(found)})
 

@@ -87,8 +87,10 @@ class InstanceIndex:
         # model -> its keys (a dict as an ordered set): membership changes only
         # when an instance comes or goes, so a beat never touches it.
         self._by_model: dict[str, dict[InstanceKey, None]] = {}
-        # (host, port) -> its keys: like ``_by_model``, changed only by comings and goings.
-        self._by_address: dict[tuple[str, int], dict[InstanceKey, None]] = {}
+        # host -> its key, or its keys (a dict as an ordered set) when it has several:
+        # like ``_by_model``, changed only by comings and goings. Most hosts of a large
+        # fleet have one instance, and a dict for each would cost it 200 bytes.
+        self._by_host: dict[str, InstanceKey | dict[InstanceKey, None]] = {}
         # The records that can expire, by the second of their last beat (lazily: see ``wheel``).
         self._wheel = TimingWheel()
         self._expirable = 0  # how many records the checker watches
@@ -124,18 +126,22 @@ class InstanceIndex:
         else:
             self._unhealthy.pop(record.key, None)
 
-    def _link(self, record: ModelInstance) -> None:
+    def _link(self, record: ModelInstance, key: InstanceKey | None = None) -> None:
         """Put ``record`` where its current state says (after changing it). A record
-        not yet ready is not expired by its heartbeats (its start-up grace is)."""
+        not yet ready is not expired by its heartbeats (its start-up grace is).
+        ``key``, when given, is the tuple the index already holds for it (one tuple
+        per record then, however many structures file it)."""
         record.state = state = state_of(record)
+        if key is None:
+            key = record.key
         if state == "starting":
-            self._starting[record.key] = record
+            self._starting[key] = record
         if record.healthy:
             if record.check_healthy and record.last_heartbeat is not None and record.ready:
                 self._expirable += 1
-                self._wheel.file(record.key, second_of(record.last_heartbeat))  # type: ignore[arg-type]
+                self._wheel.file(key, second_of(record.last_heartbeat))  # type: ignore[arg-type]
         else:
-            self._unhealthy[record.key] = record
+            self._unhealthy[key] = record
 
     def _store(self, record: ModelInstance) -> None:
         key = record.key
@@ -148,8 +154,8 @@ class InstanceIndex:
             if key < next(reversed(model)):
                 self._unsorted.add(record.model_name)  # sorted again by the next listing
             model[key] = None
-        self._by_address.setdefault((key.host, key.port), {})[key] = None
-        self._link(record)
+        self._add_host(key)
+        self._link(record, key)
 
     def _put(self, record: ModelInstance) -> None:
         """Store ``record`` in place of the one with its key (the links are the caller's)."""
@@ -172,11 +178,24 @@ class InstanceIndex:
         if not model:
             del self._by_model[record.model_name]
             self._unsorted.discard(record.model_name)
-        address = (record.host, record.port)
-        at = self._by_address[address]
-        del at[record.key]
-        if not at:
-            del self._by_address[address]
+        key, by_host = record.key, self._by_host
+        at = by_host[key.host]
+        if type(at) is not dict:
+            del by_host[key.host]
+        else:
+            del at[key]
+            if len(at) == 1:
+                by_host[key.host] = next(iter(at))
+
+    def _add_host(self, key: InstanceKey) -> None:
+        by_host = self._by_host
+        at = by_host.get(key.host)
+        if at is None:
+            by_host[key.host] = key
+        elif type(at) is dict:
+            at[key] = None
+        elif at != key:
+            by_host[key.host] = {at: None, key: None}
 
     # -- the contract's primitives, synchronously ----------------------------
 
@@ -190,7 +209,7 @@ class InstanceIndex:
         """
         assert not self.records, "load fills an empty index"
         by_key, by_model, unhealthy = self.records, self._by_model, self._unhealthy
-        by_address = self._by_address
+        add_host = self._add_host
         filed: dict[InstanceKey, None] = {}
         for record in records:
             record = compact(record)
@@ -201,11 +220,7 @@ class InstanceIndex:
                 by_model[record.model_name] = {key: None}
             else:
                 model[key] = None
-            at = by_address.get((key.host, key.port))
-            if at is None:
-                by_address[(key.host, key.port)] = {key: None}
-            else:
-                at[key] = None
+            add_host(key)
             if record.state == "starting":
                 self._starting[key] = record
             if not record.healthy:
@@ -438,7 +453,12 @@ class InstanceIndex:
         return list(records)
 
     def at(self, host: str, port: int, *, ordered: bool = True) -> list[ModelInstance]:
-        keys = self._by_address.get((host, port), ())
+        at = self._by_host.get(host)
+        if at is None:
+            return []
+        if type(at) is not dict:
+            return [self.records[at]] if at.port == port else []
+        keys = [key for key in at if key.port == port]
         return list(map(self.records.__getitem__, sorted(keys) if ordered else keys))
 
     def _model(self, model_name: str) -> Iterable[ModelInstance]:

@@ -51,7 +51,7 @@ class Snapshot(list):  # type: ignore[type-arg]
     per read). A change makes a new snapshot, so a memo is never stale.
     """
 
-    __slots__ = ("memo",)
+    __slots__ = ("memo", "__weakref__")  # (weakly held by a budget of memos: api/memos.py)
 
     def __init__(self, records: Iterable[ModelInstance] = ()) -> None:
         super().__init__(records)

@@ -224,6 +224,11 @@ async def test_at_lists_one_address_in_key_order_and_follows_comings_and_goings(
     assert await storage.at("10.0.0.1", 8000) == []
     assert [r.model_name for r in await storage.at("10.0.0.1", 8001)] == ["a"]
     assert await storage.at("10.9.9.9", 1) == []
+    await storage.upsert(record("c", "10.0.0.2", 8000, weight=2.0))  # the same one again
+    await storage.upsert(record("d", "10.0.0.1", 8000))  # the host has two again
+    assert [r.weight for r in await storage.at("10.0.0.2", 8000)] == [2.0]
+    assert [r.model_name for r in await storage.at("10.0.0.1", 8000)] == ["d"]
+    assert [r.model_name for r in await storage.at("10.0.0.1", 8001)] == ["a"]
 
 
 async def test_summarize_counts_per_model(storage: Storage) -> None:
