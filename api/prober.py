@@ -150,7 +150,8 @@ class Prober:
             records = await self._registry.instances()
         now = time.monotonic()
         for record in list(records):
-            self._follow(record, now, jitter=True)
+            if record.check is not None or record.metrics is not None:  # (most of a large fleet: neither)
+                self._follow(record, now, jitter=True)
         self._runner = asyncio.create_task(self._run(), name="registry-prober")
 
     async def stop(self) -> None:

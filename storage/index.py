@@ -200,17 +200,23 @@ class InstanceIndex:
     # -- the contract's primitives, synchronously ----------------------------
 
     def load(self, records: Iterable[ModelInstance]) -> None:
-        """Fill an empty index (at start-up, from a database).
+        """Fill an empty index (at start-up, from a database): ``load_more``, then
+        ``loaded``."""
+        assert not self.records, "load fills an empty index"
+        self.load_more(records)
+        self.loaded()
+
+    def load_more(self, records: Iterable[ModelInstance]) -> None:
+        """Add records read at start-up (none of them known yet), before ``loaded``.
 
         Every record that can expire is filed in one bucket, at the dawn of
         time: before its last beat, as the wheel allows, and the first census
         files each where it belongs (``settle``, in slices). So start-up works
         out no record's second, and the service is ready sooner.
         """
-        assert not self.records, "load fills an empty index"
-        by_key, by_model, unhealthy = self.records, self._by_model, self._unhealthy
+        by_key, by_model, unhealthy, starting = self.records, self._by_model, self._unhealthy, self._starting
         add_host = self._add_host
-        filed: dict[InstanceKey, None] = {}
+        filed = self._wheel.at_dawn()
         for record in records:
             record = compact(record)
             key = record.key
@@ -222,14 +228,17 @@ class InstanceIndex:
                 model[key] = None
             add_host(key)
             if record.state == "starting":
-                self._starting[key] = record
+                starting[key] = record
             if not record.healthy:
                 unhealthy[key] = record
             elif record.check_healthy and record.last_heartbeat is not None and record.ready:
                 filed[key] = None
-        self._wheel.file_at_dawn(filed)
         self._expirable = len(filed)
-        self._unsorted.update(by_model)  # each is sorted when it is first listed
+
+    def loaded(self) -> None:
+        """What is read is all there is: each model is sorted when it is first listed."""
+        self._wheel.drop_empty()
+        self._unsorted.update(self._by_model)
 
     def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
         previous = self.records.get(record.key)

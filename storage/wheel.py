@@ -68,12 +68,16 @@ class TimingWheel:
             if not bucket:  # an emptied dict keeps its table: let it go
                 del self.buckets[second]  # type: ignore[arg-type]
 
-    def file_at_dawn(self, keys: dict[InstanceKey, None]) -> None:
-        """File ``keys`` (an empty wheel's first) before all time, as the wheel
-        allows: the first census files each where it belongs. Start-up then
-        works out no record's second."""
-        if keys:
-            self.buckets[_DAWN_SECOND] = keys
+    def at_dawn(self) -> dict[InstanceKey, None]:
+        """The bucket before all time, where start-up files the keys it loads (as an
+        ordered set), as the wheel allows: the first census files each where it
+        belongs. Start-up then works out no record's second. ``drop_empty`` after."""
+        return self.buckets.setdefault(_DAWN_SECOND, {})
+
+    def drop_empty(self) -> None:
+        """Drop the dawn's bucket if start-up filed nothing there."""
+        if not self.buckets.get(_DAWN_SECOND, True):
+            del self.buckets[_DAWN_SECOND]
 
     def settle(
         self, records: Mapping[InstanceKey, ModelInstance], cutoff: datetime, limit: int | None
