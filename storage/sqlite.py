@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
