@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import gc
 import logging
 import resource
 import signal
@@ -34,6 +33,7 @@ from model_registry.settings import Settings
 from model_registry.storage import redact
 
 from .app import StartupError, create_app
+from .collector import Collector
 from .connections import ConnectionCap
 from .keys import CONNECTIONS, DISCONNECTS, LIFECYCLE, PROBER, REGISTRY
 from .responses import SERVER_OPTIONS
@@ -104,6 +104,7 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    collector = Collector()
     try:
         await runner.setup()
         assert runner.server is not None
@@ -120,10 +121,9 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
             raise _bind_error(exc, settings) from None
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        # Everything loaded so far lives as long as the process: keep the
-        # cyclic collector from walking it again and again (records hold no
-        # cycles, so reference counting still frees any that are deleted).
-        gc.freeze()
+        # Everything loaded so far lives as long as the process, and so will most
+        # of what survives each full collection: keep the collector off it.
+        collector.start()
         host, port = runner.addresses[0][:2]  # the real port when 0 was asked
         shown = f"[{host}]" if ":" in host else host
         log.info(
@@ -149,6 +149,7 @@ async def serve(settings: Settings, *, clock: Clock | None = None) -> None:
                 "requests still running at the shutdown timeout", extra={"in_flight": lifecycle.in_flight}
             )
     finally:
+        await collector.stop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await runner.cleanup()

@@ -33,6 +33,9 @@ log = logging.getLogger("registry")
 #: Seconds between measurements of the database server's clock.
 CLOCK_SYNC_PERIOD = 60.0
 
+#: Changes a sweep announces (a log line and an event each) before it lets other work run.
+ANNOUNCE_SLICE = 250
+
 #: The checker refuses a timeout shorter than this many heartbeat intervals: a
 #: worker must be able to miss a beat (GC pause, slow network) without flapping.
 MIN_TIMEOUT_INTERVALS = 2
@@ -175,12 +178,14 @@ class Checker:
         if not self._guarded(self._expiry_guard, "marking unhealthy", census.silent, census.checked, mono):
             with core.noting_outages():
                 expired = await storage.expire(expire_cutoff, now, f"heartbeat timeout {self.timeout:g} s")
-        for record in expired:
+        for n, record in enumerate(expired, 1):
             log.info(
                 "instance marked unhealthy: no heartbeat within the timeout",
                 extra={**fields_of(record.key), "timeout_s": self.timeout, "reason": record.state_reason},
             )
             core.publish(Change.UNHEALTHY, record)
+            if not n % ANNOUNCE_SLICE:
+                await asyncio.sleep(0)  # (a mass failure: let requests in between)
         expired += await self._end_overdue_starts(now)
         evicted: list[ModelInstance] = []
         if self.evict_after > 0 and not self._guarded(
@@ -188,12 +193,14 @@ class Checker:
         ):
             with core.noting_outages():
                 evicted = await storage.evict(evict_cutoff)
-            for record in evicted:
+            for n, record in enumerate(evicted, 1):
                 log.info(
                     "instance evicted: unhealthy for longer than evict-after",
                     extra={**fields_of(record.key), "evict_after_s": self.evict_after},
                 )
                 core.publish(Change.EVICTED, record)
+                if not n % ANNOUNCE_SLICE:
+                    await asyncio.sleep(0)
         restored = await self._cooldowns.end_due(now, mono)
         return CheckResult(
             expired,

@@ -35,8 +35,9 @@ itself, and why (``state_reason``), are stored, so every replica honours them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -112,7 +113,10 @@ class Cooldowns:
         self._failures = FailureTracker()
         self._cooling: dict[InstanceKey, _Cooling] = {}
         self._trials: dict[InstanceKey, _Trial] = {}
-        self._flips: dict[InstanceKey, deque[float]] = {}  # health changes, by monotonic time
+        # Health changes, by monotonic time: a short list per instance (a mass failure
+        # flips a million at once), in the order of each one's last change, so
+        # forgetting the calm ones walks only them.
+        self._flips: OrderedDict[InstanceKey, list[float]] = OrderedDict()
         self._flapping: dict[InstanceKey, int] = {}  # to hold out at the next sweep: changes seen
         self._flap_seconds: dict[InstanceKey, float] = {}  # its last flapping cooldown
         self._ending = asyncio.Lock()
@@ -242,10 +246,23 @@ class Cooldowns:
             if record is not None:
                 changed.append(record)
         self._failures.forget_older_than(mono - self.policy.window)
-        for key in [k for k, f in self._flips.items() if not f or f[-1] < mono - self.policy.flap_window]:
-            del self._flips[key]
-            self._flap_seconds.pop(key, None)  # calm for a window: the next bout starts over
+        await self._forget_calm(mono - self.policy.flap_window)
         return changed
+
+    async def _forget_calm(self, before: float) -> None:
+        """Forget the instances whose last health change is older than ``before``:
+        the next bout of flapping starts over."""
+        flips = self._flips
+        for n in itertools.count(1):
+            if not flips:
+                return
+            key, times = next(iter(flips.items()))
+            if times and times[-1] >= before:
+                return  # (the rest changed later)
+            flips.popitem(last=False)
+            self._flap_seconds.pop(key, None)
+            if not n % 1000:
+                await asyncio.sleep(0)  # (a mass failure's million, a minute later)
 
     # -- flapping ---------------------------------------------------------------
 
@@ -256,12 +273,13 @@ class Cooldowns:
         key = event.instance.key
         policy = self.policy.for_instance(event.instance.metadata, key.model_name)
         now = self._core.clock.monotonic()
-        flips = self._flips.setdefault(key, deque())
+        flips = self._flips.pop(key, None) or []
         flips.append(now)
+        self._flips[key] = flips  # (last: the most recent change)
         while flips and flips[0] <= now - policy.flap_window:
-            flips.popleft()
-        while len(flips) > policy.flap_threshold + 1:  # more are never needed
-            flips.popleft()
+            del flips[0]
+        if len(flips) > policy.flap_threshold + 1:  # more are never needed
+            del flips[: len(flips) - policy.flap_threshold - 1]
         if len(flips) > policy.flap_threshold and key not in self._cooling:
             self._flapping[key] = len(flips)
 

@@ -30,7 +30,8 @@ Whatever comes in is copied (``clone``), since its caller still holds it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 
 from model_registry_sdk.record import (
@@ -48,13 +49,13 @@ from .interning import clone, compact, copy_record
 from .readonly import Snapshot
 from .wheel import TimingWheel, second_of
 
-__all__ = ["IndexReads", "InstanceIndex", "expire_in_slices", "settle_in_slices"]
+__all__ = ["IndexReads", "InstanceIndex", "evict_in_slices", "expire_in_slices", "settle_in_slices"]
 
 _new = object.__new__
 
 
 #: Records a sweep marks before it lets other work run.
-SWEEP_SLICE = 1000
+SWEEP_SLICE = 250
 #: Wheel entries a census walks before it lets other work run (a walk moves most
 #: of them, at a few microseconds each: a slice is well under a millisecond).
 SETTLE_SLICE = 250
@@ -63,6 +64,17 @@ SETTLE_SLICE = 250
 async def settle_in_slices(index: InstanceIndex, cutoff: datetime) -> None:
     """``index.settle`` in slices, yielding to the event loop between them."""
     while not index.settle(cutoff, limit=SETTLE_SLICE):
+        await asyncio.sleep(0)
+
+
+async def evict_in_slices(index: InstanceIndex, cutoff: datetime) -> list[ModelInstance]:
+    """``index.evict`` in slices, yielding to the event loop between them."""
+    evicted: list[ModelInstance] = []
+    while True:
+        chunk = index.evict(cutoff, limit=SWEEP_SLICE)
+        evicted += chunk
+        if len(chunk) < SWEEP_SLICE:
+            return evicted
         await asyncio.sleep(0)
 
 
@@ -94,13 +106,18 @@ class InstanceIndex:
         # The records that can expire, by the second of their last beat (lazily: see ``wheel``).
         self._wheel = TimingWheel()
         self._expirable = 0  # how many records the checker watches
-        self._unhealthy: dict[InstanceKey, ModelInstance] = {}
+        # The unhealthy records that eviction may take, by the second they became
+        # unhealthy: so a sweep counts and takes only the buckets past evict-after,
+        # not every unhealthy record (a million, the sweeps after a mass failure).
+        self._dying: dict[int, dict[InstanceKey, None]] = {}
         # The records starting (not ready, or their check not yet passed), for their grace.
         self._starting: dict[InstanceKey, ModelInstance] = {}
         # Models whose records are not in key order since a registration (see ``list``).
         self._unsorted: set[str] = set()
         # model -> its serving records, in key order; dropped by any change to the model.
         self._serving: dict[str, Snapshot] = {}
+        # The walk of an expiry done in slices, and its cutoff, between slices.
+        self._expiring: tuple[datetime, Iterator[tuple[InstanceKey, ModelInstance]]] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -124,7 +141,7 @@ class InstanceIndex:
                 # over its bucket (``settle``, ``expire``): it may be filed earlier
                 # than its last beat, and finding where would cost more than the walk.
         else:
-            self._unhealthy.pop(record.key, None)
+            self._undying(record)
 
     def _link(self, record: ModelInstance, key: InstanceKey | None = None) -> None:
         """Put ``record`` where its current state says (after changing it). A record
@@ -141,7 +158,33 @@ class InstanceIndex:
                 self._expirable += 1
                 self._wheel.file(key, second_of(record.last_heartbeat))  # type: ignore[arg-type]
         else:
-            self._unhealthy[key] = record
+            self._dying_from(key, record)
+
+    def _dying_from(self, key: InstanceKey, record: ModelInstance) -> None:
+        second = second_of(record.unhealthy_since)
+        if second is not None:  # (never heard from, held by its check: never evicted)
+            bucket = self._dying.get(second)
+            if bucket is None:
+                self._dying[second] = {key: None}
+            else:
+                bucket[key] = None
+
+    def _undying(self, record: ModelInstance) -> None:
+        second = second_of(record.unhealthy_since)
+        bucket = self._dying.get(second)  # type: ignore[arg-type]
+        if bucket is not None:
+            bucket.pop(record.key, None)
+            if not bucket:
+                del self._dying[second]  # type: ignore[arg-type]
+
+    def _evictable(self, cutoff: datetime) -> Iterator[InstanceKey]:
+        """The keys of the records unhealthy since before ``cutoff``."""
+        last = second_of(cutoff)
+        for second, bucket in self._dying.items():
+            if second < last:  # type: ignore[operator]
+                yield from bucket
+            elif second == last:
+                yield from (k for k in bucket if self.records[k].unhealthy_since < cutoff)  # type: ignore[operator]
 
     def _store(self, record: ModelInstance) -> None:
         key = record.key
@@ -214,7 +257,12 @@ class InstanceIndex:
         files each where it belongs (``settle``, in slices). So start-up works
         out no record's second, and the service is ready sooner.
         """
-        by_key, by_model, unhealthy, starting = self.records, self._by_model, self._unhealthy, self._starting
+        by_key, by_model, starting, dying_from = (
+            self.records,
+            self._by_model,
+            self._starting,
+            self._dying_from,
+        )
         add_host = self._add_host
         filed = self._wheel.at_dawn()
         for record in records:
@@ -230,7 +278,7 @@ class InstanceIndex:
             if record.state == "starting":
                 starting[key] = record
             if not record.healthy:
-                unhealthy[key] = record
+                dying_from(key, record)
             elif record.check_healthy and record.last_heartbeat is not None and record.ready:
                 filed[key] = None
         self._expirable = len(filed)
@@ -406,36 +454,40 @@ class InstanceIndex:
     ) -> list[ModelInstance]:
         """Mark unhealthy the expirable records last heard before ``cutoff``,
         visiting only the wheel's buckets up to it. ``limit`` bounds the work
-        of one call, so a caller can yield between calls."""
+        of one call, so a caller can yield between calls: the next call with the
+        same cutoff goes on with the same walk (at a million, starting over each
+        time would copy the bucket a thousand times)."""
+        walk = self._expiring
+        if walk is None or walk[0] != cutoff:
+            walk = self._expiring = cutoff, self._wheel.silent(self.records, cutoff)
         expired: list[ModelInstance] = []
-        for key, record in self._wheel.silent(self.records, cutoff):
+        for key, record in walk[1]:
             marked = copy_record(record)
             marked.healthy, marked.unhealthy_since, marked.state_reason = False, now, reason
             self._put(marked)
-            self._unhealthy[key] = marked
+            self._dying_from(key, marked)
             self._expirable -= 1
             expired.append(marked)
             if limit is not None and len(expired) >= limit:
-                break
+                return expired
+        self._expiring = None
         return expired
 
     def census(self, expire_cutoff: datetime, evict_cutoff: datetime) -> Census:
         self.settle(expire_cutoff)  # (nothing to do after settle_in_slices)
         # Settled: the buckets up to the cutoff hold each silent record once.
         silent = self._wheel.silent_through(expire_cutoff)
-        evictable = sum(
-            1
-            for r in self._unhealthy.values()
-            if r.unhealthy_since is not None and r.unhealthy_since < evict_cutoff
-        )
+        last = second_of(evict_cutoff)
+        evictable = sum(len(bucket) for second, bucket in self._dying.items() if second < last)  # type: ignore[operator]
+        evictable += sum(
+            1 for key in self._dying.get(last, ()) if self.records[key].unhealthy_since < evict_cutoff
+        )  # type: ignore[arg-type, operator]
         return Census(self._expirable, silent, len(self.records), evictable)
 
-    def evict(self, cutoff: datetime) -> list[ModelInstance]:
-        doomed = [
-            r
-            for r in self._unhealthy.values()
-            if r.unhealthy_since is not None and r.unhealthy_since < cutoff
-        ]
+    def evict(self, cutoff: datetime, limit: int | None = None) -> list[ModelInstance]:
+        """Delete the records unhealthy since before ``cutoff``; at most ``limit``
+        in one call, so a caller can yield between calls."""
+        doomed = [self.records[key] for key in itertools.islice(self._evictable(cutoff), limit)]
         for record in doomed:
             self._remove(record)
         return doomed

@@ -12,7 +12,7 @@ from datetime import datetime
 from model_registry_sdk.record import InstanceKey, ModelInstance
 
 from .base import Edit, Storage, StoredToken
-from .index import IndexReads, InstanceIndex, expire_in_slices
+from .index import IndexReads, InstanceIndex, evict_in_slices, expire_in_slices
 
 __all__ = ["MemoryStorage"]
 
@@ -73,7 +73,7 @@ class MemoryStorage(IndexReads, Storage):
         return await expire_in_slices(self._index, cutoff, now, reason)
 
     async def evict(self, cutoff: datetime) -> list[ModelInstance]:
-        return self._index.evict(cutoff)
+        return await evict_in_slices(self._index, cutoff)
 
     async def tokens(self) -> list[StoredToken]:
         return [self._tokens[name] for name in sorted(self._tokens)]

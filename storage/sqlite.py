@@ -19,7 +19,7 @@ from typing import Any
 from model_registry_sdk.record import InstanceKey, ModelInstance
 
 from .base import Edit
-from .index import IndexReads, InstanceIndex, expire_in_slices
+from .index import IndexReads, InstanceIndex, evict_in_slices, expire_in_slices
 from .interning import collector_paused
 from .journal import QUOTED_COLUMNS, Journal, record_of
 from .sql import SQLStorage
@@ -186,7 +186,7 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
         return expired
 
     async def evict(self, cutoff: datetime) -> list[ModelInstance]:
-        evicted = self._index.evict(cutoff)
+        evicted = await evict_in_slices(self._index, cutoff)
         if evicted:
             await self._commit([r.key for r in evicted])
         return evicted

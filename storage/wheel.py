@@ -140,13 +140,20 @@ class TimingWheel:
 
         Visits only the buckets up to the cutoff's second, filing again (as
         ``settle`` does) what it finds there that beat since, and dropping what
-        changes left behind. The caller may stop early and ask again later.
+        changes left behind. The caller may stop early and resume the same walk
+        later (anything may change meanwhile: each key is looked at as it is
+        when reached); a key filed into a bucket after the walk reached it waits
+        for the next walk.
         """
         last = second_of(cutoff)
         wheel = self.buckets
         for second in sorted(b for b in wheel if b <= last):  # type: ignore[operator]
-            bucket = wheel[second]
-            for key in list(bucket):
+            for key in list(wheel.get(second, ())):  # (one copy of a bucket per walk)
+                bucket = wheel.get(second)
+                if bucket is None:
+                    break  # emptied and dropped meanwhile
+                if key not in bucket:
+                    continue  # moved meanwhile
                 record = records.get(key)
                 if record is None or not expirable(record):
                     del bucket[key]  # left behind by a change
@@ -160,7 +167,7 @@ class TimingWheel:
                     continue  # (or the cutoff's own second: later in that second)
                 del bucket[key]
                 yield key, record
-            if not bucket:
+            if not wheel.get(second, True):
                 del wheel[second]
 
     def silent_through(self, cutoff: datetime) -> int:

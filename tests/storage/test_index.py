@@ -158,6 +158,22 @@ def test_expire_can_be_done_in_slices() -> None:
     assert [len(s) for s in slices] == [10, 10, 5, 0]
 
 
+def test_eviction_counts_and_takes_only_the_seconds_past_its_cutoff_in_slices() -> None:
+    index = InstanceIndex()
+    for n in range(30):
+        index.upsert(ModelInstance("m", "h", n + 1, healthy=True, last_heartbeat=T0, registered_at=T0))
+        index.mark_unhealthy(InstanceKey("m", "h", n + 1), T0 + timedelta(seconds=n // 10, microseconds=n))
+    assert len(index._dying) == 3  # three seconds, ten records each
+    cutoff = T0 + timedelta(seconds=2, microseconds=25)  # within the third second
+    assert index.census(T0, cutoff).evictable == 25
+    slices = [index.evict(cutoff, limit=10) for _ in range(4)]
+    assert [len(s) for s in slices] == [10, 10, 5, 0]
+    assert sorted(r.port for s in slices for r in s) == list(range(1, 26))
+    assert list(index._dying) == [int(T0.timestamp()) + 2]  # emptied seconds go
+    index.upsert(ModelInstance("m", "h", 30, healthy=True, last_heartbeat=T0, registered_at=T0))  # revived
+    assert index.census(T0, T0 + timedelta(hours=1)).evictable == 4
+
+
 def test_records_without_metadata_share_one_that_refuses_changes() -> None:
     index = InstanceIndex()
     first = index.insert(ModelInstance("m", "10.0.0.1", 8000, metadata={}))
