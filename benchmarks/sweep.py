@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import sys
@@ -58,10 +59,8 @@ class Ticker:
         if late > 0:  # the tick due last: whatever held the loop until now held it too
             self.lags.append(late)
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
 
     async def _run(self) -> None:
         while True:
@@ -131,7 +130,7 @@ async def measure(count: int, backend: str, workdir: Path) -> dict:
         collector = Collector()  # as the server keeps it, once it is up
         collector.start()
         clock.advance(TIMEOUT + 1)  # past the start-up grace; nobody silent for long yet
-        for n, body in enumerate(bodies):
+        for body in bodies:
             await registry.heartbeat(body)
         sweeps.append(await _timed(registry, "first"))
         clock.advance(TIMEOUT + 1)
