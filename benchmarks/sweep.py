@@ -115,8 +115,6 @@ async def measure(count: int, backend: str, workdir: Path) -> dict:
     async with open_storage(url) as storage, _registry(storage, clock) as registry:
         for start in range(0, count, BATCH):
             await registry.register_many(bodies[start : start + BATCH])
-        if backend != "memory":
-            await storage.flush()
     # Started again on what was stored (SQLite), or kept as it is (memory: no restart).
     sweeps = []
     storage = open_storage(url) if backend != "memory" else None

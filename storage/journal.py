@@ -41,7 +41,7 @@ from .index import InstanceIndex
 from .schema import ExactFloat, UTCDateTime, instances
 from .tasks import cancelled
 
-__all__ = ["Journal", "beat_rows", "record_of", "row_of"]
+__all__ = ["Journal", "beat_rows", "mark_rows", "record_of", "row_of"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,13 @@ _DELETE = "DELETE FROM instances WHERE model_name = ? AND host = ? AND port = ?"
 _BEAT = (
     "UPDATE instances SET last_heartbeat = ?, queue_length = ?, waiting = ?, running = ?, "
     "kv_cache_usage = ?, load_at = ? WHERE model_name = ? AND host = ? AND port = ?"
+)
+# An expiry (the checker's mark) changes only these and the heartbeat columns: a
+# quarter of a whole row's cost, which counts when a mass failure marks a million.
+_MARK = (
+    "UPDATE instances SET healthy = ?, unhealthy_since = ?, state_reason = ?, last_heartbeat = ?, "
+    "queue_length = ?, waiting = ?, running = ?, kv_cache_usage = ?, load_at = ? "
+    "WHERE model_name = ? AND host = ? AND port = ?"
 )
 _CHUNK = 1000  # rows per statement: bounds how long the event loop spends building one
 
@@ -118,6 +125,15 @@ def row_of(record: ModelInstance) -> tuple:
     return tuple(row)
 
 
+def mark_rows(records: dict[InstanceKey, ModelInstance], keys: list[InstanceKey]) -> list[tuple]:
+    """``_MARK``'s parameters for those of ``keys`` still in ``records``: the health
+    columns, then ``_BEAT``'s."""
+    return [
+        (r.healthy, _text(r.unhealthy_since), r.state_reason, *beat)
+        for r, beat in zip((records[k] for k in keys if k in records), beat_rows(records, keys), strict=True)
+    ]
+
+
 def beat_rows(records: dict[InstanceKey, ModelInstance], keys: Iterable[InstanceKey]) -> list[tuple]:
     """``_BEAT``'s parameters for those of ``keys`` still in ``records``.
 
@@ -174,6 +190,7 @@ class Journal:
         self._urgent: set[InstanceKey] = set()  # whole rows, someone waiting
         self._lazy: set[InstanceKey] = set()  # whole rows, nobody waiting (a retry)
         self._beats: set[InstanceKey] = set()  # only heartbeat columns changed
+        self._marks: set[InstanceKey] = set()  # only health and heartbeat columns, someone waiting
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -197,15 +214,17 @@ class Journal:
     @property
     def pending(self) -> int:
         """Records waiting to be written (whole, or only their heartbeat columns)."""
-        return len(self._urgent) + len(self._lazy) + len(self._beats)
+        return len(self._urgent) + len(self._lazy) + len(self._beats) + len(self._marks)
 
     def later(self, key: InstanceKey) -> None:
         """``key`` was beaten: its heartbeat columns may wait for the next flush."""
         self._beats.add(key)
 
-    async def now(self, keys: Iterable[InstanceKey]) -> None:
-        """Return once the current state of ``keys`` is committed to the file."""
-        self._urgent.update(keys)
+    async def now(self, keys: Iterable[InstanceKey], *, marked: bool = False) -> None:
+        """Return once the current state of ``keys`` is committed to the file.
+        ``marked``: all they changed is health (``healthy``, ``unhealthy_since``,
+        ``state_reason``) and heartbeats, as an expiry does: written as such."""
+        (self._marks if marked else self._urgent).update(keys)
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._wake.set()
@@ -227,34 +246,38 @@ class Journal:
 
     async def _write_pending(self) -> None:
         keys = self._urgent | self._lazy if self._lazy else self._urgent
-        beats = self._beats - keys if keys else self._beats  # a key written whole needs no beat
+        marks = self._marks - keys if keys else self._marks  # a key written whole needs no mark
+        beats = self._beats - keys if keys else self._beats  # ... nor a beat
+        if marks:
+            beats -= marks  # (a mark writes the heartbeat columns too)
         waiters = self._waiters
-        self._urgent, self._lazy, self._beats, self._waiters = set(), set(), set(), []
-        if not keys and not beats:
+        self._urgent, self._lazy, self._beats, self._marks, self._waiters = set(), set(), set(), set(), []
+        if not keys and not beats and not marks:
             _settle(waiters, None)
             return
         started = time.perf_counter()
         try:
-            await self._write(keys, beats)
+            await self._write(keys, beats, marks)
         except asyncio.CancelledError:
-            self._lazy |= keys | beats  # stop() writes them
+            self._lazy |= keys | beats | marks  # stop() writes them
             _settle(waiters, StorageUnavailable("the registry is shutting down; retry"))
             raise
         except Exception as exc:
             self.healthy = False
             self.failures += 1
-            self._lazy |= keys | beats  # written again, whole, with the next transaction
+            self._lazy |= keys | beats | marks  # written again, whole, with the next transaction
             _settle(waiters, exc if isinstance(exc, StorageUnavailable) else StorageUnavailable(str(exc)))
             raise
         self.seconds += time.perf_counter() - started
         self.healthy = True
         _settle(waiters, None)
 
-    async def _write(self, keys: set[InstanceKey], beats: set[InstanceKey]) -> None:
+    async def _write(self, keys: set[InstanceKey], beats: set[InstanceKey], marks: set[InstanceKey]) -> None:
         records = self._index.records
         present = [k for k in keys if k in records]
         gone = [tuple(k) for k in keys if k not in records]
         beaten = list(beats)
+        marked = list(marks)
         try:
             async with self._engine.begin() as conn:
                 # Rows are built from the index as it is now, chunk by chunk.
@@ -265,6 +288,10 @@ class Journal:
                     rows = beat_rows(records, beaten[start : start + _CHUNK])
                     if rows:
                         await conn.exec_driver_sql(_BEAT, rows)
+                for start in range(0, len(marked), _CHUNK):
+                    rows = mark_rows(records, marked[start : start + _CHUNK])
+                    if rows:
+                        await conn.exec_driver_sql(_MARK, rows)
                 if gone:
                     await conn.exec_driver_sql(_DELETE, gone)
         except (SQLAlchemyError, OSError) as exc:

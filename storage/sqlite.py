@@ -30,6 +30,7 @@ __all__ = ["SQLiteStorage"]
 FLUSH_INTERVAL = 1.0
 _SELECT_ALL = f"SELECT {', '.join(QUOTED_COLUMNS)} FROM instances"
 _LOAD_CHUNK = 20_000  # rows read at a time at start-up
+_COMMIT_CHUNK = 50_000  # rows a sweep commits at a time
 
 
 class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not SQL
@@ -81,10 +82,16 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
             await self._journal.stop()
         await super()._close()
 
-    async def _commit(self, keys: list[InstanceKey]) -> None:
+    async def _commit(self, keys: list[InstanceKey], *, marked: bool = False) -> None:
         assert self._journal is not None, "storage is not open"
         async with self._guard("write to the database"):
-            await self._journal.now(keys)
+            await self._journal.now(keys, marked=marked)
+
+    async def _commit_many(self, keys: list[InstanceKey], *, marked: bool = False) -> None:
+        """``_commit`` a sweep's keys in transactions of at most ``_COMMIT_CHUNK``,
+        each within the storage's time limit (a mass failure marks a million)."""
+        for start in range(0, len(keys), _COMMIT_CHUNK):
+            await self._commit(keys[start : start + _COMMIT_CHUNK], marked=marked)
 
     # -- writes: change the index, then make it durable -----------------------
 
@@ -182,11 +189,11 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
     async def expire(self, cutoff: datetime, now: datetime, reason: str | None = None) -> list[ModelInstance]:
         expired = await expire_in_slices(self._index, cutoff, now, reason)
         if expired:
-            await self._commit([r.key for r in expired])
+            await self._commit_many([r.key for r in expired], marked=True)
         return expired
 
     async def evict(self, cutoff: datetime) -> list[ModelInstance]:
         evicted = await evict_in_slices(self._index, cutoff)
         if evicted:
-            await self._commit([r.key for r in evicted])
+            await self._commit_many([r.key for r in evicted])
         return evicted

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 
 from alembic import command
-from model_registry.storage import InvalidStorageURL, StorageUnavailable, open_storage
+from model_registry.storage import InstanceKey, InvalidStorageURL, StorageUnavailable, open_storage
 from model_registry.storage.journal import _BEAT
 from model_registry.storage.migrations import HEAD, alembic_config
 from model_registry.storage.schema import POSTGRESQL_ONLY_INDEXES, metadata
@@ -144,6 +145,36 @@ async def test_a_probe_transition_is_durable_and_load_is_written_behind(tmp_path
         (got,) = await storage.list()
     assert not got.healthy and got.state_reason == "probe: connection refused"
     assert (got.waiting, got.running, got.kv_cache_usage, got.load_at) == (1, 2, 0.5, T0)
+
+
+async def test_an_expiry_is_written_as_a_mark_with_the_beats_before_it(tmp_path: Path) -> None:
+    """The checker's marks are written as health and heartbeat columns only (a
+    mass failure marks a million), durably, with the beats still pending."""
+    url = sqlite_url(tmp_path / "r.db")
+    later, now = T0 + timedelta(seconds=5), T0 + timedelta(minutes=5)
+    async with open_storage(url) as storage:
+        await storage.upsert(record(metadata={"gpu": "a100"}, weight=2.0))
+        await storage.upsert(record(host="10.0.0.2"))
+        await storage.touch(InstanceKey("m", "10.0.0.1", 8000), later, 7)  # written behind
+        expired = await storage.expire(T0 + timedelta(minutes=1), now, "heartbeat timeout 30 s")
+        assert len(expired) == 2 and storage._journal.pending == 0
+        with sqlite3.connect(tmp_path / "r.db") as conn:
+            rows = conn.execute(
+                "SELECT host, healthy, state_reason, queue_length FROM instances ORDER BY host"
+            )
+            assert rows.fetchall() == [
+                ("10.0.0.1", 0, "heartbeat timeout 30 s", 7),
+                ("10.0.0.2", 0, "heartbeat timeout 30 s", None),
+            ]
+    async with open_storage(url) as reopened:
+        first, second = await reopened.list()
+    assert (first.healthy, first.unhealthy_since, first.last_heartbeat, first.queue_length) == (
+        False,
+        now,
+        later,
+        7,
+    )
+    assert first.metadata == {"gpu": "a100"} and first.weight == 2.0 and not second.healthy
 
 
 def test_head_names_the_newest_migration() -> None:
