@@ -19,7 +19,8 @@ thousands of beats, fresh connections, listings and selections finds nothing).
 What is frozen and later becomes cyclic garbage is not found again, so when the
 process's peak resident memory has grown past twice what it was after the last
 *deep* collection (of everything, frozen included), another is made: its pause
-is paid once per doubling, like a growing array's copies, and said in the log.
+is paid once per doubling (and at most once in ``DEEP_GAP``), like a growing
+array's copies, and said in the log.
 (Counting the frozen objects instead would walk them all: 10 ms at 400,000.)
 """
 
@@ -41,6 +42,10 @@ log = logging.getLogger(__name__)
 #: Seconds between freezes: what one walk of the youngest generation can hold at
 #: 100,000 beats a second stays about a millisecond of work.
 PERIOD = 0.1
+#: Seconds at least between deep collections (a large fleet's load grows the heap
+#: for real: it would double several times in a minute, and a deep collection
+#: of a million records holds the loop for a second or two).
+DEEP_GAP = 600.0
 #: Growth of the peak resident memory, in bytes, below which no deep collection is
 #: worth its pause, whatever the doubling says.
 SLACK = 64 * 1024 * 1024
@@ -52,6 +57,7 @@ class Collector:
         self.deep_collections = 0
         self.deep_seconds = 0.0
         self._after_deep = 0
+        self._next_deep = time.monotonic() + DEEP_GAP
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -69,7 +75,7 @@ class Collector:
         while True:
             await asyncio.sleep(self.period)
             gc.freeze()
-            if _peak_rss() > 2 * self._after_deep + SLACK:
+            if _peak_rss() > 2 * self._after_deep + SLACK and time.monotonic() >= self._next_deep:
                 self.deep_collect()
 
     def deep_collect(self) -> None:
@@ -82,6 +88,7 @@ class Collector:
         self.deep_collections += 1
         self.deep_seconds += took
         self._after_deep = _peak_rss()
+        self._next_deep = time.monotonic() + DEEP_GAP
         log.info("deep garbage collection", extra={"seconds": round(took, 3), "freed": found})
 
 

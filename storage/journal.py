@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import operator
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -67,6 +69,7 @@ _MARK = (
     "queue_length = ?, waiting = ?, running = ?, kv_cache_usage = ?, load_at = ? "
     "WHERE model_name = ? AND host = ? AND port = ?"
 )
+_SORT_RUN = 2000  # keys sorted at once (about a millisecond)
 _CHUNK = 1000  # rows per statement: bounds how long the event loop spends building one
 
 
@@ -277,7 +280,7 @@ class Journal:
         present = [k for k in keys if k in records]
         gone = [tuple(k) for k in keys if k not in records]
         beaten = list(beats)
-        marked = list(marks)
+        marked = await _in_key_order(marks) if marks else iter(())
         try:
             async with self._engine.begin() as conn:
                 # Rows are built from the index as it is now, chunk by chunk.
@@ -288,8 +291,8 @@ class Journal:
                     rows = beat_rows(records, beaten[start : start + _CHUNK])
                     if rows:
                         await conn.exec_driver_sql(_BEAT, rows)
-                for start in range(0, len(marked), _CHUNK):
-                    rows = mark_rows(records, marked[start : start + _CHUNK])
+                while chunk := list(itertools.islice(marked, _CHUNK)):
+                    rows = mark_rows(records, chunk)
                     if rows:
                         await conn.exec_driver_sql(_MARK, rows)
                 if gone:
@@ -300,6 +303,19 @@ class Journal:
                 f"sqlite storage failed to write: {in_our_words(cause)}", driver=str(cause)
             ) from exc
         self.transactions += 1
+
+
+async def _in_key_order(keys: set[InstanceKey]) -> Iterator[InstanceKey]:
+    """``keys`` in primary-key order, for the file's pages to be met in order: a
+    sweep's hundred thousand marks, in a set's order, cost five times as much
+    (random pages). Sorted in runs with a yield between them (50,000 at once
+    would hold the loop for 35 ms), then merged as they are written."""
+    listed = list(keys)
+    runs = []
+    for start in range(0, len(listed), _SORT_RUN):
+        runs.append(sorted(listed[start : start + _SORT_RUN]))
+        await asyncio.sleep(0)
+    return heapq.merge(*runs)
 
 
 def _settle(waiters: list[asyncio.Future[None]], failure: BaseException | None) -> None:
