@@ -395,7 +395,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated scenario prefixes (heartbeat,list,select,register,inprocess)",
+        help="comma-separated scenario prefixes (heartbeat,heartbeats-batch,list,select,register,inprocess,sweep)",
     )
     parser.add_argument(
         "--no-postgres", action="store_true", help="skip PostgreSQL even when it is installed"
@@ -579,6 +579,12 @@ def main() -> None:
             )
         if want("inprocess"):
             results.extend(inprocess.run_all(workdir))
+        if want("sweep"):
+            # The checker's sweeps at 10,000, 100,000 and 1,000,000 instances (a few minutes).
+            out = subprocess.run(
+                [sys.executable, str(HERE / "sweep.py")], cwd=ROOT, check=True, capture_output=True, text=True
+            ).stdout
+            results.extend(orjson.loads(out))
     finally:
         if postgres is not None:
             postgres.destroy()
