@@ -395,7 +395,8 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated scenario prefixes (heartbeat,heartbeats-batch,list,select,register,inprocess,sweep)",
+        help="comma-separated scenario prefixes (heartbeat, heartbeats-batch, list, select, register, "
+        "inprocess, sweep)",
     )
     parser.add_argument(
         "--no-postgres", action="store_true", help="skip PostgreSQL even when it is installed"
