@@ -197,20 +197,26 @@ class Registry(DBGPTMethods):
         """Create or update an instance, with the load it reports if it does;
         returns it as stored and whether it is new."""
         core = self._core
-        record = self._targets(instance_from(instance))
-        previous = None
-        if record.check is not None:
-            with core.noting_outages():
-                previous = await self.storage.get(record.key)
-        record = self._fresh(record, previous)
+        record = await self._admitted(instance)
         record.queue_length = queue_length
-        await self._room_for(record.key)
         with core.noting_outages():
             stored, created = await self.storage.upsert(record)
         if created:
             log.info("instance registered", extra=fields_of(stored.key))
         core.publish(Change.REGISTERED if created else Change.UPDATED, stored)
         return stored, created
+
+    async def _admitted(self, instance: ModelInstance | dict[str, Any]) -> ModelInstance:
+        """A registration, validated, with its server-managed fields, once there is
+        room for it (raises ``InvalidRequest`` or ``InstanceLimit`` otherwise)."""
+        record = self._targets(instance_from(instance))
+        previous = None
+        if record.check is not None:
+            with self._core.noting_outages():
+                previous = await self.storage.get(record.key)
+        record = self._fresh(record, previous)
+        await self._room_for(record.key)
+        return record
 
     async def register_many(
         self, bodies: list[Any], refuse: Callable[[dict[str, Any]], str | None] | None = None
@@ -231,13 +237,7 @@ class Registry(DBGPTMethods):
                 results[i] = ("refused", why)
                 continue
             try:
-                record = self._targets(instance_from(body))
-                previous = None
-                if record.check is not None:
-                    with core.noting_outages():
-                        previous = await self.storage.get(record.key)
-                record = self._fresh(record, previous)
-                await self._room_for(record.key)  # (the caps hold to within one batch)
+                record = await self._admitted(body)  # (the caps hold to within one batch)
             except (InvalidRequest, InstanceLimit) as exc:
                 results[i] = ("refused", exc.detail)
                 continue
