@@ -32,10 +32,10 @@ from model_registry_sdk.record import InstanceKey, ModelInstance
 
 from .base import Census, Edit
 from .errors import StorageUnavailable
-from .interning import clone, collector_paused
+from .interning import clone, collector_paused, compact
 from .notify import CHANNEL, Notifier, Remote
 from .options import PoolOptions
-from .schema import instances
+from .schema import SELECT_ALL, instances
 from .shares import ProbeShares
 from .sql import SQLStorage
 from .tasks import cancelled
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 1.0
 _CHUNK = 1000
+_LOAD_CHUNK = 20_000  # rows read at a time at start-up
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 # The row of one instance, by its key's bound parameters.
@@ -135,11 +136,7 @@ class PostgresStorage(SQLStorage):
 
     async def _open(self) -> None:
         await super()._open()
-        # Know the fleet from the start, so that its beats take the fast path
-        # at once rather than after a first, written, beat each.
-        with collector_paused():
-            for record in await super().list():  # fresh from the database: kept as they are
-                self._file(record)
+        await self._load()
         self._flusher = asyncio.create_task(self._flush_forever(), name="postgres-heartbeats")
         assert self._engine is not None
         dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -149,6 +146,24 @@ class PostgresStorage(SQLStorage):
             await asyncio.wait_for(self._notifier.listening.wait(), self._pool.connect_timeout)
         except TimeoutError:
             log.warning("not yet listening for other replicas' changes; will keep trying")
+
+    async def _load(self) -> None:
+        """Know the fleet from the start, so that its beats take the fast path at
+        once rather than after a first, written, beat each: every row, read in
+        chunks through a cursor while the last is filed (a million in a few
+        seconds: ``docs/scale.md``). The driver decodes the columns (JSON too:
+        SQLAlchemy gives it the codec), so a row is the record's fields in order."""
+        async with self._guard("load the instances", bounded=False), self._engine.connect() as conn:  # type: ignore[union-attr]
+            raw = (await conn.get_raw_connection()).driver_connection
+            async with raw.transaction(isolation="repeatable_read", readonly=True):
+                cursor = await raw.cursor(SELECT_ALL)
+                with collector_paused():
+                    await self._read_ahead(lambda: cursor.fetch(_LOAD_CHUNK), self._file_rows)
+
+    def _file_rows(self, rows: Sequence[Any]) -> None:
+        file = self._file
+        for row in rows:
+            file(compact(ModelInstance(*row)))
 
     def announce(self, change: str, record: ModelInstance) -> None:
         if self._notifier is not None:

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["EXPIRABLE", "EVICTABLE", "instances", "metadata", "tokens"]
+__all__ = ["EXPIRABLE", "EVICTABLE", "SELECT_ALL", "instances", "metadata", "tokens"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -99,6 +99,10 @@ instances = Table(
     Column("ready", Boolean, nullable=False, server_default=true()),
     Column("startup_grace", ExactFloat, nullable=True),
 )
+
+#: Every row, in the table's column order (the record's): what a start-up reads
+#: through the driver itself, without SQLAlchemy's rows. "check" is an SQL keyword.
+SELECT_ALL = "SELECT " + ", ".join(f'"{c.name}"' for c in instances.c) + " FROM instances"
 
 #: API tokens: a digest of each secret, never the secret (see ``model_registry.auth``).
 tokens = Table(

@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -193,10 +193,12 @@ class SQLStorage(Storage):
             await self._engine.dispose()
 
     @contextlib.asynccontextmanager
-    async def _guard(self, what: str) -> AsyncIterator[None]:
-        """Wrap every driver error into ``StorageUnavailable`` at the boundary."""
+    async def _guard(self, what: str, *, bounded: bool = True) -> AsyncIterator[None]:
+        """Wrap every driver error into ``StorageUnavailable`` at the boundary,
+        and bound the whole in time, unless not ``bounded`` (a start-up's load,
+        which bounds each of its reads instead: ``_read_ahead``)."""
         timeout = self._pool.operation_timeout
-        deadline = asyncio.timeout(timeout)
+        deadline = asyncio.timeout(timeout if bounded else None)
         try:
             async with deadline:
                 yield
@@ -225,6 +227,29 @@ class SQLStorage(Storage):
             raise StorageUnavailable(
                 f"{self.name} storage failed to {what}: {in_our_words(cause)}", driver=str(cause)
             ) from exc
+
+    async def _read_ahead(
+        self, fetch: Callable[[], Awaitable[Sequence[Any]]], file: Callable[[Any], None]
+    ) -> None:
+        """``file`` each chunk ``fetch`` reads, until it reads none, while the
+        database (SQLite: the driver's thread, which gives up the interpreter
+        while it steps) reads the next. Each read is bounded by the operation
+        time limit, so a long load is not cut short while a stalled one is."""
+        reading = asyncio.ensure_future(fetch())
+        try:
+            while True:
+                async with asyncio.timeout(self._pool.operation_timeout):  # not wait_for: on 3.11
+                    rows = await reading  # it may swallow a cancellation that comes as the read ends
+                if not rows:
+                    break
+                reading = asyncio.ensure_future(fetch())
+                await asyncio.sleep(0)  # the next read under way (its request sent) before filing
+                file(rows)
+        finally:
+            if not reading.done():  # failed while filing, or timed out: let the read end first
+                reading.cancel()
+                with contextlib.suppress(BaseException):
+                    await reading
 
     @contextlib.asynccontextmanager
     async def _write(self, what: str) -> AsyncIterator[AsyncConnection]:

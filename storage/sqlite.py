@@ -10,8 +10,6 @@ file is loaded into the index.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -21,14 +19,14 @@ from model_registry_sdk.record import InstanceKey, ModelInstance
 from .base import Edit
 from .index import IndexReads, InstanceIndex, evict_in_slices, expire_in_slices
 from .interning import collector_paused
-from .journal import QUOTED_COLUMNS, Journal, record_of
+from .journal import Journal, record_of
+from .schema import SELECT_ALL
 from .sql import SQLStorage
 
 __all__ = ["SQLiteStorage"]
 
 #: Default bound on the heartbeat timestamps a crash can lose, in seconds.
 FLUSH_INTERVAL = 1.0
-_SELECT_ALL = f"SELECT {', '.join(QUOTED_COLUMNS)} FROM instances"
 _LOAD_CHUNK = 20_000  # rows read at a time at start-up
 _COMMIT_CHUNK = 50_000  # rows a sweep commits at a time
 
@@ -42,28 +40,20 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
 
     async def _open(self) -> None:
         await super()._open()
-        async with self._guard("load the instances"), self._engine.connect() as conn:  # type: ignore[union-attr]
-            with collector_paused():
-                await self._load(await conn.get_raw_connection())
+        async with self._guard("load the instances", bounded=False), self._engine.connect() as conn:  # type: ignore[union-attr]
+            raw = (await conn.get_raw_connection()).driver_connection
+            cursor = await raw.execute(SELECT_ALL)
+            try:
+                with collector_paused():
+                    await self._read_ahead(
+                        lambda: cursor.fetchmany(_LOAD_CHUNK),
+                        lambda rows: self._index.load_more(map(record_of, rows)),
+                    )
+            finally:
+                await cursor.close()
+            self._index.loaded()
         self._journal = Journal(self._index, self._engine, self.flush_interval)  # type: ignore[arg-type]
         await self._journal.start()
-
-    async def _load(self, raw: Any) -> None:
-        """Read every row into the index, in chunks: the driver's thread reads the
-        next (SQLite gives up the interpreter while it steps) while this one files
-        the last. A million rows are ready in a few seconds (``docs/scale.md``)."""
-        cursor = await raw.driver_connection.execute(_SELECT_ALL)
-        reading = asyncio.ensure_future(cursor.fetchmany(_LOAD_CHUNK))
-        try:
-            while rows := await reading:
-                reading = asyncio.ensure_future(cursor.fetchmany(_LOAD_CHUNK))
-                self._index.load_more(map(record_of, rows))
-        finally:
-            if not reading.done():  # failed while filing: let the read end first
-                with contextlib.suppress(Exception):
-                    await reading
-            await cursor.close()
-        self._index.loaded()
 
     def stats(self) -> dict[str, Any]:
         stats = super().stats()

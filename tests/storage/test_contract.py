@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -536,3 +537,57 @@ async def test_upsert_many_creates_and_updates_in_one_go_and_keeps_them(storage_
         ("10.0.0.2", 5.0, {}),
         ("10.0.0.3", 1.0, {"gpu": "h100"}),
     ]
+
+
+async def test_a_start_up_reads_every_row_in_chunks_within_each_reads_time_limit(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large table is read a chunk at a time (here 3 rows), and the load as a
+    whole may take longer than one operation may (here 0.2 s), so long as each
+    read does not: a million rows are not cut short, a stalled database is."""
+    if storage_url == "memory://":
+        return
+    from model_registry.storage import PoolOptions, postgres, sqlite
+
+    rows = [
+        record(
+            f"m{i % 3}",
+            host=f"10.0.1.{i}",
+            weight=float(i),
+            metadata={"gpu": "h100", "i": i},
+            check={"kind": "http", "path": "/health"} if i % 2 else None,
+            overrides={"weight": float(i)} if i % 5 == 0 else None,
+            unhealthy_since=None if i % 4 else T0,
+            healthy=bool(i % 4),
+            queue_length=i,
+            kv_cache_usage=0.5,
+        )
+        for i in range(20)
+    ]
+    async with open_storage(storage_url) as storage:
+        await storage.upsert_many(rows)
+        written = await storage.list()
+    for module in (sqlite, postgres):
+        monkeypatch.setattr(module, "_LOAD_CHUNK", 3)
+    chunks: list[int] = []
+    if storage_url.startswith("sqlite"):
+        owner, name = sqlite.InstanceIndex, "load_more"
+    else:
+        owner, name = postgres.PostgresStorage, "_file_rows"
+    file = getattr(owner, name)
+
+    def slow_file(self, records) -> None:
+        records = list(records)
+        chunks.append(len(records))
+        time.sleep(0.06)  # seven chunks: longer in all than the operation limit
+        file(self, records)
+
+    monkeypatch.setattr(owner, name, slow_file)
+    reopened = open_storage(storage_url)
+    reopened._pool = PoolOptions(operation_timeout=0.2)
+    async with reopened:
+        assert await reopened.list() == written
+        if isinstance(reopened, postgres.PostgresStorage):  # known: healthy beats take the fast path
+            beaten = reopened.beat(rows[1].key, T0 + timedelta(seconds=1), None)
+            assert beaten is not None and beaten.metadata == {"gpu": "h100", "i": 1}
+    assert chunks == [3] * 6 + [2]
