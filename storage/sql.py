@@ -66,7 +66,7 @@ _KEY_COLUMNS = ("model_name", "host", "port")
 _KEPT_ON_UPSERT = frozenset({*_KEY_COLUMNS, "registered_at", "cooldown_until"})
 
 
-#: What the heartbeat timeout may expire: the partial index's rows (``EXPIRABLE``)
+#: What the heartbeat timeout may expire: healthy, checked records (``EXPIRABLE``)
 #: that are ready (one starting is held by its start-up grace instead).
 _EXPIRING = EXPIRABLE & (_t.c.ready == true())
 #: Serving: healthy and ready (selection and ``healthy_only`` listings).

@@ -41,8 +41,10 @@ def _free_port() -> int:
 
 
 class PostgresCluster:
-    def __init__(self, binaries: Path) -> None:
+    def __init__(self, binaries: Path, settings: dict[str, str] | None = None) -> None:
         self.binaries = binaries
+        #: Server settings over the tests' (which trade durability for speed).
+        self.settings = settings or {}
         self.root = Path(tempfile.mkdtemp(prefix="registry-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
@@ -64,7 +66,7 @@ class PostgresCluster:
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
             "-c fsync=off -c full_page_writes=off -c max_connections=300"
-        )
+        ) + "".join(f" -c {name}={value}" for name, value in self.settings.items())
         self._run(
             "pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options, "-w", "start"
         )

@@ -170,7 +170,9 @@ def test_the_server_wheel_holds_the_package_and_nothing_else(build: Build) -> No
         for n in names
         if n.startswith("model_registry/migrations/versions/") and n.endswith(".py")
     )
-    assert [r[:4] for r in revisions] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"], revisions
+    assert [r[:4] for r in revisions] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"], (
+        revisions
+    )
     # Every module of the four source folders, and no other (a new subpackage left out
     # of pyproject.toml's packages list would be missing here).
     expected = set().union(*(_modules(build.source, f, to) for f, to in SERVER_FOLDERS.items()))
@@ -216,7 +218,7 @@ def test_the_installed_wheels_migrate_and_serve(server_python: Path, tmp_path: P
     run([bin_dir / "model-registry", "migrate", "--storage", f"sqlite+aiosqlite:///{database}"], cwd=work)
     assert database.is_file()
     with contextlib.closing(sqlite3.connect(database)) as connection:
-        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [("0007",)]
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [("0008",)]
 
     served = tmp_path / "served.db"
     server = ServerProcess(

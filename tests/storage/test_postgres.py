@@ -11,7 +11,7 @@ import pytest
 
 from model_registry.storage import PoolOptions, StorageUnavailable, open_storage
 from model_registry.storage.migrations import HEAD, current_revision
-from model_registry.storage.schema import POSTGRESQL_ONLY_INDEXES
+from model_registry.storage.schema import BEAT_COLUMNS, FILLFACTOR, POSTGRESQL_ONLY_INDEXES
 from tests.storage.test_contract import T0, record
 
 
@@ -57,13 +57,47 @@ async def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
     try:
         async with backends[0]._engine.connect() as conn:
             assert await conn.run_sync(current_revision) == HEAD
-            # The checker sweeps in SQL here, so its partial indexes stay (SQLite drops them).
+            # The checker evicts in SQL here, with a partial index (SQLite has none).
             indexes = await conn.exec_driver_sql(
                 "SELECT indexname FROM pg_indexes WHERE tablename = 'instances'"
             )
             assert set(POSTGRESQL_ONLY_INDEXES) <= {name for (name,) in indexes}
     finally:
         await asyncio.gather(*(b.__aexit__(None, None, None) for b in backends))
+
+
+async def test_a_beats_update_can_be_heap_only(pg_url: str) -> None:
+    """No index covers a column a beat writes, and pages keep room for new row
+    versions: PostgreSQL can then update a beat's row in place (HOT), writing no
+    index entries (``benchmarks/fleet.py`` measures the share and the WAL)."""
+    async with open_storage(pg_url) as storage:
+        async with storage._engine.connect() as conn:
+            definitions = [
+                d
+                for (d,) in await conn.exec_driver_sql(
+                    "SELECT indexdef FROM pg_indexes WHERE tablename = 'instances'"
+                )
+            ]
+            options = await conn.exec_driver_sql(
+                "SELECT reloptions FROM pg_class WHERE relname = 'instances'"
+            )
+            assert options.scalar_one() == [f"fillfactor={FILLFACTOR}"]
+        assert len(definitions) == 3  # the key, the address, the evictable
+        for column in BEAT_COLUMNS:
+            assert all(column not in d for d in definitions), column
+        # The write-behind's update, as a replica flushes it, is then HOT: the
+        # row's new version is a heap-only tuple (pageinspect reads its flags).
+        await storage.upsert(record("x"))
+        assert storage.beat(record("x").key, T0.replace(minute=9), 2) is not None
+        assert await storage.flush() == 1
+        async with storage._engine.begin() as conn:
+            await conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pageinspect")
+            flags = await conn.exec_driver_sql(
+                "SELECT i.t_infomask2 FROM instances r, "
+                "heap_page_items(get_raw_page('instances', (r.ctid::text::point)[0]::int)) i "
+                "WHERE r.model_name = 'x' AND i.lp = (r.ctid::text::point)[1]::int"
+            )
+            assert flags.scalar_one() & 0x8000  # HEAP_ONLY_TUPLE
 
 
 async def test_server_time_is_the_database_clock(pg_url: str) -> None:
