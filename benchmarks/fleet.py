@@ -8,7 +8,9 @@ through the same replica, spread evenly over the period, for three shapes:
 - ``batched``: 100,000 instances every 10 s, 100 beats a request (10,000 beats/s);
 - ``single``: 10,000 instances every 10 s, one beat a request (1,000 requests/s);
 - ``fast``: 10,000 instances every 0.25 s, 100 a request (40,000 beats/s): more
-  beats per instance than flushes, so fewer rows than beats.
+  beats per instance than flushes, so fewer rows than beats;
+- ``peak``: 100,000 instances every 2 s, 100 a request (50,000 beats/s): what this
+  machine's database sustains while the replicas and the load share its cores.
 
 Measured from the database's own counters over a steady window (after one
 period, so that every page has had its first write since the checkpoint made
@@ -17,8 +19,9 @@ per second, the share of updates that were HOT. The period right after the
 checkpoint is reported apart (``after_checkpoint``): it holds the full-page
 images, once per table page per checkpoint.
 
-Then the table is filled to ``--join`` rows (1,000,000) and a fourth replica is
-started on it: seconds until it answers ``/health`` (ready), and its memory.
+Then the table is filled to each of ``--join`` rows (100,000, then 1,000,000) and a
+fourth replica is started on it: seconds until it answers ``/health`` (ready), and
+its memory.
 
 ``python benchmarks/fleet.py`` prints the results as JSON (a few minutes).
 """
@@ -56,6 +59,7 @@ SHAPES = (
     Shape("batched", 100_000, 10.0, 100),
     Shape("single", 10_000, 10.0, 1),
     Shape("fast", 10_000, 0.25, 100),
+    Shape("peak", 100_000, 2.0, 100),
 )
 
 
@@ -176,6 +180,7 @@ async def measure_shape(shape: Shape, servers: list[Server], dsn: str, window: f
     connection = await asyncpg.connect(dsn)
     try:
         counters = Counters(connection)
+        await connection.execute("VACUUM instances")  # what the shape before left is not this one's cost
         await connection.execute("CHECKPOINT")
         fleet = Fleet([s.url for s in servers])
         warm = max(shape.period, 5.0)
@@ -214,6 +219,8 @@ async def fill(dsn: str, rows: int) -> None:
     connection = await asyncpg.connect(dsn)
     try:
         have = await connection.fetchval("SELECT count(*) FROM instances")
+        if have >= rows:
+            return
         await connection.execute(
             """
             INSERT INTO instances (model_name, host, port, weight, check_healthy, healthy, enabled,
@@ -223,8 +230,8 @@ async def fill(dsn: str, rows: int) -> None:
                    8000, 1.0, true, true, true, now(), '{"gpu": "a100"}'::json, now(), true
             FROM generate_series($1::int, $2::int) AS i
             """,
-            1,
-            rows - have,
+            have + 1,
+            rows,
         )
         await connection.execute("VACUUM ANALYZE instances")
     finally:
@@ -254,7 +261,9 @@ def main() -> None:
     )
     parser.add_argument("--shapes", default=",".join(s.name for s in SHAPES))
     parser.add_argument("--window", type=float, default=30.0, help="steady seconds measured per shape")
-    parser.add_argument("--join", type=int, default=1_000_000, help="rows a joining replica finds (0: none)")
+    parser.add_argument(
+        "--join", default="100000,1000000", help="rows a joining replica finds, growing ('': none)"
+    )
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > LOAD_CORE:
         os.sched_setaffinity(0, {LOAD_CORE})
@@ -281,8 +290,8 @@ def main() -> None:
         finally:
             for server in servers:
                 server.stop()
-        if args.join:
-            result = join(url, dsn, args.join)
+        for rows in map(int, filter(None, args.join.split(","))):
+            result = join(url, dsn, rows)
             sys.stderr.write(f"{result['scenario']:<16} {orjson.dumps(result).decode()}\n")
             results.append(result)
     finally:

@@ -396,7 +396,7 @@ def main() -> None:
         "--only",
         default="",
         help="comma-separated scenario prefixes (heartbeat, heartbeats-batch, list, select, register, "
-        "inprocess, sweep)",
+        "inprocess, sweep, fleet)",
     )
     parser.add_argument(
         "--no-postgres", action="store_true", help="skip PostgreSQL even when it is installed"
@@ -584,6 +584,12 @@ def main() -> None:
             # The checker's sweeps at 10,000, 100,000 and 1,000,000 instances (a few minutes).
             out = subprocess.run(
                 [sys.executable, str(HERE / "sweep.py")], cwd=ROOT, check=True, capture_output=True, text=True
+            ).stdout
+            results.extend(orjson.loads(out))
+        if want("fleet") and postgres is not None:
+            # Three replicas on one PostgreSQL while a fleet beats; a replica joining 1M rows (minutes).
+            out = subprocess.run(
+                [sys.executable, str(HERE / "fleet.py")], cwd=ROOT, check=True, capture_output=True, text=True
             ).stdout
             results.extend(orjson.loads(out))
     finally:
