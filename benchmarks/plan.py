@@ -31,11 +31,16 @@ COSTS = {
     "bytes_per_instance": 800,  # resident, every model listed once (inprocess, 1M)
     "bytes_per_watcher": 18.8 * 1024,  # an idle WebSocket watcher (fanout.py)
     "event_fanout_s_per_watcher": 0.105 / 10_000,  # a change reaching 10,000 watchers, p99
+    # Row updates a second one PostgreSQL primary sustained here, sharing two cores with three
+    # replicas and the load (fleet.py, peak): a floor; a dedicated primary does more (--primary-rows).
+    "primary_rows_per_s": 42_600,
 }
 #: The share of a core a replica may be busy, leaving room for bursts and restarts.
 TARGET_BUSY = 0.7
 #: PostgreSQL: a beat becomes at most one row update per flush (write-behind).
-ROW_BYTES_WAL = 250  # an estimate for a HOT update of one instances row (docs/scale.md)
+#: WAL bytes a row update: 138 steady (86 % HOT) and 388 in the period after a checkpoint
+#: (full-page images), one period in 30 with a 5-minute checkpoint: fleet.py, 100,000 every 10 s.
+ROW_BYTES_WAL = 146
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Plan:
     zipf: float
     seed: int
     placement: str
+    primary_rows: float
 
 
 def simulate(plan: Plan) -> dict:
@@ -94,6 +100,8 @@ def simulate(plan: Plan) -> dict:
             "rows_per_s_busiest_second": max(busiest_rows),
             "wal_mib_per_s_busiest": round(max(busiest_rows) * ROW_BYTES_WAL / 2**20, 2),
             "imbalance": round(max(per_cluster) / (fleet / plan.clusters), 2),
+            "primary_busy": round(max(busiest_rows) / plan.primary_rows, 2),
+            "fits": max(busiest_rows) <= plan.primary_rows * TARGET_BUSY,
         },
         "replicas_needed": math.ceil(core * plan.replicas / TARGET_BUSY),
         "fits": core < TARGET_BUSY and memory < 64 * 2**30,
@@ -141,6 +149,12 @@ def main() -> None:
     parser.add_argument("--zipf", type=float, default=1.1)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--placement", choices=("hash", "packed"), default="packed")
+    parser.add_argument(
+        "--primary-rows",
+        type=float,
+        default=COSTS["primary_rows_per_s"],
+        help="row updates a second one primary sustains (default: measured here, %(default)s)",
+    )
     args = parser.parse_args()
     import orjson
 
