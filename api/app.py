@@ -37,7 +37,7 @@ from .metrics import METRICS, Metrics
 from .prober import Prober
 from .responses import BODY_TIMEOUT, MAX_BODY_BYTES
 from .routes import setup_routes
-from .views import POLL_ANSWERS, PollAnswers
+from .views import LISTINGS, POLL_ANSWERS, PollAnswers
 
 __all__ = ["StartupError", "create_app"]
 
@@ -78,6 +78,7 @@ def create_app(
     app[LIFECYCLE] = lifecycle = Lifecycle(hosts=AllowedHosts.of(settings.host, settings.allowed_hosts))
     app[DISCONNECTS] = Disconnects()
     app[POLL_ANSWERS] = PollAnswers()
+    LISTINGS.resize(settings.listing_cache * 2**20)  # the process's one cache of listings
     app[CONNECTIONS] = ConnectionCap(settings.max_connections_per_client)
     app[METRICS] = Metrics()
     setup_routes(app, lifecycle)

@@ -27,6 +27,11 @@ class Memos:
         # id(snapshot) -> (a weak reference to it, its memo's size), oldest first.
         self._kept: OrderedDict[int, tuple[weakref.ref[Snapshot], int]] = OrderedDict()
 
+    def resize(self, budget: int) -> None:
+        """Keep at most ``budget`` bytes from now on (the oldest let go at once past it)."""
+        self.budget = budget
+        self._trim()
+
     def __len__(self) -> int:
         return len(self._kept)
 
@@ -34,11 +39,14 @@ class Memos:
         """Set ``snapshot``'s memo to ``body``, letting the oldest go past the budget."""
         size = len(body)
         if size > self.budget:
-            return  # one listing larger than the budget is written for each reader
+            return  # one listing larger than the budget (or any, at 0) is written for each reader
         key = id(snapshot)
         snapshot.memo = body
         self._kept[key] = (weakref.ref(snapshot, lambda _ref, key=key: self._gone(key)), size)
         self.bytes += size
+        self._trim()
+
+    def _trim(self) -> None:
         while self.bytes > self.budget:
             _, (ref, dropped) = self._kept.popitem(last=False)
             self.bytes -= dropped

@@ -130,6 +130,13 @@ class Settings(BaseSettings):
     metrics_max_models: int = Field(
         1000, ge=0, description="models with their own label in /metrics; the rest are summed as model=_other"
     )
+    listing_cache: int = Field(
+        64,
+        ge=0,
+        description="MiB of rendered listings kept, each model's written once per change and served to "
+        "every reader until the next (about 500 bytes an instance: a million instances' listings "
+        "take 500 MiB; past it, the least recently written are let go); 0 keeps none",
+    )
     max_long_polls: int = Field(
         20_000, ge=1, description="long-polls that may wait at once; past it 503 with Retry-After"
     )
