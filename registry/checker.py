@@ -178,11 +178,13 @@ class Checker:
         if not self._guarded(self._expiry_guard, "marking unhealthy", census.silent, census.checked, mono):
             with core.noting_outages():
                 expired = await storage.expire(expire_cutoff, now, f"heartbeat timeout {self.timeout:g} s")
+        logged = log.isEnabledFor(logging.INFO)  # (a mass failure's million lines' fields, unbuilt)
         for n, record in enumerate(expired, 1):
-            log.info(
-                "instance marked unhealthy: no heartbeat within the timeout",
-                extra={**fields_of(record.key), "timeout_s": self.timeout, "reason": record.state_reason},
-            )
+            if logged:
+                log.info(
+                    "instance marked unhealthy: no heartbeat within the timeout",
+                    extra={**fields_of(record.key), "timeout_s": self.timeout, "reason": record.state_reason},
+                )
             core.publish(Change.UNHEALTHY, record)
             if not n % ANNOUNCE_SLICE:
                 await asyncio.sleep(0)  # (a mass failure: let requests in between)
@@ -194,10 +196,11 @@ class Checker:
             with core.noting_outages():
                 evicted = await storage.evict(evict_cutoff)
             for n, record in enumerate(evicted, 1):
-                log.info(
-                    "instance evicted: unhealthy for longer than evict-after",
-                    extra={**fields_of(record.key), "evict_after_s": self.evict_after},
-                )
+                if logged:
+                    log.info(
+                        "instance evicted: unhealthy for longer than evict-after",
+                        extra={**fields_of(record.key), "evict_after_s": self.evict_after},
+                    )
                 core.publish(Change.EVICTED, record)
                 if not n % ANNOUNCE_SLICE:
                     await asyncio.sleep(0)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 from model_registry_sdk.record import (
@@ -67,29 +67,36 @@ async def settle_in_slices(index: InstanceIndex, cutoff: datetime) -> None:
         await asyncio.sleep(0)
 
 
-async def evict_in_slices(index: InstanceIndex, cutoff: datetime) -> list[ModelInstance]:
+#: Called with each slice a sweep takes, as it takes it (``expire_in_slices``).
+Each = Callable[[list[ModelInstance]], object]
+
+
+async def evict_in_slices(
+    index: InstanceIndex, cutoff: datetime, each: Each | None = None
+) -> list[ModelInstance]:
     """``index.evict`` in slices, yielding to the event loop between them."""
-    evicted: list[ModelInstance] = []
-    while True:
-        chunk = index.evict(cutoff, limit=SWEEP_SLICE)
-        evicted += chunk
-        if len(chunk) < SWEEP_SLICE:
-            return evicted
-        await asyncio.sleep(0)
+    return await _in_slices(lambda: index.evict(cutoff, limit=SWEEP_SLICE), each)
 
 
 async def expire_in_slices(
-    index: InstanceIndex, cutoff: datetime, now: datetime, reason: str | None = None
+    index: InstanceIndex, cutoff: datetime, now: datetime, reason: str | None = None, each: Each | None = None
 ) -> list[ModelInstance]:
     """``index.expire`` in slices, yielding to the event loop between them, so
     that a sweep which finds many silent instances at once (a rack lost its
-    network) does not stall the requests being served meanwhile."""
-    expired: list[ModelInstance] = []
+    network) does not stall the requests being served meanwhile. ``each`` is
+    given every slice as it is taken (SQLite writes them meanwhile)."""
+    return await _in_slices(lambda: index.expire(cutoff, now, limit=SWEEP_SLICE, reason=reason), each)
+
+
+async def _in_slices(take: Callable[[], list[ModelInstance]], each: Each | None) -> list[ModelInstance]:
+    taken: list[ModelInstance] = []
     while True:
-        chunk = index.expire(cutoff, now, limit=SWEEP_SLICE, reason=reason)
-        expired += chunk
+        chunk = take()
+        taken += chunk
+        if each is not None and chunk:
+            each(chunk)
         if len(chunk) < SWEEP_SLICE:
-            return expired
+            return taken
         await asyncio.sleep(0)
 
 

@@ -62,11 +62,12 @@ _BEAT = (
     "UPDATE instances SET last_heartbeat = ?, queue_length = ?, waiting = ?, running = ?, "
     "kv_cache_usage = ?, load_at = ? WHERE model_name = ? AND host = ? AND port = ?"
 )
-# An expiry (the checker's mark) changes only these and the heartbeat columns: a
-# quarter of a whole row's cost, which counts when a mass failure marks a million.
+# An expiry (the checker's mark) changes only these: a fifth of a whole row's
+# parameters, which counts when a mass failure marks a million (a silent
+# record's heartbeat columns were written long ago; a beat still pending is
+# written as one, beside it).
 _MARK = (
-    "UPDATE instances SET healthy = ?, unhealthy_since = ?, state_reason = ?, last_heartbeat = ?, "
-    "queue_length = ?, waiting = ?, running = ?, kv_cache_usage = ?, load_at = ? "
+    "UPDATE instances SET healthy = ?, unhealthy_since = ?, state_reason = ? "
     "WHERE model_name = ? AND host = ? AND port = ?"
 )
 _SORT_RUN = 2000  # keys sorted at once (about a millisecond)
@@ -129,12 +130,21 @@ def row_of(record: ModelInstance) -> tuple:
 
 
 def mark_rows(records: dict[InstanceKey, ModelInstance], keys: list[InstanceKey]) -> list[tuple]:
-    """``_MARK``'s parameters for those of ``keys`` still in ``records``: the health
-    columns, then ``_BEAT``'s."""
-    return [
-        (r.healthy, _text(r.unhealthy_since), r.state_reason, *beat)
-        for r, beat in zip((records[k] for k in keys if k in records), beat_rows(records, keys), strict=True)
-    ]
+    """``_MARK``'s parameters for those of ``keys`` still in ``records``. One
+    sweep marks them all at the same moment: its text is formatted once."""
+    rows = []
+    get = records.get
+    moment: datetime | None = None
+    text = None
+    for key in keys:
+        r = get(key)
+        if r is None:
+            continue  # deleted since: its key was marked whole, and its row is deleted
+        since = r.unhealthy_since
+        if since is not moment or text is None:
+            moment, text = since, _text(since)
+        rows.append((r.healthy, text, r.state_reason, *key))
+    return rows
 
 
 def beat_rows(records: dict[InstanceKey, ModelInstance], keys: Iterable[InstanceKey]) -> list[tuple]:
@@ -193,7 +203,7 @@ class Journal:
         self._urgent: set[InstanceKey] = set()  # whole rows, someone waiting
         self._lazy: set[InstanceKey] = set()  # whole rows, nobody waiting (a retry)
         self._beats: set[InstanceKey] = set()  # only heartbeat columns changed
-        self._marks: set[InstanceKey] = set()  # only health and heartbeat columns, someone waiting
+        self._marks: set[InstanceKey] = set()  # only health columns, someone waiting
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -223,10 +233,17 @@ class Journal:
         """``key`` was beaten: its heartbeat columns may wait for the next flush."""
         self._beats.add(key)
 
+    def behind(self, keys: Iterable[InstanceKey]) -> None:
+        """Write ``keys`` whole with the next transaction, nobody waiting (what a
+        failed or abandoned sweep changed and did not commit)."""
+        self._lazy.update(keys)
+        self._wake.set()
+
     async def now(self, keys: Iterable[InstanceKey], *, marked: bool = False) -> None:
         """Return once the current state of ``keys`` is committed to the file.
         ``marked``: all they changed is health (``healthy``, ``unhealthy_since``,
-        ``state_reason``) and heartbeats, as an expiry does: written as such."""
+        ``state_reason``), as an expiry does: written as such (with their beats
+        pending, if any, as beats)."""
         (self._marks if marked else self._urgent).update(keys)
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -251,8 +268,6 @@ class Journal:
         keys = self._urgent | self._lazy if self._lazy else self._urgent
         marks = self._marks - keys if keys else self._marks  # a key written whole needs no mark
         beats = self._beats - keys if keys else self._beats  # ... nor a beat
-        if marks:
-            beats -= marks  # (a mark writes the heartbeat columns too)
         waiters = self._waiters
         self._urgent, self._lazy, self._beats, self._marks, self._waiters = set(), set(), set(), set(), []
         if not keys and not beats and not marks:

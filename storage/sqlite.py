@@ -77,12 +77,6 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
         async with self._guard("write to the database"):
             await self._journal.now(keys, marked=marked)
 
-    async def _commit_many(self, keys: list[InstanceKey], *, marked: bool = False) -> None:
-        """``_commit`` a sweep's keys in transactions of at most ``_COMMIT_CHUNK``,
-        each within the storage's time limit (a mass failure marks a million)."""
-        for start in range(0, len(keys), _COMMIT_CHUNK):
-            await self._commit(keys[start : start + _COMMIT_CHUNK], marked=marked)
-
     # -- writes: change the index, then make it durable -----------------------
 
     async def upsert(self, record: ModelInstance) -> tuple[ModelInstance, bool]:
@@ -177,13 +171,54 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
         return record
 
     async def expire(self, cutoff: datetime, now: datetime, reason: str | None = None) -> list[ModelInstance]:
-        expired = await expire_in_slices(self._index, cutoff, now, reason)
-        if expired:
-            await self._commit_many([r.key for r in expired], marked=True)
+        writer = _SweepWriter(self, marked=True)
+        try:
+            expired = await expire_in_slices(self._index, cutoff, now, reason, each=writer.add)
+            await writer.finish()
+        except BaseException:
+            writer.abandon()
+            raise
         return expired
 
     async def evict(self, cutoff: datetime) -> list[ModelInstance]:
-        evicted = await evict_in_slices(self._index, cutoff)
-        if evicted:
-            await self._commit_many([r.key for r in evicted])
+        writer = _SweepWriter(self, marked=False)
+        try:
+            evicted = await evict_in_slices(self._index, cutoff, each=writer.add)
+            await writer.finish()
+        except BaseException:
+            writer.abandon()
+            raise
         return evicted
+
+
+class _SweepWriter:
+    """A sweep's changes, committed once it has taken them all: in transactions
+    of at most ``_COMMIT_CHUNK`` keys, one after another, each within the
+    storage's time limit. The keys are gathered slice by slice as the sweep
+    takes them (listing a million at the end held the loop for two seconds).
+    Writing while the sweep goes on was tried: the driver's thread then takes
+    the interpreter from the loop at every row, and the loop's lag doubled for
+    a tenth off the duration. What a failed (or cancelled) write leaves is the
+    journal's to write with its next transaction."""
+
+    def __init__(self, storage: SQLiteStorage, *, marked: bool) -> None:
+        self._storage = storage
+        self._marked = marked
+        self._keys: list[InstanceKey] = []
+        self._committed = 0
+
+    def add(self, records: list[ModelInstance]) -> None:
+        self._keys += [r.key for r in records]
+
+    async def finish(self) -> None:
+        """Return once every change added is committed."""
+        keys = self._keys
+        for start in range(0, len(keys), _COMMIT_CHUNK):
+            chunk = keys[start : start + _COMMIT_CHUNK]
+            await self._storage._commit(chunk, marked=self._marked)
+            self._committed = start + len(chunk)
+
+    def abandon(self) -> None:
+        journal = self._storage._journal
+        assert journal is not None
+        journal.behind(self._keys[self._committed :])

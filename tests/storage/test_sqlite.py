@@ -148,7 +148,7 @@ async def test_a_probe_transition_is_durable_and_load_is_written_behind(tmp_path
 
 
 async def test_an_expiry_is_written_as_a_mark_with_the_beats_before_it(tmp_path: Path) -> None:
-    """The checker's marks are written as health and heartbeat columns only (a
+    """The checker's marks are written as health columns only (a
     mass failure marks a million), durably, with the beats still pending."""
     url = sqlite_url(tmp_path / "r.db")
     later, now = T0 + timedelta(seconds=5), T0 + timedelta(minutes=5)
@@ -223,3 +223,33 @@ def test_the_cli_never_prints_a_misspelt_urls_password() -> None:
     result = run_cli("serve", "--storage", "postgresql://reg:S3cretPW@db/registry")
     assert result.returncode == 2
     assert "S3cretPW" not in result.stderr + result.stdout and "unsupported storage URL" in result.stderr
+
+
+async def test_a_sweep_whose_write_fails_leaves_the_rest_to_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mass expiry commits in chunks (here of 2). When one fails, the sweep
+    fails (503 for whoever waits), and what it marked and did not commit is
+    written by the journal's next transaction: the file ends as the index is."""
+    from model_registry.storage import sqlite
+
+    monkeypatch.setattr(sqlite, "_COMMIT_CHUNK", 2)
+    url = sqlite_url(tmp_path / "r.db")
+    async with open_storage(url) as storage:
+        await storage.upsert_many([record(host=f"10.0.0.{i}") for i in range(1, 6)])
+        commit, calls = storage._commit, []
+
+        async def failing_second(keys, *, marked=False):
+            calls.append(len(keys))
+            if len(calls) == 2:
+                raise StorageUnavailable("sqlite storage failed to write: disk I/O error")
+            await commit(keys, marked=marked)
+
+        monkeypatch.setattr(storage, "_commit", failing_second)
+        with pytest.raises(StorageUnavailable):
+            await storage.expire(T0 + timedelta(minutes=1), T0 + timedelta(minutes=5), "timeout")
+        assert calls == [2, 2]  # the third chunk was never tried
+        await storage._journal.now([])  # the journal's next transaction
+        with sqlite3.connect(tmp_path / "r.db") as conn:
+            healthy = conn.execute("SELECT count(*) FROM instances WHERE healthy").fetchone()[0]
+        assert healthy == 0
