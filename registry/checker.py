@@ -179,15 +179,16 @@ class Checker:
             with core.noting_outages():
                 expired = await storage.expire(expire_cutoff, now, f"heartbeat timeout {self.timeout:g} s")
         logged = log.isEnabledFor(logging.INFO)  # (a mass failure's million lines' fields, unbuilt)
-        for n, record in enumerate(expired, 1):
-            if logged:
+        for start in range(0, len(expired), ANNOUNCE_SLICE):
+            if start:
+                await asyncio.sleep(0)  # (a mass failure: let requests in between)
+            chunk = expired[start : start + ANNOUNCE_SLICE]
+            for record in chunk if logged else ():
                 log.info(
                     "instance marked unhealthy: no heartbeat within the timeout",
                     extra={**fields_of(record.key), "timeout_s": self.timeout, "reason": record.state_reason},
                 )
-            core.publish(Change.UNHEALTHY, record)
-            if not n % ANNOUNCE_SLICE:
-                await asyncio.sleep(0)  # (a mass failure: let requests in between)
+            core.publish_many(Change.UNHEALTHY, chunk)
         expired += await self._end_overdue_starts(now)
         evicted: list[ModelInstance] = []
         if self.evict_after > 0 and not self._guarded(
@@ -195,15 +196,16 @@ class Checker:
         ):
             with core.noting_outages():
                 evicted = await storage.evict(evict_cutoff)
-            for n, record in enumerate(evicted, 1):
-                if logged:
+            for start in range(0, len(evicted), ANNOUNCE_SLICE):
+                if start:
+                    await asyncio.sleep(0)
+                chunk = evicted[start : start + ANNOUNCE_SLICE]
+                for record in chunk if logged else ():
                     log.info(
                         "instance evicted: unhealthy for longer than evict-after",
                         extra={**fields_of(record.key), "evict_after_s": self.evict_after},
                     )
-                core.publish(Change.EVICTED, record)
-                if not n % ANNOUNCE_SLICE:
-                    await asyncio.sleep(0)
+                core.publish_many(Change.EVICTED, chunk)
         restored = await self._cooldowns.end_due(now, mono)
         return CheckResult(
             expired,

@@ -59,6 +59,14 @@ class Core:
         self.feed.publish(change, record)
         self.storage.announce(change.value, record)
 
+    def publish_many(self, change: Change, records: list[ModelInstance]) -> None:
+        """``publish`` each of ``records`` (a sweep's slice: one call, not one a record)."""
+        self.changes[change] += len(records)
+        publish, announce, value = self.feed.publish, self.storage.announce, change.value
+        for record in records:
+            publish(change, record)
+            announce(value, record)
+
     async def sync_clock(self) -> None:
         """Follow the storage server's clock (a no-op for backends without one)."""
         if self.server_clock is None:

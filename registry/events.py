@@ -145,6 +145,8 @@ class Feed:
         self._latest[model_name] = event.revision
         for listener in self.listeners:
             listener(event)
+        if not self._watchers and not self._pollers:
+            return event  # (nobody follows anything: a mass failure's million, with none open)
         for key in (model_name, None):
             watchers = self._watchers.get(key)
             if watchers:

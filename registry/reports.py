@@ -271,9 +271,12 @@ class Cooldowns:
         if event.type not in (Change.HEALTHY, Change.UNHEALTHY):
             return
         key = event.instance.key
-        policy = self.policy.for_instance(event.instance.metadata, key.model_name)
         now = self._core.clock.monotonic()
-        flips = self._flips.pop(key, None) or []
+        flips = self._flips.pop(key, None)
+        if flips is None:  # its first change in memory: one is never flapping (a threshold is at least 1)
+            self._flips[key] = [now]  # (so a mass failure's million look up no policy)
+            return
+        policy = self.policy.for_instance(event.instance.metadata, key.model_name)
         flips.append(now)
         self._flips[key] = flips  # (last: the most recent change)
         while flips and flips[0] <= now - policy.flap_window:
