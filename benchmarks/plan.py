@@ -27,7 +27,7 @@ COSTS = {
     "beat_single_s": 1 / 5_909,  # one heartbeat request, memory backend (run.py heartbeat/memory)
     "beat_batched_s": 1 / 195_492,  # one instance-beat in batches of 100, SQLite (heartbeats-batch)
     "list_s": 1 / 5_843,  # one listing of a model of 10, 100,000 registered (run.py list/100000)
-    "sweep_s_per_instance": 1.6 / 1_000_000,  # a steady sweep's walk, per instance (sweep.py, 1M)
+    "sweep_s_per_instance": 2.2 / 1_000_000,  # a steady sweep's walk, per instance (sweep.py, 1M)
     "bytes_per_instance": 800,  # resident, every model listed once (inprocess, 1M)
     "bytes_per_watcher": 18.8 * 1024,  # an idle WebSocket watcher (fanout.py)
     "event_fanout_s_per_watcher": 0.105 / 10_000,  # a change reaching 10,000 watchers, p99
