@@ -141,3 +141,18 @@ async def test_a_replica_that_may_have_missed_changes_forgets_what_it_knew(pg_ur
         a._remote("resync", None, None)  # what its listener says after a gap
         assert a.at_now("10.0.0.1", 8000) is None  # ask the database
         assert [r.model_name for r in await a.at("10.0.0.1", 8000)] == ["x"]
+
+
+async def test_what_a_replica_knows_at_an_address_follows_comings_and_goings(pg_url: str) -> None:
+    """One model at an address is kept as its key alone, several as a set: both read alike."""
+    async with open_storage(pg_url) as storage:
+        await storage.upsert(record("x"))
+        assert [r.model_name for r in storage.at_now("10.0.0.1", 8000)] == ["x"]
+        await storage.upsert(record("y"))
+        await storage.upsert(record("z", host="10.0.0.2"))
+        assert sorted(r.model_name for r in storage.at_now("10.0.0.1", 8000)) == ["x", "y"]
+        await storage.delete(record("x").key)
+        assert [r.model_name for r in storage.at_now("10.0.0.1", 8000)] == ["y"]
+        await storage.delete(record("y").key)
+        assert storage.at_now("10.0.0.1", 8000) is None  # nothing known there: ask the database
+        assert [r.model_name for r in storage.at_now("10.0.0.2", 8000)] == ["z"]
