@@ -406,7 +406,7 @@ def main() -> None:
         "--only",
         default="",
         help="comma-separated scenario prefixes (heartbeat, heartbeats-batch, list, select, register, "
-        "inprocess, sweep, fleet)",
+        "inprocess, sweep, bulk, fanout, fleet)",
     )
     parser.add_argument(
         "--no-postgres", action="store_true", help="skip PostgreSQL even when it is installed"
@@ -600,6 +600,23 @@ def main() -> None:
                 [sys.executable, str(HERE / "sweep.py")], cwd=ROOT, check=True, capture_output=True, text=True
             ).stdout
             results.extend(orjson.loads(out))
+        if want("bulk"):
+            # A fleet loaded over HTTP at 10k, 100k and 1M: seconds, memory, restart (a few minutes).
+            out = subprocess.run(
+                [sys.executable, str(HERE / "bulk.py")], cwd=ROOT, check=True, capture_output=True, text=True
+            ).stdout
+            results.extend(orjson.loads(out))
+        if want("fanout"):
+            # 10,000 WebSocket watchers, then 10,000 long-polls (a few minutes).
+            for flags in (["--watchers", "10000"], ["--watchers", "0", "--long-polls", "10000"]):
+                out = subprocess.run(
+                    [sys.executable, str(HERE / "fanout.py"), *flags],
+                    cwd=ROOT,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                results.append({"scenario": "fanout/" + "-".join(flags[1::2]), **orjson.loads(out)})
         if want("fleet") and postgres is not None:
             # Three replicas on one PostgreSQL while a fleet beats; a replica joining 1M rows (minutes).
             out = subprocess.run(
