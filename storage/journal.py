@@ -252,8 +252,11 @@ class Journal:
 
     async def _run(self) -> None:
         while True:
+            # (asyncio.timeout, not wait_for: on 3.11 wait_for may swallow the stop's
+            # cancellation when the wake comes at the same moment, and stop() would hang)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+                async with asyncio.timeout(self.flush_interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self._write_pending()

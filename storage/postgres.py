@@ -145,7 +145,8 @@ class PostgresStorage(SQLStorage):
         self._notifier = Notifier(dsn, self._remote, self._notify)
         self._notifier.start()
         try:  # so that changes made right after the start reach this replica
-            await asyncio.wait_for(self._notifier.listening.wait(), self._pool.connect_timeout)
+            async with asyncio.timeout(self._pool.connect_timeout):
+                await self._notifier.listening.wait()
         except TimeoutError:
             log.warning("not yet listening for other replicas' changes; will keep trying")
 
@@ -215,7 +216,8 @@ class PostgresStorage(SQLStorage):
             self._shares = ProbeShares(dsn, connect_timeout=self._pool.connect_timeout)
             self._shares.start()
             with contextlib.suppress(TimeoutError):  # probing none until the first round
-                await asyncio.wait_for(self._shares.ready.wait(), self._pool.connect_timeout)
+                async with asyncio.timeout(self._pool.connect_timeout):
+                    await self._shares.ready.wait()
         return self._shares.owns
 
     def _remember(self, record: ModelInstance | None) -> ModelInstance | None:

@@ -157,7 +157,8 @@ class HeartbeatAgent:
         if self._registered is None:
             raise RuntimeError("the agent is not started")
         try:
-            await asyncio.wait_for(self._registered.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._registered.wait()
         except TimeoutError:
             return False
         return True
@@ -196,8 +197,11 @@ class HeartbeatAgent:
         next_beat = loop.time() + self.interval
         wake = self._wake = asyncio.Event()
         while True:
+            # (asyncio.timeout, not wait_for: on 3.11 wait_for may swallow a stop's
+            # cancellation that comes as the wake does)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), max(0.0, next_beat - loop.time()))
+                async with asyncio.timeout(max(0.0, next_beat - loop.time())):
+                    await wake.wait()
             wake.clear()
             # A beat that overran skips the slots it missed instead of bursting.
             next_beat = max(next_beat + self.interval, loop.time())
