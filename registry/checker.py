@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -178,17 +179,12 @@ class Checker:
         if not self._guarded(self._expiry_guard, "marking unhealthy", census.silent, census.checked, mono):
             with core.noting_outages():
                 expired = await storage.expire(expire_cutoff, now, f"heartbeat timeout {self.timeout:g} s")
-        logged = log.isEnabledFor(logging.INFO)  # (a mass failure's million lines' fields, unbuilt)
-        for start in range(0, len(expired), ANNOUNCE_SLICE):
-            if start:
-                await asyncio.sleep(0)  # (a mass failure: let requests in between)
-            chunk = expired[start : start + ANNOUNCE_SLICE]
-            for record in chunk if logged else ():
-                log.info(
-                    "instance marked unhealthy: no heartbeat within the timeout",
-                    extra={**fields_of(record.key), "timeout_s": self.timeout, "reason": record.state_reason},
-                )
-            core.publish_many(Change.UNHEALTHY, chunk)
+        await self._announce(
+            Change.UNHEALTHY,
+            expired,
+            "instance marked unhealthy: no heartbeat within the timeout",
+            lambda r: {"timeout_s": self.timeout, "reason": r.state_reason},
+        )
         expired += await self._end_overdue_starts(now)
         evicted: list[ModelInstance] = []
         if self.evict_after > 0 and not self._guarded(
@@ -196,16 +192,12 @@ class Checker:
         ):
             with core.noting_outages():
                 evicted = await storage.evict(evict_cutoff)
-            for start in range(0, len(evicted), ANNOUNCE_SLICE):
-                if start:
-                    await asyncio.sleep(0)
-                chunk = evicted[start : start + ANNOUNCE_SLICE]
-                for record in chunk if logged else ():
-                    log.info(
-                        "instance evicted: unhealthy for longer than evict-after",
-                        extra={**fields_of(record.key), "evict_after_s": self.evict_after},
-                    )
-                core.publish_many(Change.EVICTED, chunk)
+            await self._announce(
+                Change.EVICTED,
+                evicted,
+                "instance evicted: unhealthy for longer than evict-after",
+                lambda r: {"evict_after_s": self.evict_after},
+            )
         restored = await self._cooldowns.end_due(now, mono)
         return CheckResult(
             expired,
@@ -214,6 +206,25 @@ class Checker:
             held_eviction=self._eviction_guard.held,
             restored=restored,
         )
+
+    async def _announce(
+        self,
+        change: Change,
+        records: list[ModelInstance],
+        message: str,
+        fields: Callable[[ModelInstance], dict[str, Any]],
+    ) -> None:
+        """Log and publish a sweep's changes, a slice at a time with the loop free
+        between slices (a mass failure's million); the log fields are built only
+        when the line will be written."""
+        logged = log.isEnabledFor(logging.INFO)
+        for start in range(0, len(records), ANNOUNCE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            chunk = records[start : start + ANNOUNCE_SLICE]
+            for record in chunk if logged else ():
+                log.info(message, extra={**fields_of(record.key), **fields(record)})
+            self._core.publish_many(change, chunk)
 
     async def _end_overdue_starts(self, now: datetime) -> list[ModelInstance]:
         """Mark unhealthy the instances still starting past their start-up grace:

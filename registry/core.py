@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from model_registry_sdk.record import Change, InstanceKey, ModelInstance
 
@@ -55,11 +55,9 @@ class Core:
 
     def publish(self, change: Change, record: ModelInstance) -> None:
         """Tell this process's watchers, and the other replicas'."""
-        self.changes[change] += 1
-        self.feed.publish(change, record)
-        self.storage.announce(change.value, record)
+        self.publish_many(change, (record,))
 
-    def publish_many(self, change: Change, records: list[ModelInstance]) -> None:
+    def publish_many(self, change: Change, records: Sequence[ModelInstance]) -> None:
         """``publish`` each of ``records`` (a sweep's slice: one call, not one a record)."""
         self.changes[change] += len(records)
         publish, announce, value = self.feed.publish, self.storage.announce, change.value

@@ -33,6 +33,7 @@ import asyncio
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
+from typing import Any
 
 from model_registry_sdk.record import (
     InstanceKey,
@@ -49,7 +50,17 @@ from .interning import clone, compact, copy_record
 from .readonly import Snapshot
 from .wheel import TimingWheel, second_of
 
-__all__ = ["IndexReads", "InstanceIndex", "evict_in_slices", "expire_in_slices", "settle_in_slices"]
+__all__ = [
+    "IndexReads",
+    "InstanceIndex",
+    "OneOrMore",
+    "add_key",
+    "evict_in_slices",
+    "expire_in_slices",
+    "keys_of",
+    "remove_key",
+    "settle_in_slices",
+]
 
 _new = object.__new__
 
@@ -65,6 +76,40 @@ async def settle_in_slices(index: InstanceIndex, cutoff: datetime) -> None:
     """``index.settle`` in slices, yielding to the event loop between them."""
     while not index.settle(cutoff, limit=SETTLE_SLICE):
         await asyncio.sleep(0)
+
+
+#: A key, or the keys (a dict as an ordered set) when there are several: what an
+#: address or a host holds. Most hold one, and a dict for each would cost 200 bytes.
+OneOrMore = InstanceKey | dict[InstanceKey, None]
+
+
+def add_key(table: dict[Any, OneOrMore], slot: object, key: InstanceKey) -> None:
+    """File ``key`` under ``slot`` in ``table`` (a key alone until there are two)."""
+    there = table.get(slot)
+    if there is None:
+        table[slot] = key
+    elif type(there) is dict:
+        there[key] = None
+    elif there != key:
+        table[slot] = {there: None, key: None}
+
+
+def remove_key(table: dict[Any, OneOrMore], slot: object, key: InstanceKey) -> None:
+    """Take ``key`` from under ``slot`` (filed there by ``add_key``)."""
+    there = table[slot]
+    if type(there) is not dict:
+        del table[slot]
+        return
+    del there[key]
+    if len(there) == 1:
+        table[slot] = next(iter(there))
+
+
+def keys_of(there: OneOrMore | None) -> Iterable[InstanceKey]:
+    """The keys ``add_key`` filed under one slot (``table.get(slot)``)."""
+    if there is None:
+        return ()
+    return there if type(there) is dict else (there,)  # type: ignore[return-value]
 
 
 #: Called with each slice a sweep takes, as it takes it (``expire_in_slices``).
@@ -106,10 +151,9 @@ class InstanceIndex:
         # model -> its keys (a dict as an ordered set): membership changes only
         # when an instance comes or goes, so a beat never touches it.
         self._by_model: dict[str, dict[InstanceKey, None]] = {}
-        # host -> its key, or its keys (a dict as an ordered set) when it has several:
-        # like ``_by_model``, changed only by comings and goings. Most hosts of a large
-        # fleet have one instance, and a dict for each would cost it 200 bytes.
-        self._by_host: dict[str, InstanceKey | dict[InstanceKey, None]] = {}
+        # host -> its key or keys (``add_key``): like ``_by_model``, changed only by
+        # comings and goings.
+        self._by_host: dict[str, OneOrMore] = {}
         # The records that can expire, by the second of their last beat (lazily: see ``wheel``).
         self._wheel = TimingWheel()
         self._expirable = 0  # how many records the checker watches
@@ -228,24 +272,10 @@ class InstanceIndex:
         if not model:
             del self._by_model[record.model_name]
             self._unsorted.discard(record.model_name)
-        key, by_host = record.key, self._by_host
-        at = by_host[key.host]
-        if type(at) is not dict:
-            del by_host[key.host]
-        else:
-            del at[key]
-            if len(at) == 1:
-                by_host[key.host] = next(iter(at))
+        remove_key(self._by_host, record.key.host, record.key)
 
     def _add_host(self, key: InstanceKey) -> None:
-        by_host = self._by_host
-        at = by_host.get(key.host)
-        if at is None:
-            by_host[key.host] = key
-        elif type(at) is dict:
-            at[key] = None
-        elif at != key:
-            by_host[key.host] = {at: None, key: None}
+        add_key(self._by_host, key.host, key)
 
     # -- the contract's primitives, synchronously ----------------------------
 

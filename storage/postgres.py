@@ -32,6 +32,7 @@ from model_registry_sdk.record import InstanceKey, ModelInstance
 
 from .base import Census, Edit
 from .errors import StorageUnavailable
+from .index import OneOrMore, add_key, keys_of, remove_key
 from .interning import clone, collector_paused, compact
 from .notify import CHANNEL, Notifier, Remote
 from .options import PoolOptions
@@ -118,10 +119,8 @@ class PostgresStorage(SQLStorage):
         super().__init__(url, migrate=migrate, pool=pool)
         self.flush_interval = flush_interval
         self._known: dict[InstanceKey, ModelInstance] = {}  # this replica's copies
-        # (host, port) -> the key known there, or the keys (a dict as an ordered set) when
-        # it has several: FastChat's beats name an address. Most addresses of a large
-        # fleet serve one model, and a dict for each would cost it 200 bytes.
-        self._addresses: dict[tuple[str, int], InstanceKey | dict[InstanceKey, None]] = {}
+        # (host, port) -> the key or keys known there (``add_key``): FastChat's beats name an address.
+        self._addresses: dict[tuple[str, int], OneOrMore] = {}
         self._per_model: dict[str, int] = {}  # model -> its records in ``_known``
         self._pending: dict[InstanceKey, ModelInstance] = {}  # beats not yet written
         self._loads: dict[InstanceKey, ModelInstance] = {}  # engine loads not yet written
@@ -229,14 +228,7 @@ class PostgresStorage(SQLStorage):
         """Keep ``record`` as this replica's copy (it is not copied again)."""
         key = record.key
         if key not in self._known:
-            address = (key.host, key.port)
-            there = self._addresses.get(address)
-            if there is None:
-                self._addresses[address] = key
-            elif type(there) is dict:
-                there[key] = None
-            else:
-                self._addresses[address] = {there: None, key: None}
+            add_key(self._addresses, (key.host, key.port), key)
             self._per_model[key.model_name] = self._per_model.get(key.model_name, 0) + 1
         self._known[key] = record
 
@@ -244,14 +236,7 @@ class PostgresStorage(SQLStorage):
         self._pending.pop(key, None)
         self._loads.pop(key, None)
         if self._known.pop(key, None) is not None:
-            address = (key.host, key.port)
-            there = self._addresses[address]
-            if type(there) is dict:
-                del there[key]
-                if not there:
-                    del self._addresses[address]
-            else:
-                del self._addresses[address]
+            remove_key(self._addresses, (key.host, key.port), key)
             left = self._per_model[key.model_name] - 1
             if left:
                 self._per_model[key.model_name] = left
@@ -269,11 +254,9 @@ class PostgresStorage(SQLStorage):
         # What this replica knows there, when it knows anything: a model another
         # replica added a moment ago is beaten by the worker's next beat.
         there = self._addresses.get((host, port))
-        if not there or self._degraded:
+        if there is None or self._degraded:
             return None
-        if type(there) is not dict:
-            return [self._known[there]]  # (an InstanceKey: a tuple, never empty)
-        return [self._known[k] for k in there]  # this replica's copies: read at once, not kept
+        return [self._known[k] for k in keys_of(there)]  # this replica's copies: read at once, not kept
 
     # -- heartbeats: behind, when they change nothing ---------------------------
 

@@ -10,14 +10,14 @@ file is loaded into the index.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from model_registry_sdk.record import InstanceKey, ModelInstance
 
 from .base import Edit
-from .index import IndexReads, InstanceIndex, evict_in_slices, expire_in_slices
+from .index import Each, IndexReads, InstanceIndex, evict_in_slices, expire_in_slices
 from .interning import collector_paused
 from .journal import Journal, record_of
 from .schema import SELECT_ALL
@@ -171,54 +171,31 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
         return record
 
     async def expire(self, cutoff: datetime, now: datetime, reason: str | None = None) -> list[ModelInstance]:
-        writer = _SweepWriter(self, marked=True)
-        try:
-            expired = await expire_in_slices(self._index, cutoff, now, reason, each=writer.add)
-            await writer.finish()
-        except BaseException:
-            writer.abandon()
-            raise
-        return expired
+        return await self._swept(lambda each: expire_in_slices(self._index, cutoff, now, reason, each), True)
 
     async def evict(self, cutoff: datetime) -> list[ModelInstance]:
-        writer = _SweepWriter(self, marked=False)
+        return await self._swept(lambda each: evict_in_slices(self._index, cutoff, each), False)
+
+    async def _swept(
+        self, sweep: Callable[[Each], Awaitable[list[ModelInstance]]], marked: bool
+    ) -> list[ModelInstance]:
+        """Run ``sweep`` over the index, then commit what it changed in transactions of
+        at most ``_COMMIT_CHUNK`` keys, one after another, each within the storage's
+        time limit. The keys are gathered slice by slice as the sweep takes them
+        (listing a million at the end held the loop for two seconds). Writing while
+        the sweep goes on was tried: the driver's thread then takes the interpreter
+        from the loop at every row, and the loop's lag doubled for a tenth off the
+        duration. What a failed (or cancelled) write leaves is the journal's to write
+        with its next transaction."""
+        keys: list[InstanceKey] = []
+        committed = 0
         try:
-            evicted = await evict_in_slices(self._index, cutoff, each=writer.add)
-            await writer.finish()
+            taken = await sweep(lambda chunk: keys.extend(r.key for r in chunk))
+            for committed in range(0, len(keys), _COMMIT_CHUNK):
+                await self._commit(keys[committed : committed + _COMMIT_CHUNK], marked=marked)
+            committed = len(keys)
         except BaseException:
-            writer.abandon()
+            assert self._journal is not None
+            self._journal.behind(keys[committed:])
             raise
-        return evicted
-
-
-class _SweepWriter:
-    """A sweep's changes, committed once it has taken them all: in transactions
-    of at most ``_COMMIT_CHUNK`` keys, one after another, each within the
-    storage's time limit. The keys are gathered slice by slice as the sweep
-    takes them (listing a million at the end held the loop for two seconds).
-    Writing while the sweep goes on was tried: the driver's thread then takes
-    the interpreter from the loop at every row, and the loop's lag doubled for
-    a tenth off the duration. What a failed (or cancelled) write leaves is the
-    journal's to write with its next transaction."""
-
-    def __init__(self, storage: SQLiteStorage, *, marked: bool) -> None:
-        self._storage = storage
-        self._marked = marked
-        self._keys: list[InstanceKey] = []
-        self._committed = 0
-
-    def add(self, records: list[ModelInstance]) -> None:
-        self._keys += [r.key for r in records]
-
-    async def finish(self) -> None:
-        """Return once every change added is committed."""
-        keys = self._keys
-        for start in range(0, len(keys), _COMMIT_CHUNK):
-            chunk = keys[start : start + _COMMIT_CHUNK]
-            await self._storage._commit(chunk, marked=self._marked)
-            self._committed = start + len(chunk)
-
-    def abandon(self) -> None:
-        journal = self._storage._journal
-        assert journal is not None
-        journal.behind(self._keys[self._committed :])
+        return taken
