@@ -116,6 +116,7 @@ def create_app(
                 tokens.start()
             app[TOKENS] = tokens
             app[REGISTRY] = lifecycle.registry = registry
+            app[POLL_ANSWERS].follow(registry)
             app[ADVICE] = advice = TimeoutAdvice(registry.heartbeat_timeout)
             app[FASTCHAT] = FastChat(registry, settings.fastchat_dispatch, advice)
             warning = _warn_open(settings) if not settings.auth and not settings.loopback else None

@@ -143,8 +143,11 @@ class Disconnects:
 
     def __init__(self) -> None:
         self._waiting: dict[object, asyncio.Future[None]] = {}
+        # The server's loop, once attached: on 3.11 asyncio.get_running_loop() is a getpid().
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def attach(self, server: web.Server) -> None:
+        self._loop = asyncio.get_running_loop()
         lost = server.connection_lost
 
         def connection_lost(handler: RequestHandler, exc: BaseException | None = None) -> None:
@@ -158,7 +161,7 @@ class Disconnects:
     @contextmanager
     def watch(self, request: web.BaseRequest) -> Iterator[asyncio.Future[None]]:
         """A future done when ``request``'s client goes, while in the block."""
-        gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        gone: asyncio.Future[None] = (self._loop or asyncio.get_running_loop()).create_future()
         transport = request.transport
         if transport is None or transport.is_closing():
             gone.set_result(None)

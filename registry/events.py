@@ -127,6 +127,9 @@ class Feed:
         self._pollers: dict[str | None, set[asyncio.Future[None]]] = {}
         #: Called with each event as it is published (in this process or heard from another).
         self.listeners: list[Callable[[Event], object]] = []
+        #: Called with the long-polls a change is about to wake, just before it wakes
+        #: them: the HTTP layer answers them all in one go (``api.views.PollAnswers``).
+        self.waking: Callable[[set[asyncio.Future[None]]], object] | None = None
         #: Open watchers and waiting long-polls, for the caps on each.
         self.watchers = 0
         self.polls = 0
@@ -154,6 +157,8 @@ class Feed:
                     watcher.offer(event)
             pollers = self._pollers.pop(key, None)
             if pollers:
+                if self.waking is not None:
+                    self.waking(pollers)
                 _wake(pollers)
         return event
 
@@ -212,34 +217,28 @@ class Feed:
                 del self._watchers[model_name]
 
     async def wait(
-        self, after: int, model_name: str | None, timeout: float, gone: asyncio.Future[None] | None = None
+        self, after: int, model_name: str | None, timeout: float, woken: asyncio.Future[None] | None = None
     ) -> None:
         """Return once an event after revision ``after`` (of ``model_name``, or
         any) exists, or after ``timeout`` seconds, or when the feed closes, or
-        when ``gone`` is done (the caller's client went away)."""
-        if self.closed or self.changed_since(after, model_name) or (gone is not None and gone.done()):
+        when ``woken`` is done: the caller's own future, which it may complete
+        itself (when its client goes, say), and which a change completes."""
+        if self.closed or self.changed_since(after, model_name) or (woken is not None and woken.done()):
             return
-        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if woken is None:
+            woken = asyncio.get_running_loop().create_future()
         pollers = self._pollers.setdefault(model_name, set())
         pollers.add(woken)
         self.polls += 1
-
-        def answer(_: object) -> None:
-            if not woken.done():
-                woken.set_result(None)
-
-        if gone is not None:
-            gone.add_done_callback(answer)
         # A timer that answers, rather than ``asyncio.timeout``: ten thousand polls
         # woken by one change each cancel theirs, and this is the cheaper of the two.
-        timer = asyncio.get_running_loop().call_later(timeout, answer, None)
+        # (The future's loop, not asyncio.get_running_loop(): on 3.11 that is a getpid().)
+        timer = woken.get_loop().call_later(timeout, _answer, woken)
         try:
             await woken
         finally:
             timer.cancel()
             self.polls -= 1
-            if gone is not None:
-                gone.remove_done_callback(answer)
             pollers.discard(woken)
             if not pollers and self._pollers.get(model_name) is pollers:
                 del self._pollers[model_name]
@@ -278,3 +277,8 @@ def _wake(pollers: set[asyncio.Future[None]]) -> None:
     for woken in pollers:
         if not woken.done():
             woken.set_result(None)
+
+
+def _answer(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)

@@ -599,6 +599,13 @@ class Registry(DBGPTMethods):
             return await self.storage.list(model_name, True, self._core.clock.now())
         return await self.storage.list(model_name)
 
+    def instances_now(self, model_name: str | None, healthy_only: bool = False) -> list[ModelInstance] | None:
+        """``instances`` at once, when the backend answers from memory; ``None``:
+        await ``instances``."""
+        if healthy_only:
+            return self.storage.list_now(model_name, True, self._core.clock.now())
+        return self.storage.list_now(model_name)
+
     @property
     def clock(self) -> Clock:
         """The clock the registry stamps and judges by (the database's, on PostgreSQL)."""
@@ -623,12 +630,12 @@ class Registry(DBGPTMethods):
         return self.feed.revision
 
     async def wait_for_change(
-        self, after: int, model_name: str | None, timeout: float, gone: asyncio.Future[None] | None = None
+        self, after: int, model_name: str | None, timeout: float, woken: asyncio.Future[None] | None = None
     ) -> None:
         """Block until there is a change after revision ``after`` (of one model,
-        or any), for at most ``timeout`` seconds, or until ``gone`` is done (the
-        client went away): a long-poll."""
-        await self.feed.wait(after, model_name, timeout, gone)
+        or any), for at most ``timeout`` seconds, or until ``woken`` is done (the
+        caller's own future: done when its client goes, say): a long-poll."""
+        await self.feed.wait(after, model_name, timeout, woken)
 
     async def models(self) -> list[ModelSummary]:
         return await self.storage.summarize(self._core.clock.now())

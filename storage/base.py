@@ -267,6 +267,14 @@ class Storage(abc.ABC):
         Synchronous, for FastChat's heartbeats, which name an address."""
         return None
 
+    def list_now(
+        self, model_name: str | None, healthy_only: bool = False, now: datetime | None = None
+    ) -> list[ModelInstance] | None:
+        """``list`` at once, when the backend answers from memory; ``None`` means
+        "not this way": the caller awaits ``list``. Synchronous, for the long-polls
+        one change wakes, answered in one go (``api.views.PollAnswers``)."""
+        return None
+
     @abc.abstractmethod
     async def at(self, host: str, port: int) -> list[ModelInstance]:
         """Every record at one address (one worker process, whatever models it

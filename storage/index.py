@@ -615,6 +615,11 @@ class IndexReads:
     def at_now(self, host: str, port: int) -> list[ModelInstance] | None:
         return self._index.at(host, port, ordered=False)
 
+    def list_now(
+        self, model_name: str | None, healthy_only: bool = False, now: datetime | None = None
+    ) -> list[ModelInstance]:
+        return self._index.list(model_name, healthy_only, now)
+
     async def summarize(self, now: datetime | None = None) -> list[ModelSummary]:
         return self._index.summarize(now)
 

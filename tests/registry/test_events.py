@@ -194,7 +194,7 @@ def test_whether_a_model_changed_is_known_as_long_as_the_history_reaches_back() 
 async def test_a_long_poll_ends_when_its_client_goes() -> None:
     feed = Feed(start=0)
     gone = asyncio.get_running_loop().create_future()
-    polling = asyncio.create_task(feed.wait(0, "a", timeout=300, gone=gone))
+    polling = asyncio.create_task(feed.wait(0, "a", timeout=300, woken=gone))
     await asyncio.sleep(0)
     assert feed.polls == 1
     gone.set_result(None)
