@@ -202,6 +202,8 @@ class PollAnswers:
         self._waiting: dict[asyncio.Future[None], _Waiting] = {}
         #: Woken by a change: to answer in the callback queued for them.
         self._due: list[_Waiting] = []
+        #: Polls answered ahead since the start.
+        self.ahead = 0
 
     def follow(self, registry: Registry) -> None:
         """Answer ``registry``'s long-polls ahead from now on."""
@@ -264,6 +266,7 @@ class PollAnswers:
             if answer is not None:
                 transport.write(answer)
                 poll.answered = True
+                self.ahead += 1
 
     def get(self, registry: Registry, model_name: str | None, healthy_only: bool) -> tuple[int, bytes] | None:
         kept = self._kept.get((model_name, healthy_only))

@@ -165,8 +165,9 @@ class InstanceIndex:
         self._starting: dict[InstanceKey, ModelInstance] = {}
         # Models whose records are not in key order since a registration (see ``list``).
         self._unsorted: set[str] = set()
-        # model -> its serving records, in key order; dropped by any change to the model.
-        self._serving: dict[str, Snapshot] = {}
+        # model -> its records and its serving records, in key order, as read last:
+        # dropped by any change to the model (one lookup on the beat path for both).
+        self._kept: dict[str, _Kept] = {}
         # The walk of an expiry done in slices, and its cutoff, between slices.
         self._expiring: tuple[datetime, Iterator[tuple[InstanceKey, ModelInstance]]] | None = None
 
@@ -240,7 +241,7 @@ class InstanceIndex:
     def _store(self, record: ModelInstance) -> None:
         key = record.key
         self.records[key] = record
-        self._serving.pop(record.model_name, None)
+        self._kept.pop(record.model_name, None)
         model = self._by_model.get(record.model_name)
         if model is None:
             self._by_model[record.model_name] = {key: None}
@@ -255,7 +256,7 @@ class InstanceIndex:
         """Store ``record`` in place of the one with its key (the links are the caller's)."""
         record.state = state_of(record)
         self.records[record.key] = record
-        self._serving.pop(record.model_name, None)
+        self._kept.pop(record.model_name, None)
 
     def _swap(self, old: ModelInstance, new: ModelInstance) -> None:
         """Store ``new`` in place of ``old``, wherever its state puts it."""
@@ -266,7 +267,7 @@ class InstanceIndex:
     def _remove(self, record: ModelInstance) -> None:
         self._unlink(record)
         del self.records[record.key]
-        self._serving.pop(record.model_name, None)
+        self._kept.pop(record.model_name, None)
         model = self._by_model[record.model_name]
         del model[record.key]
         if not model:
@@ -381,7 +382,7 @@ class InstanceIndex:
         if queue_length is not None:
             fields["queue_length"] = queue_length
         self.records[key] = beaten
-        self._serving.pop(fields["model_name"], None)
+        self._kept.pop(fields["model_name"], None)
         wheel = self._wheel
         if (heard < wheel.settled_before or now < heard) and record.check_healthy:
             # Filed exactly (it was silent at the last census), or the clock went
@@ -540,9 +541,13 @@ class InstanceIndex:
         if model_name is None:  # every record: sort the keys (tuples sort without a key function)
             records = map(self.records.__getitem__, sorted(self.records))
         else:
+            kept = self._kept.get(model_name)
             if healthy_only and now is not None:
-                serving = self._serving.get(model_name)
+                serving = None if kept is None else kept.serving
                 return serving if serving is not None else self._serve(model_name, now)
+            if not healthy_only:
+                listed = None if kept is None else kept.listed
+                return listed if listed is not None else self._list(model_name)
             records = self._model(model_name)
         if healthy_only:
             if now is None:
@@ -574,8 +579,22 @@ class InstanceIndex:
             return [r for r in healthy if not r.in_cooldown(now)]
         if model_name not in self._by_model:  # never kept for a name nobody registered
             return healthy
-        self._serving[model_name] = serving = Snapshot(healthy)
+        self._keeping(model_name).serving = serving = Snapshot(healthy)
         return serving
+
+    def _list(self, model_name: str) -> list[ModelInstance]:
+        """The model's records, kept for the next reads (a router's listing, the
+        long-polls a change wakes: each then writes the answer once)."""
+        if model_name not in self._by_model:
+            return []
+        self._keeping(model_name).listed = listed = Snapshot(self._model(model_name))
+        return listed
+
+    def _keeping(self, model_name: str) -> _Kept:
+        kept = self._kept.get(model_name)
+        if kept is None:
+            self._kept[model_name] = kept = _Kept()
+        return kept
 
     def summarize(self, now: datetime | None = None) -> list[ModelSummary]:
         summaries = []
@@ -588,6 +607,16 @@ class InstanceIndex:
                 available += r.healthy and r.ready and r.enabled and (now is None or not r.in_cooldown(now))
             summaries.append(ModelSummary(name, len(keys), healthy, enabled, available))
         return summaries
+
+
+class _Kept:
+    """A model's reads, kept until it changes: all its records, its serving ones."""
+
+    __slots__ = ("listed", "serving")
+
+    def __init__(self) -> None:
+        self.listed: Snapshot | None = None
+        self.serving: Snapshot | None = None
 
 
 class IndexReads:

@@ -18,6 +18,7 @@ from model_registry import ManualClock
 from model_registry.api import create_app
 from model_registry.api.keys import REGISTRY
 from model_registry.api.metrics import METRICS
+from model_registry.api.views import POLL_ANSWERS
 from model_registry.settings import Settings
 
 from .conftest import serve_app
@@ -411,3 +412,93 @@ async def test_polls_woken_by_one_change_get_the_same_answer(client: TestClient)
     bodies = {await answer.read() for answer in answers}
     assert len(bodies) == 1 and b'"port":8001' in bodies.pop()
     assert {answer.headers["X-Registry-Index"] for answer in answers} == {str(int(index) + 1)}
+
+
+# -- long-polls answered ahead (PollAnswers) ------------------------------------------
+
+
+async def _send(writer: asyncio.StreamWriter, request: str) -> None:
+    writer.write(request.encode())
+    await writer.drain()
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[list[tuple[str, str]], bytes]:
+    """One HTTP answer off a raw connection: its status line and headers in order, its body."""
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode()
+    lines = head.split("\r\n")[:-2]
+    headers = [(lines[0], "")] + [tuple(line.split(": ", 1)) for line in lines[1:]]  # type: ignore[misc]
+    length = int(dict(headers)["Content-Length"])
+    return headers, await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+def _poll(index: str, *, method: str = "GET", version: str = "1.1", extra: str = "") -> str:
+    target = f"{INSTANCES}?model_name=m&index={index}&wait=10s"
+    return f"{method} {target} HTTP/{version}\r\nHost: localhost\r\n{extra}\r\n"
+
+
+async def test_a_long_poll_answered_ahead_is_what_its_handler_writes_and_the_connection_goes_on(
+    client: TestClient,
+) -> None:
+    polls = client.app[POLL_ANSWERS]
+    index = (await client.get(INSTANCES, params={"model_name": "m"})).headers["X-Registry-Index"]
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    # Pipelined behind the poll: answered after it, in order, on the same connection.
+    await _send(writer, _poll(index) + f"GET {INSTANCES}?model_name=m HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    await until(lambda: client.app[REGISTRY].feed.polls == 1)
+    await client.post(INSTANCES, json=body(port=8001))
+    ahead, ahead_body = await _answer(reader)
+    assert polls.ahead == 1
+    after, after_body = await _answer(reader)  # the pipelined GET, by its handler
+    assert ahead_body == after_body and b'"port":8001' in ahead_body
+    drop_date = lambda headers: [(k, v) for k, v in headers if k != "Date"]  # noqa: E731
+    assert drop_date(ahead) == drop_date(after)  # same status, headers, order
+    assert [k for k, _ in ahead] == [k for k, _ in after]
+    assert int(dict(ahead)["X-Registry-Index"]) == int(index) + 1
+    # And the connection is kept for the next poll, answered ahead again.
+    await _send(writer, _poll(dict(ahead)["X-Registry-Index"]))
+    await until(lambda: client.app[REGISTRY].feed.polls == 1)
+    await client.post(INSTANCES, json=body(port=8002))
+    again, again_body = await _answer(reader)
+    assert polls.ahead == 2 and b'"port":8002' in again_body and again[0][0] == "HTTP/1.1 200 OK"
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        {"method": "HEAD"},  # no body to write: its handler answers
+        {"version": "1.0", "extra": "Connection: keep-alive\r\n"},  # HTTP/1.0: its handler answers
+        {"extra": "Connection: close\r\n"},  # its handler answers, and closes
+    ],
+)
+async def test_polls_not_answered_ahead_are_answered_by_their_handler(
+    client: TestClient, request_line: dict
+) -> None:
+    index = (await client.get(INSTANCES, params={"model_name": "m"})).headers["X-Registry-Index"]
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    await _send(writer, _poll(index, **request_line))
+    await until(lambda: client.app[REGISTRY].feed.polls == 1)
+    await client.post(INSTANCES, json=body(port=8001))
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode()
+    assert head.startswith(f"HTTP/1.{1 if 'version' not in request_line else 0} 200 OK")
+    assert f"X-Registry-Index: {int(index) + 1}" in head
+    assert client.app[POLL_ANSWERS].ahead == 0
+    writer.close()
+
+
+async def test_polls_are_answered_by_their_handlers_where_storage_cannot_list_at_once(
+    client: TestClient,
+) -> None:
+    """As on PostgreSQL, whose replicas list from the database (``Storage.list_now``
+    says "not this way")."""
+    registry = client.app[REGISTRY]
+    registry.storage.list_now = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    index = (await client.get(INSTANCES, params={"model_name": "m"})).headers["X-Registry-Index"]
+    params = {"model_name": "m", "index": index, "wait": "10s"}
+    polls = [asyncio.create_task(client.get(INSTANCES, params=params)) for _ in range(5)]
+    await until(lambda: registry.feed.polls == 5)
+    await client.post(INSTANCES, json=body(port=8001))
+    answers = await asyncio.gather(*polls)
+    assert {answer.status for answer in answers} == {200}
+    assert all([b'"port":8001' in await answer.read() for answer in answers])
+    assert client.app[POLL_ANSWERS].ahead == 0

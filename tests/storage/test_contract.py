@@ -210,6 +210,41 @@ async def test_serving_list_follows_every_change(storage: Storage) -> None:
     assert len(await storage.list("a", True, T0)) == 1
 
 
+async def test_a_models_listing_follows_every_change(storage: Storage) -> None:
+    """All of a model's records, read after each kind of change (the index keeps
+    this answer too, unhealthy records and all)."""
+
+    async def listed() -> list[tuple[int, int | None, datetime | None, bool]]:
+        flush = getattr(storage, "flush", None)
+        if flush is not None:
+            await flush()
+        return [(r.port, r.queue_length, r.last_heartbeat, r.healthy) for r in await storage.list("a")]
+
+    assert await listed() == []
+    await storage.upsert(record("a", port=1))
+    assert await listed() == [(1, None, T0, True)]
+    await storage.insert(record("a", port=0))  # before the first, by key
+    assert await listed() == [(0, None, T0, True), (1, None, T0, True)]
+    later = T0 + timedelta(seconds=1)
+    await storage.touch(InstanceKey("a", "10.0.0.1", 1), later, 5)
+    assert await listed() == [(0, None, T0, True), (1, 5, later, True)]
+    await storage.mark_unhealthy(InstanceKey("a", "10.0.0.1", 0), later)
+    assert await listed() == [(0, None, T0, False), (1, 5, later, True)]
+    await storage.override(InstanceKey("a", "10.0.0.1", 0), changer({"weight": 3.0}))  # an unhealthy one's
+    assert [r.weight for r in await storage.list("a")] == [3.0, 1.0]
+    assert len(await storage.expire(T0 + timedelta(seconds=2), later)) == 1
+    assert await listed() == [(0, None, T0, False), (1, 5, later, False)]
+    await storage.delete(InstanceKey("a", "10.0.0.1", 0))
+    assert await listed() == [(1, 5, later, False)]
+    mine = await storage.list("a")
+    if isinstance(mine, Snapshot):
+        with pytest.raises(TypeError, match="read-only"):
+            mine.clear()
+    else:
+        mine.clear()
+    assert len(await storage.list("a")) == 1
+
+
 async def test_at_lists_one_address_in_key_order_and_follows_comings_and_goings(storage: Storage) -> None:
     for name, host, port in [("b", "10.0.0.1", 8000), ("a", "10.0.0.1", 8000), ("a", "10.0.0.1", 8001)]:
         await storage.upsert(record(name, host, port))
