@@ -301,7 +301,7 @@ class InstanceIndex:
             self._starting,
             self._dying_from,
         )
-        add_host = self._add_host
+        by_host = self._by_host
         filed = self._wheel.at_dawn()
         for record in records:
             record = compact(record)
@@ -312,7 +312,10 @@ class InstanceIndex:
                 by_model[record.model_name] = {key: None}
             else:
                 model[key] = None
-            add_host(key)
+            if key.host in by_host:  # (``_add_host``, without its calls for a host's first key)
+                add_key(by_host, key.host, key)
+            else:
+                by_host[key.host] = key
             if record.state == "starting":
                 starting[key] = record
             if not record.healthy:

@@ -116,13 +116,20 @@ def _where_key(key: InstanceKey):
 #: marks take to write (and heartbeat flushes with them); it grows only as far
 #: as the file is touched.
 SQLITE_CACHE_KIB = 64 * 1024
+#: How long a SQLite connection waits for another's lock before it gives up.
+BUSY_TIMEOUT_MS = 5000
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside the writer; synchronous=FULL makes every
     # acknowledged commit survive a power cut, not only a process crash.
     cursor = dbapi_connection.cursor()
-    pragmas = ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=5000", f"cache_size=-{SQLITE_CACHE_KIB}")
+    pragmas = (
+        "journal_mode=WAL",
+        "synchronous=FULL",
+        f"busy_timeout={BUSY_TIMEOUT_MS}",
+        f"cache_size=-{SQLITE_CACHE_KIB}",
+    )
     for pragma in pragmas:
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
@@ -241,8 +248,7 @@ class SQLStorage(Storage):
         self, fetch: Callable[[], Awaitable[Sequence[Any]]], file: Callable[[Any], None]
     ) -> None:
         """``file`` each chunk ``fetch`` reads, until it reads none, while the
-        database (SQLite: the driver's thread, which gives up the interpreter
-        while it steps) reads the next. Each read is bounded by the operation
+        database (PostgreSQL's server) reads the next. Each read is bounded by the operation
         time limit, so a long load is not cut short while a stalled one is."""
         reading = asyncio.ensure_future(fetch())
         try:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
+from model_registry import ModelInstance
 from model_registry.storage import open_storage
 from model_registry.validation import record_from
 from tests.conftest import sqlite_url
@@ -120,12 +121,35 @@ def test_the_journal_writes_every_column_of_the_schema_and_every_field() -> None
 def test_timestamps_are_written_in_sqlalchemys_format_whatever_their_zone() -> None:
     from datetime import datetime, timedelta, timezone
 
-    from model_registry.storage.journal import _moment, _text
+    from model_registry.storage.journal import _text, record_of, row_of
+
+    def read_back(moment: datetime) -> datetime | None:
+        return record_of(row_of(ModelInstance("m", "h", 1, last_heartbeat=moment))).last_heartbeat
 
     utc = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-    assert _text(utc) == "2026-01-02 03:04:05.000000" and _moment(_text(utc)) == utc
+    assert _text(utc) == "2026-01-02 03:04:05.000000" and read_back(utc) == utc
     shifted = datetime(2026, 1, 2, 5, 4, 5, 7, tzinfo=timezone(timedelta(hours=2)))
-    assert _text(shifted) == "2026-01-02 03:04:05.000007" and _moment(_text(shifted)) == shifted
+    assert _text(shifted) == "2026-01-02 03:04:05.000007" and read_back(shifted) == shifted
+    assert read_back(shifted).tzinfo is timezone.utc  # type: ignore[union-attr]
+
+
+def test_a_row_reads_back_as_the_record_it_was_written_from_every_field_set() -> None:
+    import dataclasses
+    from datetime import datetime, timezone
+
+    from model_registry.storage.journal import COLUMNS, record_of, row_of
+
+    moment = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
+    record = ModelInstance(
+        "m", "h", 1, weight=2.5, check_healthy=False, healthy=True, enabled=False, prompt_template="t",
+        last_heartbeat=moment, metadata={"a": [1]}, registered_at=moment, unhealthy_since=moment,
+        queue_length=3, overrides={"weight": 2.5}, cooldown_until=moment, check={"kind": "http"},
+        metrics={"kind": "vllm"}, state_reason="probe: refused", waiting=4, running=5, kv_cache_usage=0.5,
+        load_at=moment, ready=False, startup_grace=30.0,
+    )  # fmt: skip
+    assert {f.name for f in dataclasses.fields(record)} - set(COLUMNS) == {"state"}  # derived, not stored
+    assert record_of(row_of(record)) == record
+    assert record_of(row_of(ModelInstance("m", "h", 1))) == ModelInstance("m", "h", 1)  # every NULL
 
 
 def test_beat_rows_write_each_timestamp_as_a_whole_one_would_be_written() -> None:
