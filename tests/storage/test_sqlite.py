@@ -234,6 +234,7 @@ async def test_a_sweep_whose_write_fails_leaves_the_rest_to_the_journal(
     from model_registry.storage import sqlite
 
     monkeypatch.setattr(sqlite, "_COMMIT_CHUNK", 2)
+    monkeypatch.setattr(sqlite, "_EXPIRE_AT_ONCE", 2)  # never as one statement: row by row
     url = sqlite_url(tmp_path / "r.db")
     async with open_storage(url) as storage:
         await storage.upsert_many([record(host=f"10.0.0.{i}") for i in range(1, 6)])
@@ -253,3 +254,93 @@ async def test_a_sweep_whose_write_fails_leaves_the_rest_to_the_journal(
         with sqlite3.connect(tmp_path / "r.db") as conn:
             healthy = conn.execute("SELECT count(*) FROM instances WHERE healthy").fetchone()[0]
         assert healthy == 0
+
+
+_HEALTH = "SELECT host, healthy, unhealthy_since, state_reason, last_heartbeat FROM instances"
+
+
+def _rows(path: Path) -> dict[str, tuple]:
+    """Each row's health, by host: what a restart would load."""
+    with sqlite3.connect(path) as conn:
+        found = conn.execute(_HEALTH)
+        return {host: rest for host, *rest in found}
+
+
+async def test_a_mass_expiry_is_one_statement_that_leaves_the_file_as_the_index_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Most records silent: one UPDATE over the table, not a row each. It marks
+    what the index marked and nothing else: not a record whose beat is still
+    waiting in the write-behind (its row's last beat is older than the cutoff), not
+    one that is not ready or not checked."""
+    from model_registry.storage import journal as journal_module
+
+    path = tmp_path / "r.db"
+    hosts = [f"10.0.0.{i}" for i in range(1, 9)]
+    statements: list[str] = []
+    async with open_storage(sqlite_url(path)) as storage:
+        await storage.upsert_many([record(host=h) for h in hosts])  # heard at T0
+        await storage.upsert(record(host="10.0.1.1", ready=False))
+        await storage.upsert(record(host="10.0.1.2", check_healthy=False))
+        beaten = T0 + timedelta(seconds=90)  # after the cutoff
+        assert await storage.touch(InstanceKey("m", hosts[0], 8000), beaten, 3) is not None  # write-behind
+        assert storage._journal.pending == 1
+        connection = storage._journal._engine.sync_engine
+        from sqlalchemy import event
+
+        event.listen(connection, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        now = T0 + timedelta(minutes=5)
+        marked = await storage.expire(T0 + timedelta(minutes=1), now, "heartbeat timeout 30 s")
+        assert sorted(r.host for r in marked) == hosts[1:]
+        assert journal_module._EXPIRE in statements
+        assert not any(s.startswith("UPDATE instances SET healthy = ?") for s in statements)  # no row marks
+        in_memory = {r.host: r for r in await storage.list()}
+    rows = _rows(path)
+    for host, r in in_memory.items():
+        since = None if r.unhealthy_since is None else r.unhealthy_since.strftime("%Y-%m-%d %H:%M:%S.%f")
+        assert rows[host][:3] == [r.healthy, since, r.state_reason], host
+    assert rows[hosts[0]][0] == 1 and rows[hosts[0]][3].startswith("2026-03-01 12:01:30")
+    assert rows["10.0.1.1"][0] == 1 and rows["10.0.1.2"][0] == 1
+    async with open_storage(sqlite_url(path)) as storage:  # and a restart loads the same
+        assert {r.host: (r.healthy, r.unhealthy_since, r.state_reason) for r in await storage.list()} == {
+            h: (r.healthy, r.unhealthy_since, r.state_reason) for h, r in in_memory.items()
+        }
+
+
+async def test_whole_rows_written_with_an_expiry_are_written_after_it(tmp_path: Path) -> None:
+    """A record the index changed while a sweep went on (filed again where the walk
+    had passed, say) may match the expiry's statement without being marked: its
+    whole row, written in the same transaction after the statement, puts it back."""
+    path = tmp_path / "r.db"
+    async with open_storage(sqlite_url(path)) as storage:
+        await storage.upsert_many([record(host="10.0.0.1"), record(host="10.0.0.2")])
+        journal = storage._journal
+        journal.behind([InstanceKey("m", "10.0.0.1", 8000)])  # healthy in the index, written whole
+        await journal.expired(T0 + timedelta(minutes=1), T0 + timedelta(minutes=5), "heartbeat timeout 30 s")
+    rows = _rows(path)
+    assert rows["10.0.0.1"][0] == 1  # as the index has it
+    assert rows["10.0.0.2"][:3] == [0, "2026-03-01 12:05:00.000000", "heartbeat timeout 30 s"]
+
+
+async def test_an_expiry_whose_write_fails_is_written_by_the_next_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "r.db"
+    async with open_storage(sqlite_url(path)) as storage:
+        await storage.upsert_many([record(host=f"10.0.0.{i}") for i in range(1, 4)])
+        journal = storage._journal
+        write, calls = journal._write, []
+
+        async def failing_first(*args):
+            calls.append(1)
+            if len(calls) == 1:
+                raise StorageUnavailable("sqlite storage failed to write: disk I/O error")
+            await write(*args)
+
+        monkeypatch.setattr(journal, "_write", failing_first)
+        with pytest.raises(StorageUnavailable):
+            await storage.expire(T0 + timedelta(minutes=1), T0 + timedelta(minutes=5), "timeout")
+        assert journal.pending == 1  # the expiry, kept
+        await journal.now([])
+        assert journal.pending == 0
+    assert {row[0] for row in _rows(path).values()} == {0}
