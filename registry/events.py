@@ -33,7 +33,7 @@ __all__ = ["Change", "Closed", "Event", "Feed", "Overflow", "Watcher"]
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, though never changed: a frozen one is made at twice the cost
 class Event:
     revision: int
     type: Change

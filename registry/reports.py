@@ -55,6 +55,8 @@ __all__ = ["Cooldowns", "FailureTracker"]
 
 log = logging.getLogger("registry")
 
+_HEALTH_CHANGES = frozenset({Change.HEALTHY, Change.UNHEALTHY})
+
 
 class FailureTracker:
     """Recent failures per instance, by monotonic time."""
@@ -116,7 +118,9 @@ class Cooldowns:
         # Health changes, by monotonic time: a short list per instance (a mass failure
         # flips a million at once), in the order of each one's last change, so
         # forgetting the calm ones walks only them.
-        self._flips: OrderedDict[InstanceKey, list[float]] = OrderedDict()
+        # key -> the moments of its health changes: one (a number: a mass failure's
+        # million make no list each), or the last few (a list).
+        self._flips: OrderedDict[InstanceKey, float | list[float]] = OrderedDict()
         self._flapping: dict[InstanceKey, int] = {}  # to hold out at the next sweep: changes seen
         self._flap_seconds: dict[InstanceKey, float] = {}  # its last flapping cooldown
         self._ending = asyncio.Lock()
@@ -257,7 +261,8 @@ class Cooldowns:
             if not flips:
                 return
             key, times = next(iter(flips.items()))
-            if times and times[-1] >= before:
+            last = (times[-1] if times else None) if type(times) is list else times
+            if last is not None and last >= before:
                 return  # (the rest changed later)
             flips.popitem(last=False)
             self._flap_seconds.pop(key, None)
@@ -268,14 +273,16 @@ class Cooldowns:
 
     def heard(self, event: Event) -> None:
         """A feed listener: counts each instance's health changes."""
-        if event.type not in (Change.HEALTHY, Change.UNHEALTHY):
+        if event.type not in _HEALTH_CHANGES:
             return
         key = event.instance.key
         now = self._core.clock.monotonic()
         flips = self._flips.pop(key, None)
         if flips is None:  # its first change in memory: one is never flapping (a threshold is at least 1)
-            self._flips[key] = [now]  # (so a mass failure's million look up no policy)
+            self._flips[key] = now  # (so a mass failure's million look up no policy)
             return
+        if type(flips) is not list:
+            flips = [flips]
         policy = self.policy.for_instance(event.instance.metadata, key.model_name)
         flips.append(now)
         self._flips[key] = flips  # (last: the most recent change)

@@ -124,13 +124,19 @@ async def evict_in_slices(
 
 
 async def expire_in_slices(
-    index: InstanceIndex, cutoff: datetime, now: datetime, reason: str | None = None, each: Each | None = None
+    index: InstanceIndex,
+    cutoff: datetime,
+    now: datetime,
+    reason: str | None = None,
+    keys: list[InstanceKey] | None = None,
 ) -> list[ModelInstance]:
     """``index.expire`` in slices, yielding to the event loop between them, so
     that a sweep which finds many silent instances at once (a rack lost its
-    network) does not stall the requests being served meanwhile. ``each`` is
-    given every slice as it is taken (SQLite writes them meanwhile)."""
-    return await _in_slices(lambda: index.expire(cutoff, now, limit=SWEEP_SLICE, reason=reason), each)
+    network) does not stall the requests being served meanwhile. ``keys``: a list
+    the marked records' keys are added to as they are marked (SQLite writes them)."""
+    return await _in_slices(
+        lambda: index.expire(cutoff, now, limit=SWEEP_SLICE, reason=reason, keys=keys), None
+    )
 
 
 async def _in_slices(take: Callable[[], list[ModelInstance]], each: Each | None) -> list[ModelInstance]:
@@ -491,27 +497,47 @@ class InstanceIndex:
         return self._wheel.settle(self.records, cutoff, limit)
 
     def expire(
-        self, cutoff: datetime, now: datetime, limit: int | None = None, reason: str | None = None
+        self,
+        cutoff: datetime,
+        now: datetime,
+        limit: int | None = None,
+        reason: str | None = None,
+        keys: list[InstanceKey] | None = None,
     ) -> list[ModelInstance]:
         """Mark unhealthy the expirable records last heard before ``cutoff``,
         visiting only the wheel's buckets up to it. ``limit`` bounds the work
         of one call, so a caller can yield between calls: the next call with the
         same cutoff goes on with the same walk (at a million, starting over each
-        time would copy the bucket a thousand times)."""
+        time would copy the bucket a thousand times). ``keys``: a list to add the
+        marked records' keys to.
+
+        A mass failure marks a million here: what ``_put`` and ``_dying_from`` do for
+        each is written out, with what is the same for all (their state, the second
+        they are filed under as dying) worked out once."""
         walk = self._expiring
         if walk is None or walk[0] != cutoff:
             walk = self._expiring = cutoff, self._wheel.silent(self.records, cutoff)
+        records, kept, dying = self.records, self._kept, None
         expired: list[ModelInstance] = []
         for key, record in walk[1]:
-            marked = copy_record(record)
-            marked.healthy, marked.unhealthy_since, marked.state_reason = False, now, reason
-            self._put(marked)
-            self._dying_from(key, marked)
-            self._expirable -= 1
+            marked = _new(ModelInstance)  # copy_record(record), then its health
+            marked.__dict__ = fields = record.__dict__.copy()
+            fields["healthy"], fields["unhealthy_since"], fields["state_reason"] = False, now, reason
+            if dying is None:
+                state = state_of(marked)
+                dying = self._dying.setdefault(second_of(now), {})  # type: ignore[arg-type]
+            fields["state"] = state
+            records[key] = marked
+            kept.pop(fields["model_name"], None)
+            dying[key] = None
             expired.append(marked)
+            if keys is not None:
+                keys.append(key)
             if limit is not None and len(expired) >= limit:
-                return expired
-        self._expiring = None
+                break
+        else:
+            self._expiring = None
+        self._expirable -= len(expired)
         return expired
 
     def census(self, expire_cutoff: datetime, evict_cutoff: datetime) -> Census:

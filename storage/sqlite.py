@@ -201,9 +201,7 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
         assert self._journal is not None, "storage is not open"
         keys: list[InstanceKey] = []
         try:
-            taken = await expire_in_slices(
-                self._index, cutoff, now, reason, lambda chunk: keys.extend(r.key for r in chunk)
-            )
+            taken = await expire_in_slices(self._index, cutoff, now, reason, keys)
         except BaseException:
             self._journal.behind(keys)  # marked so far: written whole
             raise
