@@ -250,8 +250,8 @@ class PollAnswers:
         date = formatdate(usegmt=True)
         for poll in due:
             transport = poll.transport
-            if transport.is_closing():
-                continue  # its handler answers, to no one
+            if transport.is_closing() or transport.get_write_buffer_size():
+                continue  # its handler answers (to no one; or once the socket drains)
             key = (poll.model_name, poll.healthy_only)
             if key in answers:
                 answer = answers[key]
@@ -299,7 +299,8 @@ class _Waiting:
 
 def _head(revision: int, length: int, date: str) -> bytes:
     """The head of a long-poll's answer written ahead: the headers aiohttp writes for
-    ``json_body_response``, in its order."""
+    ``json_body_response``, in its order. What changes the one (a header, a signal
+    adding one) must change this too: ``tests/api/test_watch.py`` compares them."""
     return (
         f"HTTP/1.1 200 OK\r\nServer: {SERVER[hdrs.SERVER]}\r\n{INDEX_HEADER}: {revision}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {length}\r\nDate: {date}\r\n\r\n"

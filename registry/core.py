@@ -60,14 +60,14 @@ class Core:
     def publish_many(self, change: Change, records: Sequence[ModelInstance]) -> None:
         """``publish`` each of ``records`` (a sweep's slice: one call, not one a record)."""
         self.changes[change] += len(records)
-        publish = self.feed.publish
+        publish, announce, value = self.feed.publish, self.storage.announce, change.value
+        if getattr(announce, "__func__", None) is Storage.announce:  # a no-op: nobody shares the backend
+            for record in records:
+                publish(change, record)
+            return
         for record in records:
             publish(change, record)
-        announce = self.storage.announce
-        if getattr(announce, "__func__", None) is not Storage.announce:  # (a no-op where no one shares)
-            value = change.value
-            for record in records:
-                announce(value, record)
+            announce(value, record)
 
     async def sync_clock(self) -> None:
         """Follow the storage server's clock (a no-op for backends without one)."""

@@ -222,7 +222,8 @@ class Feed:
         """Return once an event after revision ``after`` (of ``model_name``, or
         any) exists, or after ``timeout`` seconds, or when the feed closes, or
         when ``woken`` is done: the caller's own future, which it may complete
-        itself (when its client goes, say), and which a change completes."""
+        itself (when its client goes, say), and which a change or the timeout
+        completes; so one for this wait alone, never shared with another."""
         if self.closed or self.changed_since(after, model_name) or (woken is not None and woken.done()):
             return
         if woken is None:

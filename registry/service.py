@@ -634,7 +634,8 @@ class Registry(DBGPTMethods):
     ) -> None:
         """Block until there is a change after revision ``after`` (of one model,
         or any), for at most ``timeout`` seconds, or until ``woken`` is done (the
-        caller's own future: done when its client goes, say): a long-poll."""
+        caller's own future, for this wait alone: the caller completes it when its
+        client goes, say, and a change or the timeout completes it): a long-poll."""
         await self.feed.wait(after, model_name, timeout, woken)
 
     async def models(self) -> list[ModelSummary]:

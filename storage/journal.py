@@ -221,6 +221,8 @@ class Journal:
         self._beats: set[InstanceKey] = set()  # only heartbeat columns changed
         self._marks: set[InstanceKey] = set()  # only health columns, someone waiting
         self._expiries: list[tuple[str | None, str | None, str | None]] = []  # _EXPIRE's, in order
+        # Keys written whole since a sweep began (``sweeping``), until its expiry is queued.
+        self._written: set[InstanceKey] | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -264,13 +266,30 @@ class Journal:
         (self._marks if marked else self._urgent).update(keys)
         await self._committed()
 
+    def sweeping(self) -> None:
+        """A sweep begins that may end in ``expired``: note the keys written whole from
+        now on (see there), until ``swept``."""
+        self._written = set()
+
+    def swept(self) -> None:
+        self._written = None
+
     async def expired(self, cutoff: datetime, now: datetime, reason: str | None) -> None:
         """Return once an expiry is committed: every record expirable (healthy,
         checked, ready) and last heard before ``cutoff`` marked unhealthy since
         ``now`` for ``reason``, which is what ``InstanceIndex.expire`` did, all of
-        it, just before (a sweep stopped part way has its keys written ``behind``).
-        One statement for the million a mass failure marks: 1.5 s of the database's
-        time, without the interpreter, instead of ten seconds of rows."""
+        it, since ``sweeping`` (a sweep stopped part way has its keys written
+        ``behind``). One statement for the million a mass failure marks: 1.5 s of the
+        database's time, without the interpreter, instead of ten seconds of rows.
+
+        Its transaction writes the beats first (so that each row's last beat is the
+        index's), then the statement, then whole rows, among them every key written
+        whole since the sweep began: a record the index changed meanwhile (revived,
+        or filed again where the walk had passed) may match the statement without
+        having been marked, and its row, written again after it, is as the index has it."""
+        written, self._written = self._written, None
+        if written:
+            self._urgent |= written
         self._expiries.append((_text(now), reason, _text(cutoff)))
         await self._committed()
 
@@ -335,6 +354,8 @@ class Journal:
     ) -> None:
         records = self._index.records
         present = [k for k in keys if k in records]
+        if self._written is not None:
+            self._written.update(present)
         gone = [tuple(k) for k in keys if k not in records]
         beaten = list(beats)
         marked = await _in_key_order(marks) if marks else iter(())

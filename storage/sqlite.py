@@ -63,9 +63,9 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
         this way). A lock held by another process is waited for, as by the driver
         (``busy_timeout``), and then refused."""
         try:
-            connection = sqlite3.connect(
-                self._url.database or "", timeout=BUSY_TIMEOUT_MS / 1000, uri=bool(self._url.query.get("uri"))
-            )
+            # The URL's options, as the driver reads them (``?uri=true&mode=ro``, ``?timeout=``).
+            args, options = self._engine.dialect.create_connect_args(self._url)  # type: ignore[union-attr]
+            connection = sqlite3.connect(*args, **{"timeout": BUSY_TIMEOUT_MS / 1000, **options})
             try:
                 cursor = connection.execute(SELECT_ALL)
                 file = self._index.load_more
@@ -198,23 +198,28 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
     async def expire(self, cutoff: datetime, now: datetime, reason: str | None = None) -> list[ModelInstance]:
         """``expire_in_slices``; when it marked many (``_EXPIRE_AT_ONCE`` of the records),
         written as one statement (``Journal.expired``), otherwise row by row."""
-        assert self._journal is not None, "storage is not open"
+        journal = self._journal
+        assert journal is not None, "storage is not open"
+        journal.sweeping()
         keys: list[InstanceKey] = []
         try:
-            taken = await expire_in_slices(self._index, cutoff, now, reason, keys)
-        except BaseException:
-            self._journal.behind(keys)  # marked so far: written whole
-            raise
-        if len(taken) < _EXPIRE_AT_ONCE * len(self._index):
-            for start in range(0, len(keys), _COMMIT_CHUNK):
-                try:
-                    await self._commit(keys[start : start + _COMMIT_CHUNK], marked=True)
-                except BaseException:
-                    self._journal.behind(keys[start:])
-                    raise
-        elif taken:
-            async with self._guard("write to the database"):
-                await self._journal.expired(cutoff, now, reason)
+            try:
+                taken = await expire_in_slices(self._index, cutoff, now, reason, keys)
+            except BaseException:
+                journal.behind(keys)  # marked so far: written whole
+                raise
+            if len(taken) < _EXPIRE_AT_ONCE * len(self._index):
+                for start in range(0, len(keys), _COMMIT_CHUNK):
+                    try:
+                        await self._commit(keys[start : start + _COMMIT_CHUNK], marked=True)
+                    except BaseException:
+                        journal.behind(keys[start:])
+                        raise
+            elif taken:
+                async with self._guard("write to the database"):
+                    await journal.expired(cutoff, now, reason)
+        finally:
+            journal.swept()
         return taken
 
     async def evict(self, cutoff: datetime) -> list[ModelInstance]:

@@ -1,7 +1,7 @@
 """``TimingWheel``: the records that can expire, by the second they were last heard.
 
 The checker must find the silent records without walking every record. The
-wheel files each expirable record (healthy, ``check_healthy``, heard from) by
+wheel files each expirable record (healthy, ``check_healthy``, ready, heard from) by
 key in a bucket of one second, so a sweep visits only the buckets older than
 its cutoff.
 
@@ -34,8 +34,10 @@ def second_of(moment: datetime | None) -> int | None:
 
 
 def expirable(record: ModelInstance) -> bool:
-    """Whether the checker watches ``record``: healthy, checked, and heard from."""
-    return record.healthy and record.check_healthy and record.last_heartbeat is not None
+    """Whether the checker watches ``record``: healthy, checked, ready, and heard from
+    (one not ready is the start-up grace's to end). SQLite's mass expiry selects the
+    same rows (``storage.journal._EXPIRE``)."""
+    return record.healthy and record.check_healthy and record.ready and record.last_heartbeat is not None
 
 
 #: Before every timestamp: where nothing is settled yet.
@@ -128,7 +130,7 @@ class TimingWheel:
                     continue  # moved meanwhile
                 record = records.get(key)
                 # (``expirable``, written out: a call a record)
-                if record is None or not (record.healthy and record.check_healthy):
+                if record is None or not (record.healthy and record.check_healthy and record.ready):
                     del bucket[key]  # left behind by a change
                 else:
                     heard = record.last_heartbeat
@@ -173,7 +175,7 @@ class TimingWheel:
                     continue  # moved meanwhile
                 record = records.get(key)
                 heard = None if record is None else record.last_heartbeat
-                if heard is None or not (record.healthy and record.check_healthy):  # type: ignore[union-attr]
+                if heard is None or not (record.healthy and record.check_healthy and record.ready):  # type: ignore[union-attr]
                     del bucket[key]  # left behind by a change (``expirable``, written out)
                     continue
                 if heard >= cutoff:

@@ -344,3 +344,43 @@ async def test_an_expiry_whose_write_fails_is_written_by_the_next_transaction(
         await journal.now([])
         assert journal.pending == 0
     assert {row[0] for row in _rows(path).values()} == {0}
+
+
+async def test_a_record_not_ready_is_not_expired_by_its_silence_in_the_index_nor_the_file(
+    tmp_path: Path,
+) -> None:
+    """Filed in the wheel while ready, then not ready (a worker that restarted and
+    registered ``ready: false``): its start-up grace, not its beats, decides. The
+    index leaves it healthy, and so does the mass expiry's statement."""
+    path = tmp_path / "r.db"
+    async with open_storage(sqlite_url(path)) as storage:
+        await storage.upsert_many([record(host=f"10.0.0.{i}") for i in range(1, 4)])
+        await storage.census(T0 - timedelta(seconds=1), T0 - timedelta(days=1))  # filed where they beat
+        assert await storage.set_ready(InstanceKey("m", "10.0.0.1", 8000), False) is not None
+        marked = await storage.expire(T0 + timedelta(minutes=1), T0 + timedelta(minutes=5), "timeout")
+        assert sorted(r.host for r in marked) == ["10.0.0.2", "10.0.0.3"]
+        starting = await storage.get(InstanceKey("m", "10.0.0.1", 8000))
+        assert starting is not None and starting.healthy and not starting.ready
+    assert _rows(path)["10.0.0.1"][0] == 1
+    async with open_storage(sqlite_url(path)) as storage:
+        again = await storage.get(InstanceKey("m", "10.0.0.1", 8000))
+        assert again is not None and again.healthy and again.unhealthy_since is None
+
+
+async def test_rows_written_whole_while_a_sweep_went_on_are_written_again_after_its_statement(
+    tmp_path: Path,
+) -> None:
+    """A record the index changed during the sweep, committed by a transaction of its
+    own before the expiry's, would match the statement without having been marked:
+    the expiry's transaction writes it again, after the statement."""
+    path = tmp_path / "r.db"
+    async with open_storage(sqlite_url(path)) as storage:
+        await storage.upsert_many([record(host="10.0.0.1"), record(host="10.0.0.2")])
+        journal = storage._journal
+        journal.sweeping()
+        await journal.now([InstanceKey("m", "10.0.0.1", 8000)])  # its own transaction, during the sweep
+        await journal.expired(T0 + timedelta(minutes=1), T0 + timedelta(minutes=5), "heartbeat timeout 30 s")
+        journal.swept()
+    rows = _rows(path)
+    assert rows["10.0.0.1"][0] == 1  # healthy, as the index has it
+    assert rows["10.0.0.2"][0] == 0
