@@ -318,10 +318,10 @@ class InstanceIndex:
                 by_model[record.model_name] = {key: None}
             else:
                 model[key] = None
-            if key.host in by_host:  # (``_add_host``, without its calls for a host's first key)
-                add_key(by_host, key.host, key)
-            else:
-                by_host[key.host] = key
+            host = key.host  # (``_add_host``, with one lookup and no call for a host's first key)
+            there = by_host.setdefault(host, key)
+            if there is not key:
+                add_key(by_host, host, key)
             if record.state == "starting":
                 starting[key] = record
             if not record.healthy:
