@@ -86,3 +86,31 @@ async def test_mutual_tls_a_client_certificate_stands_for_the_token_it_names(pki
             assert (await http.post(url + "/api/v1/instances", json=register, ssl=trusted)).status == 201
             outside = {**register, "model_name": "llama-3"}
             assert (await http.post(url + "/api/v1/instances", json=outside, ssl=trusted)).status == 403
+
+
+async def test_a_long_poll_over_tls_is_answered_when_its_model_changes(pki: dict[str, Path]) -> None:
+    """Answered ahead (the bytes written to the TLS transport itself), as over plain HTTP."""
+    import asyncio
+
+    args = ("--storage", "memory://", "--tls-cert", str(pki["cert"]), "--tls-key", str(pki["key"]))
+    with ServerProcess(*args, env={"REGISTRY_ADMIN_TOKEN": BOOTSTRAP}) as server:
+        url = server.url.replace("[::1]", "127.0.0.1")
+        trusted = ssl.create_default_context(cafile=str(pki["ca"]))
+        headers = {"Authorization": f"Bearer {BOOTSTRAP}"}
+        async with aiohttp.ClientSession(url, headers=headers) as http:
+            first = await http.get("/api/v1/instances", params={"model_name": "m"}, ssl=trusted)
+            index = first.headers["X-Registry-Index"]
+            params = {"model_name": "m", "index": index, "wait": "30s"}
+            polls = [
+                asyncio.create_task(http.get("/api/v1/instances", params=params, ssl=trusted))
+                for _ in range(3)
+            ]
+            await asyncio.sleep(0.3)
+            assert not any(p.done() for p in polls)
+            body = {"model_name": "m", "host": "10.0.0.1", "port": 8000}
+            assert (await http.post("/api/v1/instances", json=body, ssl=trusted)).status == 201
+            answers = await asyncio.wait_for(asyncio.gather(*polls), 5)
+            assert {a.status for a in answers} == {200}
+            assert all([(await a.json())["count"] == 1 for a in answers])
+            again = await http.get("/api/v1/instances", params={"model_name": "m"}, ssl=trusted)
+            assert again.status == 200  # the connections go on
