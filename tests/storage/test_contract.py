@@ -621,6 +621,7 @@ async def test_a_start_up_reads_every_row_in_chunks_within_each_reads_time_limit
     reopened = open_storage(storage_url)
     reopened._pool = PoolOptions(operation_timeout=0.2)
     async with reopened:
+        reopened._pool = PoolOptions()  # loaded: what follows reads the database (PostgreSQL) unhurried
         assert await reopened.list() == written
         if isinstance(reopened, postgres.PostgresStorage):  # known: healthy beats take the fast path
             beaten = reopened.beat(rows[1].key, T0 + timedelta(seconds=1), None)
