@@ -17,11 +17,8 @@ minutes at a million).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +27,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.load import LOAD_CORE, identity, registry  # noqa: E402
+from benchmarks.load import LOAD_CORE, each_fleet, identity, registry  # noqa: E402
 from benchmarks.run import _register_over_http  # noqa: E402
 
 
@@ -74,21 +71,11 @@ def measure(count: int, backend: str, workdir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--backends", default="memory,sqlite")
-    args = parser.parse_args()
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > LOAD_CORE:
-        os.sched_setaffinity(0, {LOAD_CORE})
     results = []
-    with tempfile.TemporaryDirectory() as workdir:
-        for backend in args.backends.split(","):
-            for count in map(int, args.sizes.split(",")):
-                result = measure(count, backend, Path(workdir))
-                sys.stderr.write(f"{result['scenario']:<22} {orjson.dumps(result).decode()}\n")
-                results.append(result)
+    for backend, count, workdir in each_fleet(__doc__, LOAD_CORE):
+        result = measure(count, backend, workdir)
+        sys.stderr.write(f"{result['scenario']:<22} {orjson.dumps(result).decode()}\n")
+        results.append(result)
     sys.stdout.write(orjson.dumps(results).decode() + "\n")
 
 

@@ -7,6 +7,7 @@ as a separate process, pinned likewise.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import re
@@ -14,7 +15,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +61,22 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def each_fleet(description: str, core: int) -> Iterator[tuple[str, int, Path]]:
+    """The ``--sizes`` and ``--backends`` a fleet benchmark was given, each pair in turn,
+    with a scratch directory for their files; this process pinned to ``core``."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--backends", default="memory,sqlite")
+    args = parser.parse_args()
+    pin(core)()
+    with tempfile.TemporaryDirectory() as workdir:
+        for backend in args.backends.split(","):
+            for count in map(int, args.sizes.split(",")):
+                yield backend, count, Path(workdir)
 
 
 def pin(core: int):

@@ -19,13 +19,10 @@ at most 10 ms. ``python benchmarks/sweep.py --sizes 10000,100000,1000000``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +30,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.load import identity  # noqa: E402
+from benchmarks.load import each_fleet, identity  # noqa: E402
 
 INTERVAL, TIMEOUT = 10.0, 30.0
 LAG_TARGET_MS = 10.0
@@ -154,22 +151,12 @@ async def measure(count: int, backend: str, workdir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--backends", default="memory,sqlite")
-    args = parser.parse_args()
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(0, {0})
     results = []
-    with tempfile.TemporaryDirectory() as workdir:
-        for backend in args.backends.split(","):
-            for count in map(int, args.sizes.split(",")):
-                result = asyncio.run(measure(count, backend, Path(workdir)))
-                for sweep in result["sweeps"]:
-                    sys.stderr.write(f"{result['scenario']:<24} {orjson.dumps(sweep).decode()}\n")
-                results.append(result)
+    for backend, count, workdir in each_fleet(__doc__, 0):  # everything in one process, on one core
+        result = asyncio.run(measure(count, backend, workdir))
+        for sweep in result["sweeps"]:
+            sys.stderr.write(f"{result['scenario']:<24} {orjson.dumps(sweep).decode()}\n")
+        results.append(result)
     sys.stdout.write(orjson.dumps(results).decode() + "\n")
 
 

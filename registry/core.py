@@ -61,13 +61,11 @@ class Core:
         """``publish`` each of ``records`` (a sweep's slice: one call, not one a record)."""
         self.changes[change] += len(records)
         publish, announce, value = self.feed.publish, self.storage.announce, change.value
-        if getattr(announce, "__func__", None) is Storage.announce:  # a no-op: nobody shares the backend
-            for record in records:
-                publish(change, record)
-            return
+        shared = getattr(announce, "__func__", None) is not Storage.announce  # (else a no-op: not called)
         for record in records:
             publish(change, record)
-            announce(value, record)
+            if shared:
+                announce(value, record)
 
     async def sync_clock(self) -> None:
         """Follow the storage server's clock (a no-op for backends without one)."""

@@ -276,8 +276,7 @@ class Feed:
 
 def _wake(pollers: set[asyncio.Future[None]]) -> None:
     for woken in pollers:
-        if not woken.done():
-            woken.set_result(None)
+        _answer(woken)
 
 
 def _answer(woken: asyncio.Future[None]) -> None:

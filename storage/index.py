@@ -48,7 +48,7 @@ from model_registry_sdk.record import (
 from .base import Census, Edit
 from .interning import clone, compact, copy_record
 from .readonly import Snapshot
-from .wheel import TimingWheel, second_of
+from .wheel import TimingWheel, expirable, second_of
 
 __all__ = [
     "IndexReads",
@@ -189,17 +189,16 @@ class InstanceIndex:
     def _unlink(self, record: ModelInstance) -> None:
         """Take ``record`` out of the wheel's count and the unhealthy set (before changing it)."""
         self._starting.pop(record.key, None)
-        if record.healthy:
-            heard = record.last_heartbeat
-            if record.check_healthy and heard is not None and record.ready:
-                self._expirable -= 1
-                if heard < self._wheel.settled_before:  # filed exactly there: take it out now
-                    self._wheel.unfile(record.key, heard)
-                # Otherwise its entry stays behind, to be dropped by the next walk
-                # over its bucket (``settle``, ``expire``): it may be filed earlier
-                # than its last beat, and finding where would cost more than the walk.
-        else:
+        if not record.healthy:
             self._undying(record)
+        elif expirable(record):
+            self._expirable -= 1
+            heard: datetime = record.last_heartbeat  # type: ignore[assignment]
+            if heard < self._wheel.settled_before:  # filed exactly there: take it out now
+                self._wheel.unfile(record.key, heard)
+            # Otherwise its entry stays behind, to be dropped by the next walk
+            # over its bucket (``settle``, ``expire``): it may be filed earlier
+            # than its last beat, and finding where would cost more than the walk.
 
     def _link(self, record: ModelInstance, key: InstanceKey | None = None) -> None:
         """Put ``record`` where its current state says (after changing it). A record
@@ -211,12 +210,11 @@ class InstanceIndex:
             key = record.key
         if state == "starting":
             self._starting[key] = record
-        if record.healthy:
-            if record.check_healthy and record.last_heartbeat is not None and record.ready:
-                self._expirable += 1
-                self._wheel.file(key, second_of(record.last_heartbeat))  # type: ignore[arg-type]
-        else:
+        if not record.healthy:
             self._dying_from(key, record)
+        elif expirable(record):
+            self._expirable += 1
+            self._wheel.file(key, second_of(record.last_heartbeat))  # type: ignore[arg-type]
 
     def _dying_from(self, key: InstanceKey, record: ModelInstance) -> None:
         second = second_of(record.unhealthy_since)
@@ -326,8 +324,8 @@ class InstanceIndex:
                 starting[key] = record
             if not record.healthy:
                 dying_from(key, record)
-            elif record.check_healthy and record.last_heartbeat is not None and record.ready:
-                filed[key] = None
+            elif record.check_healthy and record.ready and record.last_heartbeat is not None:
+                filed[key] = None  # (``expirable``, written out: a call a row at start-up)
         self._expirable = len(filed)
 
     def loaded(self) -> None:

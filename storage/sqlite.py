@@ -209,12 +209,7 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
                 journal.behind(keys)  # marked so far: written whole
                 raise
             if len(taken) < _EXPIRE_AT_ONCE * len(self._index):
-                for start in range(0, len(keys), _COMMIT_CHUNK):
-                    try:
-                        await self._commit(keys[start : start + _COMMIT_CHUNK], marked=True)
-                    except BaseException:
-                        journal.behind(keys[start:])
-                        raise
+                await self._commit_in_chunks(keys, marked=True)
             elif taken:
                 async with self._guard("write to the database"):
                     await journal.expired(cutoff, now, reason)
@@ -236,15 +231,23 @@ class SQLiteStorage(IndexReads, SQLStorage):  # reads come from the index, not S
         from the loop at every row, and the loop's lag doubled for a tenth off the
         duration. What a failed (or cancelled) write leaves is the journal's to write
         with its next transaction."""
+        assert self._journal is not None, "storage is not open"
         keys: list[InstanceKey] = []
-        committed = 0
         try:
             taken = await sweep(lambda chunk: keys.extend(r.key for r in chunk))
-            for committed in range(0, len(keys), _COMMIT_CHUNK):
-                await self._commit(keys[committed : committed + _COMMIT_CHUNK], marked=marked)
-            committed = len(keys)
         except BaseException:
-            assert self._journal is not None
-            self._journal.behind(keys[committed:])
+            self._journal.behind(keys)
             raise
+        await self._commit_in_chunks(keys, marked=marked)
         return taken
+
+    async def _commit_in_chunks(self, keys: list[InstanceKey], *, marked: bool) -> None:
+        """Commit ``keys`` in transactions of at most ``_COMMIT_CHUNK``, one after another;
+        what a failed (or cancelled) one leaves is the journal's to write with its next."""
+        assert self._journal is not None, "storage is not open"
+        for start in range(0, len(keys), _COMMIT_CHUNK):
+            try:
+                await self._commit(keys[start : start + _COMMIT_CHUNK], marked=marked)
+            except BaseException:
+                self._journal.behind(keys[start:])
+                raise
